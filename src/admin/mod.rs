@@ -1,0 +1,204 @@
+//! The admin listener (axum): health, readiness, Prometheus metrics, and the token-protected
+//! JSON API under `/api/v1/`.
+//!
+//! `/healthz`, `/readyz` and `/metrics` need no token (they reveal no secrets and monitoring
+//! systems scrape them). Everything under `/api/v1/` needs `Authorization: Bearer <token>`,
+//! compared in constant time. With no token configured the API does not run: its routes
+//! answer 503 and nothing can be changed through them.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{Shared, StartError};
+use crate::runtime::AdminSettings;
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+}
+
+/// The token in force: `GATEWAY_ADMIN_TOKEN`, else `admin.token`, else `admin.token_file`
+/// (created with a random token, mode 0600, when missing). `None`: the API stays off.
+pub fn resolve_token(admin: &AdminSettings) -> Result<Option<Arc<str>>, StartError> {
+    if let Ok(t) = std::env::var("GATEWAY_ADMIN_TOKEN") {
+        if !t.is_empty() {
+            return Ok(Some(t.into()));
+        }
+    }
+    if let Some(t) = &admin.token {
+        return Ok(Some(t.as_str().into()));
+    }
+    if let Some(path) = &admin.token_file {
+        return read_or_create_token(path).map(|t| Some(t.into()));
+    }
+    tracing::warn!("no admin token configured (admin.token, admin.token_file or GATEWAY_ADMIN_TOKEN): the admin API is disabled");
+    Ok(None)
+}
+
+fn read_or_create_token(path: &Path) -> Result<String, StartError> {
+    let err = |source| StartError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 32];
+    aws_lc_rs_fill(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(token.as_bytes()).map_err(err)?;
+    tracing::warn!(path = %path.display(), "generated an admin API token");
+    Ok(token)
+}
+
+fn aws_lc_rs_fill(buf: &mut [u8]) {
+    use rustls::crypto::aws_lc_rs::default_provider;
+    let _ = default_provider().secure_random.fill(buf);
+}
+
+/// Serves the admin port until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = AdminState { shared, token };
+    let api = Router::new()
+        .route("/reload", post(reload))
+        .route("/status", get(status))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .with_state(state);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(token) = &st.token else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "admin API disabled: no token configured"})),
+        )
+            .into_response();
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if presented.as_bytes().ct_eq(token.as_bytes()).into() {
+        return next.run(req).await;
+    }
+    tracing::warn!(path = %req.uri().path(), "admin API authentication failed");
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn readyz(State(st): State<AdminState>) -> Response {
+    if st.shared.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(st): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn reload(State(st): State<AdminState>) -> Response {
+    match st.shared.reload().await {
+        Ok(generation) => Json(json!({"reloaded": true, "generation": generation})).into_response(),
+        Err(errs) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "reloaded": false,
+                "generation": st.shared.generation(),
+                "errors": errs.iter().map(|e| json!({
+                    "file": e.file.display().to_string(),
+                    "line": e.line,
+                    "column": e.column,
+                    "key": e.key,
+                    "message": e.message,
+                })).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(st): State<AdminState>) -> Response {
+    let rt = st.shared.runtime.load();
+    let upstreams: Vec<_> = rt
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": &*p.name,
+                "servers": p.servers.iter().map(|s| json!({
+                    "server": &*s.label,
+                    "healthy": s.is_healthy(),
+                    "in_rotation": s.available(),
+                    "in_flight": s.active(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "generation": rt.generation,
+        "ready": st.shared.ready.load(Ordering::Relaxed),
+        "listeners": rt.listener_binds.iter().map(|b| json!({"name": b.name, "bind": b.addr.to_string()})).collect::<Vec<_>>(),
+        "upstreams": upstreams,
+    }))
+    .into_response()
+}

@@ -1,0 +1,338 @@
+//! Starting, reloading and stopping the gateway.
+//!
+//! Start: check the config, generate the development certificate if asked and missing,
+//! compile, bind every listener and the admin port (any failure: nothing keeps running),
+//! then mark ready. Reload (SIGHUP or the admin API): compile the file again on a blocking
+//! thread and swap the new runtime in; a bad config is refused with its errors and the old
+//! one keeps serving. Shutdown: stop accepting, ask every connection to finish its
+//! in-flight requests, wait up to `shutdown_grace`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, ConfigErrors, KeyPath};
+use crate::metrics::Metrics;
+use crate::proxy::upstream::spawn_health_checks;
+use crate::runtime::{CompileMode, Runtime};
+use crate::tls::{dev_cert, SniResolver};
+
+/// State shared by listeners, the request path and the admin port.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub resolver: Arc<SniResolver>,
+    pub config_path: PathBuf,
+    /// Turned to true at shutdown; every connection watches it.
+    pub drain: watch::Sender<bool>,
+    pub ready: AtomicBool,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    DevCert(#[from] dev_cert::DevCertError),
+    #[error("admin token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Exit code for the binary: 2 for a config the operator must fix, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads and compiles a config file without side effects (for `gateway check`).
+pub fn check_config(path: &Path) -> Result<(), ConfigErrors> {
+    let loaded = config::load(path)?;
+    let metrics = Metrics::new();
+    let resolver = Arc::new(SniResolver::default());
+    Runtime::compile(&loaded, &metrics, &resolver, 0, CompileMode::Check).map(|_| ())
+}
+
+fn compile_file(
+    path: &Path,
+    metrics: &Metrics,
+    resolver: &Arc<SniResolver>,
+    generation: u64,
+) -> Result<Runtime, ConfigErrors> {
+    let loaded = config::load(path)?;
+    Runtime::compile(&loaded, metrics, resolver, generation, CompileMode::Run)
+}
+
+impl Shared {
+    /// Builds the config file again and swaps it in. Returns the new generation.
+    pub async fn reload(self: &Arc<Self>) -> Result<u64, ConfigErrors> {
+        let _serial = self.reload_lock.lock().await;
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let this = self.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile_file(&this.config_path, &this.metrics, &this.resolver, generation)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors::from(crate::config::ConfigError {
+                file: self.config_path.clone(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("config compiler failed: {e}"),
+            }))
+        });
+        let result = compiled.and_then(|rt| {
+            let old = self.runtime.load();
+            let same = old.listener_binds.len() == rt.listener_binds.len()
+                && old
+                    .listener_binds
+                    .iter()
+                    .zip(&rt.listener_binds)
+                    .all(|(a, b)| a.name == b.name && a.addr == b.addr);
+            if !same {
+                let loaded = config::load(&self.config_path)?;
+                return Err(loaded
+                    .error(
+                        &KeyPath::root().key("listeners"),
+                        "listeners were added, removed or moved; restart the gateway to apply that",
+                    )
+                    .into());
+            }
+            Ok(rt)
+        });
+        match result {
+            Ok(rt) => {
+                self.activate(rt);
+                self.generation.store(generation, Ordering::Relaxed);
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(generation, "config reloaded");
+                Ok(generation)
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(errors = %e, "config reload refused; the previous config keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    fn activate(&self, rt: Runtime) {
+        prepare(&self.resolver, &self.metrics, &rt);
+        self.runtime.store(Arc::new(rt));
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+}
+
+/// Puts a compiled runtime's side of things in force: certificates, health checks, gauges.
+fn prepare(resolver: &SniResolver, metrics: &Metrics, rt: &Runtime) {
+    resolver.replace(rt.cert_store.clone());
+    for pool in &rt.pools {
+        spawn_health_checks(pool);
+    }
+    metrics.config_generation.set(rt.generation as i64);
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener_addrs: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts everything the config describes. Must be called inside a tokio runtime.
+    pub async fn start(config_path: &Path) -> Result<Gateway, StartError> {
+        let loaded = config::load(config_path)?;
+        let metrics = Arc::new(Metrics::new());
+        let resolver = Arc::new(SniResolver::default());
+        // Validate fully before anything is written to disk.
+        let checked = Runtime::compile(&loaded, &metrics, &resolver, 1, CompileMode::Check)?;
+        if let Some((cert, key)) = &checked.dev_cert {
+            if !cert.exists() || !key.exists() {
+                let ca = dev_cert::generate(cert, key)?;
+                tracing::warn!(cert = %cert.display(), ca = %ca.display(), "generated a self-signed development certificate; trust the CA file in your client");
+            }
+        }
+        drop(checked);
+        let rt = Runtime::compile(&loaded, &metrics, &resolver, 1, CompileMode::Run)?;
+
+        let mut bound = Vec::new();
+        for b in &rt.listener_binds {
+            let l = TcpListener::bind(b.addr).await.map_err(|source| StartError::Bind {
+                name: b.name.clone(),
+                addr: b.addr,
+                source,
+            })?;
+            bound.push(l);
+        }
+        let admin = rt.admin.clone();
+        let admin_listener = if admin.enabled {
+            Some(TcpListener::bind(admin.bind).await.map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: admin.bind,
+                source,
+            })?)
+        } else {
+            None
+        };
+        let token = crate::admin::resolve_token(&admin)?;
+
+        let (drain, _) = watch::channel(false);
+        let binds = rt.listener_binds.clone();
+        prepare(&resolver, &metrics, &rt);
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(rt),
+            metrics,
+            resolver,
+            config_path: config_path.to_path_buf(),
+            drain,
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+
+        let (stop, _) = watch::channel(false);
+        let mut listener_addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (i, (l, b)) in bound.into_iter().zip(binds).enumerate() {
+            let addr = l.local_addr().unwrap_or(b.addr);
+            listener_addrs.push((b.name.clone(), addr));
+            tracing::info!(listener = %b.name, %addr, "listening");
+            accept_tasks.push(tokio::spawn(crate::server::serve_listener(
+                l,
+                i,
+                b.max_connections,
+                shared.clone(),
+                stop.subscribe(),
+            )));
+        }
+        let mut admin_addr = None;
+        let mut admin_task = None;
+        if let Some(l) = admin_listener {
+            let addr = l.local_addr().unwrap_or(admin.bind);
+            admin_addr = Some(addr);
+            tracing::info!(%addr, api = token.is_some(), "admin listening");
+            admin_task = Some(tokio::spawn(crate::admin::serve(
+                l,
+                shared.clone(),
+                token,
+                stop.subscribe(),
+            )));
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+        Ok(Gateway {
+            shared,
+            listener_addrs,
+            admin_addr,
+            stop,
+            accept_tasks,
+            admin_task,
+        })
+    }
+
+    /// The bound address of a listener by name (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        self.shared.reload().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the configured grace), then
+    /// stops the admin port. Returns true when every connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        let _ = self.shared.drain.send(true);
+        let grace = self.shared.runtime.load().shutdown_grace;
+        let drained = tokio::time::timeout(grace, self.shared.drain.closed())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                remaining = self.shared.drain.receiver_count(),
+                "shutdown grace expired with connections still open"
+            );
+        }
+        if let Some(t) = self.admin_task {
+            let _ = t.await;
+        }
+        drained
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP.
+    pub async fn run_until_signal(self) -> bool {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        loop {
+            tokio::select! {
+                _ = recv(&mut hup) => {
+                    let _ = self.shared.reload().await;
+                }
+                _ = recv(&mut term) => break,
+                _ = recv(&mut int) => break,
+            }
+        }
+        tracing::info!("shutting down: draining connections");
+        self.shutdown().await
+    }
+}
+
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,325 @@
+//! The shape of `gateway.toml` as serde reads it. Defaults live here; validation does not.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Where the gateway keeps its state (events, generated tokens).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Worker threads for the async runtime; 0 means one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Peers whose forwarding headers (`X-Forwarded-For`, `X-Request-Id`) are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// One JSON line per request on stdout.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            data_dir: default_data_dir(),
+            worker_threads: 0,
+            shutdown_grace: default_shutdown_grace(),
+            trusted_proxies: Vec::new(),
+            access_log: true,
+        }
+    }
+}
+
+/// The side port for operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_admin_bind")]
+    pub bind: String,
+    /// Binding to a non-loopback address must be asked for explicitly.
+    #[serde(default)]
+    pub allow_public: bool,
+    /// The bearer token, inline. `GATEWAY_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the bearer token; created with a random token (mode 0600) if missing.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            enabled: true,
+            bind: default_admin_bind(),
+            allow_public: false,
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Generate a local CA and a localhost leaf into the first certificate's paths when
+    /// those files do not exist (development only).
+    #[serde(default)]
+    pub dev_self_signed: bool,
+    #[serde(default)]
+    pub certificates: Vec<CertificateSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names this certificate answers for (`*.example.com` allowed). The first
+    /// certificate is also the default for clients that send no or an unknown name.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: bool,
+    /// ALPN protocols offered on a TLS listener.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// Accept HTTP/2 with prior knowledge on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Expect a PROXY protocol v1 or v2 header before anything else.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    #[serde(default = "default_tls_handshake", with = "humantime_serde")]
+    pub tls_handshake: Duration,
+    /// Time allowed for a complete HTTP/1 request head.
+    #[serde(default = "default_header_read", with = "humantime_serde")]
+    pub header_read: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            tls_handshake: default_tls_handshake(),
+            header_read: default_header_read(),
+            idle: default_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Sum of header name and value lengths.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Default request body limit; routes may override it.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_header_count: default_max_header_count(),
+            max_header_bytes: default_max_header_bytes(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: String,
+    /// `http://host:port` entries, or `builtin:echo` for the demo upstream.
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Idle pooled connections kept per server.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Extra attempts on another server for idempotent requests whose connect failed.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    /// Connect failures in a row that take a server out of rotation.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    #[serde(default = "default_eject_for", with = "humantime_serde")]
+    pub eject_for: Duration,
+    /// Send the client's Host header upstream (otherwise the server's authority).
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    /// Exact host, `*.example.com`, or absent for any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_admin_bind() -> String {
+    "127.0.0.1:9901".to_string()
+}
+fn default_alpn() -> Vec<String> {
+    vec!["h2".to_string(), "http/1.1".to_string()]
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_tls_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_header_read() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_count() -> usize {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+fn default_retries() -> usize {
+    1
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_eject_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_health_path() -> String {
+    "/".to_string()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_threshold() -> u32 {
+    2
+}
+fn default_path_prefix() -> String {
+    "/".to_string()
+}

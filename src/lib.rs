@@ -1,0 +1,21 @@
+//! gateway: a TLS front door for web applications.
+//!
+//! Requests arrive on [`server`] listeners, pass the phases in [`pipeline`] and are
+//! forwarded by [`proxy`]. Config is read by [`config`] and compiled into a
+//! [`runtime::Runtime`] that the request path only reads; [`app`] starts, reloads and stops
+//! the whole; [`admin`] is the operator's side port.
+
+pub mod admin;
+pub mod app;
+pub mod client_ip;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod request_id;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+
+pub use app::{check_config, Gateway, StartError};

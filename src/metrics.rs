@@ -1,0 +1,201 @@
+//! Prometheus metrics, all named `gateway_*` with unit suffixes and bounded labels
+//! (route, listener, upstream pool and status class; never IPs or raw paths).
+//!
+//! Per-route children are resolved once when a config is compiled, so the request path
+//! increments a counter through a pointer instead of hashing label values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub connections_rejected: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub upstream_healthy: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("gateway_requests_total", "Requests answered, by route and status class."),
+            &["route", "status"],
+        )
+        .expect("metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request head to response head, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_response_duration_seconds",
+                "Time waiting for the upstream response head, by pool.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_errors_total",
+                "Upstream failures by pool and kind (connect, timeout, protocol).",
+            ),
+            &["upstream", "kind"],
+        )
+        .expect("metric");
+        let connections_active = IntGaugeVec::new(
+            Opts::new("gateway_connections_active", "Open client connections by listener."),
+            &["listener"],
+        )
+        .expect("metric");
+        let connections_total = IntCounterVec::new(
+            Opts::new("gateway_connections_total", "Accepted client connections by listener."),
+            &["listener"],
+        )
+        .expect("metric");
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "gateway_connections_rejected_total",
+                "Connections closed at accept because the listener was at its limit.",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("gateway_config_reloads_total", "Config reloads by result."),
+            &["result"],
+        )
+        .expect("metric");
+        let config_generation = IntGauge::new(
+            "gateway_config_generation",
+            "Generation number of the config in use (1 at start).",
+        )
+        .expect("metric");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_healthy_servers",
+                "Servers currently in rotation, by pool.",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(connections_active.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(connections_rejected.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(upstream_healthy.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            connections_active,
+            connections_total,
+            connections_rejected,
+            tls_handshake_failures,
+            config_reloads,
+            config_generation,
+            upstream_healthy,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counters and histogram for one route, resolved once at compile time.
+    pub fn route_metrics(&self, route: &str) -> RouteMetrics {
+        let status = |class: &str| self.requests.with_label_values(&[route, class]);
+        RouteMetrics {
+            by_class: [
+                status("1xx"),
+                status("2xx"),
+                status("3xx"),
+                status("4xx"),
+                status("5xx"),
+            ],
+            duration: self.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Counters for one upstream pool.
+    pub fn pool_metrics(&self, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            duration: self.upstream_duration.with_label_values(&[pool]),
+            connect_errors: self.upstream_errors.with_label_values(&[pool, "connect"]),
+            timeouts: self.upstream_errors.with_label_values(&[pool, "timeout"]),
+            protocol_errors: self.upstream_errors.with_label_values(&[pool, "protocol"]),
+            healthy: self.upstream_healthy.with_label_values(&[pool]),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [IntCounter; 5],
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub duration: Histogram,
+    pub connect_errors: IntCounter,
+    pub timeouts: IntCounter,
+    pub protocol_errors: IntCounter,
+    pub healthy: IntGauge,
+}

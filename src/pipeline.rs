@@ -1,0 +1,266 @@
+//! The request pipeline: every request passes these phases in this order, in this one
+//! place.
+//!
+//! 1. request checks (framing, Host, size limits) — protocol hygiene before anything else;
+//! 2. client IP (trusted-proxy aware);
+//! 3. IP rules;            (not built yet: issue "IP access rules")
+//! 4. rate limits and bans; (not built yet)
+//! 5. session checks;      (not built yet)
+//! 6. WAF;                 (not built yet)
+//! 7. route and forward upstream;
+//! 8. response phases;     (login outcome, session binding: not built yet)
+//! 9. metrics and the access log, reached exactly once on every exit path: metrics when the
+//!    response head is ready, the access log line when its body ends or is dropped.
+//!
+//! A phase is a synchronous check over an immutable structure compiled from config that
+//! returns a verdict; only forwarding awaits.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::app::Shared;
+use crate::proxy::body::{ByteCount, Completion};
+use crate::proxy::error::error_response;
+use crate::proxy::forward::forward;
+use crate::proxy::route::Route;
+use crate::proxy::ResponseBody;
+use crate::request_id;
+use crate::runtime::Runtime;
+use crate::server::ConnInfo;
+
+/// What the phases learn about a request as it passes.
+pub struct RequestCtx {
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    /// The TCP peer is a trusted proxy (its forwarding headers are believed).
+    pub peer_trusted: bool,
+    pub is_head: bool,
+    pub route: Option<Arc<Route>>,
+    pub upstream: Option<Arc<str>>,
+    pub upstream_duration: Option<Duration>,
+    pub bytes_in: Option<Arc<ByteCount>>,
+}
+
+/// Handles one request from start to response head.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let rt = shared.runtime.load_full();
+
+    // Phase 2 (client IP) runs first because everything after, including the request id
+    // we trust, depends on whether the peer is a trusted proxy.
+    let peer_trusted = !rt.trusted.is_empty() && rt.trusted.contains(conn.peer.ip());
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) if peer_trusted && request_id::acceptable(v) => v.clone(),
+        _ => request_id::generate(),
+    };
+    let client_ip = rt.trusted.client_ip(conn.peer.ip(), req.headers());
+    let mut ctx = RequestCtx {
+        request_id,
+        client_ip,
+        peer_trusted,
+        is_head: req.method() == Method::HEAD,
+        route: None,
+        upstream: None,
+        upstream_duration: None,
+        bytes_in: None,
+    };
+    // Created before any phase runs: if this future is dropped (client gone, HTTP/2 reset),
+    // the guard's drop still releases the connection and logs the request, as 499.
+    let mut finish = Finish::start(conn.clone(), started, rt.access_log.then(|| LogFields {
+        method: req.method().clone(),
+        host: req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
+        path: req.uri().path().chars().take(1024).collect(),
+        version: req.version(),
+    }));
+
+    let mut resp = run_phases(&rt, &conn, &mut ctx, req).await;
+
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    match &ctx.route {
+        Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
+        None => rt.unmatched.observe(status, elapsed.as_secs_f64()),
+    }
+    finish.status = status;
+    finish.request_id = Some(ctx.request_id);
+    finish.client_ip = Some(ctx.client_ip);
+    finish.route = ctx.route.map(|r| r.name.clone());
+    finish.upstream = ctx.upstream;
+    finish.upstream_duration = ctx.upstream_duration;
+    finish.bytes_in = ctx.bytes_in;
+    resp.body_mut().set_completion(Box::new(finish));
+    resp
+}
+
+async fn run_phases(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    // 1. Request checks.
+    if let Err((status, message)) = check_request(rt, &req) {
+        let mut resp = error_response(status, message, &ctx.request_id);
+        if status == StatusCode::BAD_REQUEST {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
+    // 2. Client IP: resolved in `handle` (ctx.client_ip).
+    // 3-6. IP rules, rate limits, sessions, WAF: later issues add their phases here.
+
+    // 7. Route and forward.
+    let host = request_host(&req);
+    let Some(route) = rt.router.route(host, req.uri().path()).cloned() else {
+        return error_response(StatusCode::NOT_FOUND, "no route", &ctx.request_id);
+    };
+    ctx.route = Some(route.clone());
+    forward(ctx, conn, &route, req).await
+    // 8. Response phases: later issues add them here.
+}
+
+/// The host a request is for: `Host`, or the HTTP/2 `:authority`.
+fn request_host<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Protocol hygiene the gateway enforces itself (hyper already refuses malformed framing,
+/// drops `Content-Length` when `Transfer-Encoding` is present and closes such connections).
+fn check_request<B>(rt: &Runtime, req: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    let limits = &rt.limits;
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err((StatusCode::URI_TOO_LONG, "request target too long"));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_header_count {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        ));
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header fields too large",
+        ));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host header"));
+    }
+    if req.version() == Version::HTTP_11 && first_host.is_none() {
+        return Err((StatusCode::BAD_REQUEST, "missing Host header"));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+struct LogFields {
+    method: Method,
+    host: Option<HeaderValue>,
+    path: String,
+    version: Version,
+}
+
+/// Runs when the response body is finished or dropped, or when the request is abandoned
+/// before a response: releases the in-flight mark on the connection and writes the access
+/// log line, exactly once.
+struct Finish {
+    conn: Arc<ConnInfo>,
+    log: Option<LogFields>,
+    started: Instant,
+    /// 499 until a response exists (the client went away first).
+    status: u16,
+    request_id: Option<HeaderValue>,
+    client_ip: Option<IpAddr>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    upstream_duration: Option<Duration>,
+    bytes_in: Option<Arc<ByteCount>>,
+    done: bool,
+}
+
+impl Finish {
+    fn start(conn: Arc<ConnInfo>, started: Instant, log: Option<LogFields>) -> Finish {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        Finish {
+            conn,
+            log,
+            started,
+            status: 499,
+            request_id: None,
+            client_ip: None,
+            route: None,
+            upstream: None,
+            upstream_duration: None,
+            bytes_in: None,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.complete(0, true);
+    }
+}
+
+impl Completion for Finish {
+    fn complete(&mut self, bytes_out: u64, aborted: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(log) = self.log.take() else { return };
+        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            client_ip = %self.client_ip.unwrap_or(self.conn.peer.ip()),
+            listener = &*self.conn.listener,
+            method = log.method.as_str(),
+            host = log.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path = log.path.as_str(),
+            version = ?log.version,
+            status = self.status,
+            bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.get()),
+            bytes_out,
+            route = self.route.as_deref().unwrap_or(""),
+            upstream = self.upstream.as_deref().unwrap_or(""),
+            upstream_ms,
+            total_ms,
+            aborted,
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The compiled runtime: a validated config turned into the immutable structures the request
+//! path reads (router, pools, trusted proxies, limits, per-listener TLS and hyper builders).
+//!
+//! [`Runtime::compile`] collects every error it finds, each located in the file, and does
+//! not touch the running gateway: activation (swapping it in, replacing certificates,
+//! starting health checks) is done by the caller only when compilation succeeded. A bad
+//! reload therefore leaves the old runtime serving.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client_ip::{parse_net, TrustedProxies};
+use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig, TimeoutsSection};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::route::Route;
+use crate::proxy::upstream::{Pool, Target};
+use crate::routing::Router;
+use crate::server::{ConnBuilders, ListenerRuntime};
+use crate::tls::{self, CertStore, NamedCert, SniResolver};
+
+/// Whether missing development certificates are acceptable (they are generated at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileMode {
+    /// `gateway check`: nothing is generated; a dev certificate yet to be made is fine.
+    Check,
+    /// Start or reload: every file must be there.
+    Run,
+}
+
+/// A listener's address and limit, used once at start (changing them needs a restart).
+#[derive(Debug, Clone)]
+pub struct ListenerBind {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+pub struct Runtime {
+    pub generation: u64,
+    pub router: Router,
+    pub pools: Vec<Arc<Pool>>,
+    pub listeners: Vec<ListenerRuntime>,
+    pub listener_binds: Vec<ListenerBind>,
+    pub trusted: TrustedProxies,
+    pub limits: LimitsSection,
+    pub timeouts: TimeoutsSection,
+    pub access_log: bool,
+    pub unmatched: RouteMetrics,
+    pub admin: AdminSettings,
+    pub data_dir: PathBuf,
+    pub shutdown_grace: Duration,
+    pub worker_threads: usize,
+    pub cert_store: Arc<CertStore>,
+    pub dev_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Runtime {
+    pub fn compile(
+        cfg: &LoadedConfig,
+        metrics: &Metrics,
+        resolver: &Arc<SniResolver>,
+        generation: u64,
+        mode: CompileMode,
+    ) -> Result<Runtime, ConfigErrors> {
+        let raw = &cfg.raw;
+        let mut errs = ConfigErrors::default();
+        let root = KeyPath::root();
+
+        // Trusted proxies.
+        let mut nets = Vec::new();
+        for (i, s) in raw.server.trusted_proxies.iter().enumerate() {
+            match parse_net(s) {
+                Ok(n) => nets.push(n),
+                Err(m) => errs.push(cfg.error(&KeyPath::of(&["server", "trusted_proxies"]).index(i), m)),
+            }
+        }
+
+        // Timeouts and limits.
+        let t = &raw.timeouts;
+        for (key, d) in [
+            ("tls_handshake", t.tls_handshake),
+            ("header_read", t.header_read),
+            ("idle", t.idle),
+        ] {
+            if d.is_zero() {
+                errs.push(cfg.error(&KeyPath::of(&["timeouts", key]), "must be greater than zero"));
+            }
+        }
+        let l = &raw.limits;
+        for (key, v) in [
+            ("max_header_count", l.max_header_count as u64),
+            ("max_header_bytes", l.max_header_bytes as u64),
+            ("max_uri_bytes", l.max_uri_bytes as u64),
+        ] {
+            if v == 0 {
+                errs.push(cfg.error(&KeyPath::of(&["limits", key]), "must be greater than zero"));
+            }
+        }
+
+        // Certificates.
+        let mut named = Vec::new();
+        let mut dev_cert = None;
+        for (i, c) in raw.tls.certificates.iter().enumerate() {
+            let at = KeyPath::of(&["tls", "certificates"]).index(i);
+            let cert = cfg.resolve(&c.cert);
+            let key = cfg.resolve(&c.key);
+            let missing = !cert.exists() || !key.exists();
+            if i == 0 && raw.tls.dev_self_signed {
+                dev_cert = Some((cert.clone(), key.clone()));
+                if missing && mode == CompileMode::Check {
+                    continue;
+                }
+            }
+            for (j, n) in c.server_names.iter().enumerate() {
+                if n.is_empty() || n.contains(' ') || (n.contains('*') && !n.starts_with("*.")) {
+                    errs.push(cfg.error(&at.key("server_names").index(j), format!("`{n}` is not a valid server name")));
+                }
+            }
+            match tls::load_certified_key(&cert, &key) {
+                Ok(k) => named.push(NamedCert {
+                    key: k,
+                    server_names: if c.server_names.is_empty() && i == 0 && raw.tls.dev_self_signed {
+                        vec!["localhost".into(), "127.0.0.1".into()]
+                    } else {
+                        c.server_names.clone()
+                    },
+                }),
+                Err(e) => errs.push(cfg.error(&at.key("cert"), e.to_string())),
+            }
+        }
+        let cert_store = Arc::new(CertStore::new(named));
+        let have_certs = !raw.tls.certificates.is_empty();
+
+        // Listeners.
+        let mut listeners = Vec::new();
+        let mut binds = Vec::new();
+        if raw.listeners.is_empty() {
+            errs.push(cfg.error(&root.key("listeners"), "at least one [[listeners]] entry is required"));
+        }
+        let mut names = HashSet::new();
+        for (i, ls) in raw.listeners.iter().enumerate() {
+            let at = root.key("listeners").index(i);
+            if ls.name.is_empty() {
+                errs.push(cfg.error(&at.key("name"), "must not be empty"));
+            } else if !names.insert(ls.name.as_str()) {
+                errs.push(cfg.error(&at.key("name"), format!("listener `{}` is defined twice", ls.name)));
+            }
+            let addr = match ls.bind.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errs.push(cfg.error(&at.key("bind"), format!("`{}` is not an address:port", ls.bind)));
+                    None
+                }
+            };
+            if ls.max_connections == 0 {
+                errs.push(cfg.error(&at.key("max_connections"), "must be greater than zero"));
+            }
+            let acceptor = if ls.tls {
+                if !have_certs {
+                    errs.push(cfg.error(&at.key("tls"), "a TLS listener needs at least one [[tls.certificates]] entry"));
+                }
+                if ls.h2c {
+                    errs.push(cfg.error(&at.key("h2c"), "h2c is for plain listeners; TLS listeners offer h2 through ALPN"));
+                }
+                if ls.alpn.is_empty() {
+                    errs.push(cfg.error(&at.key("alpn"), "offer at least one protocol"));
+                }
+                for (j, p) in ls.alpn.iter().enumerate() {
+                    if p != "h2" && p != "http/1.1" {
+                        errs.push(cfg.error(&at.key("alpn").index(j), format!("`{p}` is not supported; use \"h2\" or \"http/1.1\"")));
+                    }
+                }
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(resolver.clone(), &ls.alpn)))
+            } else {
+                None
+            };
+            if let Some(addr) = addr {
+                binds.push(ListenerBind {
+                    name: ls.name.clone(),
+                    addr,
+                    max_connections: ls.max_connections,
+                });
+            }
+            listeners.push(ListenerRuntime {
+                name: ls.name.as_str().into(),
+                tls: acceptor,
+                h2c: ls.h2c,
+                proxy_protocol: ls.proxy_protocol,
+                builders: ConnBuilders::new(t, l),
+                tls_handshake_timeout: t.tls_handshake,
+                idle_timeout: t.idle,
+            });
+        }
+
+        // Upstream pools.
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        let mut pool_names = HashSet::new();
+        for (i, u) in raw.upstreams.iter().enumerate() {
+            let at = root.key("upstreams").index(i);
+            if u.name.is_empty() {
+                errs.push(cfg.error(&at.key("name"), "must not be empty"));
+            } else if !pool_names.insert(u.name.as_str()) {
+                errs.push(cfg.error(&at.key("name"), format!("upstream `{}` is defined twice", u.name)));
+            }
+            if u.servers.is_empty() {
+                errs.push(cfg.error(&at.key("servers"), "at least one server is required"));
+            }
+            let mut targets = Vec::new();
+            for (j, s) in u.servers.iter().enumerate() {
+                match Target::parse(s) {
+                    Ok(t) => targets.push(t),
+                    Err(m) => errs.push(cfg.error(&at.key("servers").index(j), m)),
+                }
+            }
+            for (key, d) in [("connect_timeout", u.connect_timeout), ("response_timeout", u.response_timeout)] {
+                if d.is_zero() {
+                    errs.push(cfg.error(&at.key(key), "must be greater than zero"));
+                }
+            }
+            if let Some(hc) = &u.health_check {
+                let hat = at.key("health_check");
+                if !hc.path.starts_with('/') {
+                    errs.push(cfg.error(&hat.key("path"), "must start with `/`"));
+                }
+                if hc.interval.is_zero() || hc.timeout.is_zero() {
+                    errs.push(cfg.error(&hat, "interval and timeout must be greater than zero"));
+                }
+            }
+            if targets.len() == u.servers.len() {
+                pools.push(Arc::new(Pool::new(u, targets, metrics.pool_metrics(&u.name))));
+            }
+        }
+
+        // Routes.
+        let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
+        if raw.routes.is_empty() {
+            errs.push(cfg.error(&root.key("routes"), "at least one [[routes]] entry is required"));
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            let at = root.key("routes").index(i);
+            if r.name.is_empty() {
+                errs.push(cfg.error(&at.key("name"), "must not be empty"));
+            } else if !route_names.insert(r.name.as_str()) {
+                errs.push(cfg.error(&at.key("name"), format!("route `{}` is defined twice", r.name)));
+            }
+            if !r.path_prefix.starts_with('/') {
+                errs.push(cfg.error(&at.key("path_prefix"), "must start with `/`"));
+            }
+            if let Some(h) = &r.host {
+                if h.is_empty() || h.contains('/') || h.contains(' ') || (h.contains('*') && h != "*" && !h.starts_with("*.")) {
+                    errs.push(cfg.error(&at.key("host"), format!("`{h}` is not a host name")));
+                }
+            }
+            let pool = pools.iter().find(|p| &*p.name == r.upstream.as_str());
+            match pool {
+                Some(pool) => routes.push(Arc::new(Route {
+                    name: r.name.as_str().into(),
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    pool: pool.clone(),
+                    max_body_bytes: r.max_body_bytes.unwrap_or(l.max_body_bytes),
+                    metrics: metrics.route_metrics(&r.name),
+                })),
+                None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
+                None => errs.push(cfg.error(&at.key("upstream"), format!("no upstream named `{}`", r.upstream))),
+            }
+        }
+
+        // Admin.
+        let a = &raw.admin;
+        let admin_bind = match a.bind.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if a.enabled && !addr.ip().is_loopback() && !a.allow_public {
+                    errs.push(cfg.error(&KeyPath::of(&["admin", "bind"]),
+                        format!("`{}` is not a loopback address; set admin.allow_public = true to expose the admin port", a.bind)));
+                }
+                addr
+            }
+            Err(_) => {
+                errs.push(cfg.error(&KeyPath::of(&["admin", "bind"]), format!("`{}` is not an address:port", a.bind)));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        if a.token.as_deref().is_some_and(|t| t.len() < 16) {
+            errs.push(cfg.error(&KeyPath::of(&["admin", "token"]), "must be at least 16 characters"));
+        }
+
+        errs.into_result(())?;
+        Ok(Runtime {
+            generation,
+            router: Router::new(&routes),
+            pools,
+            listeners,
+            listener_binds: binds,
+            trusted: TrustedProxies::new(nets),
+            limits: l.clone(),
+            timeouts: t.clone(),
+            access_log: raw.server.access_log,
+            unmatched: metrics.route_metrics("(none)"),
+            admin: AdminSettings {
+                enabled: a.enabled,
+                bind: admin_bind,
+                token: a.token.clone(),
+                token_file: a.token_file.as_ref().map(|p| cfg.resolve(p)),
+            },
+            data_dir: cfg.resolve(&raw.server.data_dir),
+            shutdown_grace: raw.server.shutdown_grace,
+            worker_threads: raw.server.worker_threads,
+            cert_store,
+            dev_cert,
+        })
+    }
+}

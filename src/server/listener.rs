@@ -1,0 +1,201 @@
+//! The accept loop of one listener and the life of each connection on it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::{proxy_protocol, ConnInfo, IdleTimeoutIo};
+use crate::app::Shared;
+use crate::config::{LimitsSection, TimeoutsSection};
+
+/// hyper connection builders for one listener, built once per config.
+pub struct ConnBuilders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl ConnBuilders {
+    pub fn new(timeouts: &TimeoutsSection, limits: &LimitsSection) -> ConnBuilders {
+        let make = || {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            // hyper's own limits are a backstop at twice ours; ours answer with a request id.
+            let head_buf = (limits.max_header_bytes + limits.max_uri_bytes) * 2 + 16 * 1024;
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header_read)
+                .max_buf_size(head_buf.max(8192 + 1))
+                .max_headers(limits.max_header_count * 2);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size((limits.max_header_bytes * 2).min(u32::MAX as usize) as u32)
+                .max_concurrent_streams(250);
+            b
+        };
+        ConnBuilders {
+            h1: make().http1_only(),
+            h2: make().http2_only(),
+            auto: make(),
+        }
+    }
+}
+
+/// What a listener needs from the config in force, swapped on reload.
+pub struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+    pub h2c: bool,
+    pub proxy_protocol: bool,
+    pub builders: ConnBuilders,
+    pub tls_handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Accepts until `stop` turns true. Each connection runs on its own task and holds a
+/// permit of the listener's connection limit; over the limit, new connections are closed
+/// at once.
+pub async fn serve_listener(
+    listener: TcpListener,
+    index: usize,
+    max_connections: usize,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let name = shared.runtime.load().listeners[index].name.clone();
+    let active = shared.metrics.connections_active.with_label_values(&[&name]);
+    let total = shared.metrics.connections_total.with_label_values(&[&name]);
+    let rejected = shared.metrics.connections_rejected.with_label_values(&[&name]);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            rejected.inc();
+            drop(stream);
+            continue;
+        };
+        total.inc();
+        active.inc();
+        let shared = shared.clone();
+        let active = active.clone();
+        let drain = shared.drain.subscribe();
+        tokio::spawn(async move {
+            handle_connection(stream, peer, index, shared, drain).await;
+            active.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    index: usize,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let rt = shared.runtime.load_full();
+    let lr = &rt.listeners[index];
+    if lr.proxy_protocol {
+        match tokio::time::timeout(
+            lr.tls_handshake_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await
+        {
+            Ok(Ok(Some(addr))) => peer = addr,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %lr.name, %peer, error = %e, "PROXY header refused");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    match &lr.tls {
+        Some(acceptor) => {
+            let info = Arc::new(ConnInfo::new(peer, lr.name.clone(), true));
+            let handshake =
+                tokio::time::timeout(lr.tls_handshake_timeout, acceptor.accept(stream)).await;
+            let tls = match handshake {
+                Ok(Ok(s)) => s,
+                _ => {
+                    shared
+                        .metrics
+                        .tls_handshake_failures
+                        .with_label_values(&[&lr.name])
+                        .inc();
+                    return;
+                }
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 {
+                &lr.builders.h2
+            } else {
+                &lr.builders.h1
+            };
+            let io = IdleTimeoutIo::new(tls, lr.idle_timeout, info.clone());
+            serve_http(io, info, builder, &shared, drain).await;
+        }
+        None => {
+            let info = Arc::new(ConnInfo::new(peer, lr.name.clone(), false));
+            let builder = if lr.h2c {
+                &lr.builders.auto
+            } else {
+                &lr.builders.h1
+            };
+            let io = IdleTimeoutIo::new(stream, lr.idle_timeout, info.clone());
+            serve_http(io, info, builder, &shared, drain).await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: &Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(crate::pipeline::handle(shared, info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    if *drain.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
