@@ -191,20 +191,26 @@ impl Gateway {
 
         let mut bound = Vec::new();
         for b in &rt.listener_binds {
-            let l = TcpListener::bind(b.addr).await.map_err(|source| StartError::Bind {
-                name: b.name.clone(),
-                addr: b.addr,
-                source,
-            })?;
+            let l = TcpListener::bind(b.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    source,
+                })?;
             bound.push(l);
         }
         let admin = rt.admin.clone();
         let admin_listener = if admin.enabled {
-            Some(TcpListener::bind(admin.bind).await.map_err(|source| StartError::Bind {
-                name: "admin".into(),
-                addr: admin.bind,
-                source,
-            })?)
+            Some(
+                TcpListener::bind(admin.bind)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        name: "admin".into(),
+                        addr: admin.bind,
+                        source,
+                    })?,
+            )
         } else {
             None
         };

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "A TLS front door for web applications")]
+#[command(
+    name = "gateway",
+    version,
+    about = "A TLS front door for web applications"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -32,7 +32,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Requests answered, by route and status class."),
+            Opts::new(
+                "gateway_requests_total",
+                "Requests answered, by route and status class.",
+            ),
             &["route", "status"],
         )
         .expect("metric");
@@ -63,12 +66,18 @@ impl Metrics {
         )
         .expect("metric");
         let connections_active = IntGaugeVec::new(
-            Opts::new("gateway_connections_active", "Open client connections by listener."),
+            Opts::new(
+                "gateway_connections_active",
+                "Open client connections by listener.",
+            ),
             &["listener"],
         )
         .expect("metric");
         let connections_total = IntCounterVec::new(
-            Opts::new("gateway_connections_total", "Accepted client connections by listener."),
+            Opts::new(
+                "gateway_connections_total",
+                "Accepted client connections by listener.",
+            ),
             &["listener"],
         )
         .expect("metric");

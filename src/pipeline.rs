@@ -75,16 +75,20 @@ pub async fn handle(
     };
     // Created before any phase runs: if this future is dropped (client gone, HTTP/2 reset),
     // the guard's drop still releases the connection and logs the request, as 499.
-    let mut finish = Finish::start(conn.clone(), started, rt.access_log.then(|| LogFields {
-        method: req.method().clone(),
-        host: req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
-        path: req.uri().path().chars().take(1024).collect(),
-        version: req.version(),
-    }));
+    let mut finish = Finish::start(
+        conn.clone(),
+        started,
+        rt.access_log.then(|| LogFields {
+            method: req.method().clone(),
+            host: req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            path: req.uri().path().chars().take(1024).collect(),
+            version: req.version(),
+        }),
+    );
 
     let mut resp = run_phases(&rt, &conn, &mut ctx, req).await;
 
@@ -175,7 +179,8 @@ fn check_request<B>(rt: &Runtime, req: &Request<B>) -> Result<(), (StatusCode, &
     if req.version() == Version::HTTP_11 && first_host.is_none() {
         return Err((StatusCode::BAD_REQUEST, "missing Host header"));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
     {
         return Err((
             StatusCode::BAD_REQUEST,

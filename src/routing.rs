@@ -45,8 +45,7 @@ impl Router {
         r.exact.values_mut().for_each(by_prefix);
         r.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
         by_prefix(&mut r.any_host);
-        r.wildcard
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        r.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         r
     }
 

@@ -82,7 +82,9 @@ impl Runtime {
         for (i, s) in raw.server.trusted_proxies.iter().enumerate() {
             match parse_net(s) {
                 Ok(n) => nets.push(n),
-                Err(m) => errs.push(cfg.error(&KeyPath::of(&["server", "trusted_proxies"]).index(i), m)),
+                Err(m) => {
+                    errs.push(cfg.error(&KeyPath::of(&["server", "trusted_proxies"]).index(i), m))
+                }
             }
         }
 
@@ -94,7 +96,10 @@ impl Runtime {
             ("idle", t.idle),
         ] {
             if d.is_zero() {
-                errs.push(cfg.error(&KeyPath::of(&["timeouts", key]), "must be greater than zero"));
+                errs.push(cfg.error(
+                    &KeyPath::of(&["timeouts", key]),
+                    "must be greater than zero",
+                ));
             }
         }
         let l = &raw.limits;
@@ -124,13 +129,17 @@ impl Runtime {
             }
             for (j, n) in c.server_names.iter().enumerate() {
                 if n.is_empty() || n.contains(' ') || (n.contains('*') && !n.starts_with("*.")) {
-                    errs.push(cfg.error(&at.key("server_names").index(j), format!("`{n}` is not a valid server name")));
+                    errs.push(cfg.error(
+                        &at.key("server_names").index(j),
+                        format!("`{n}` is not a valid server name"),
+                    ));
                 }
             }
             match tls::load_certified_key(&cert, &key) {
                 Ok(k) => named.push(NamedCert {
                     key: k,
-                    server_names: if c.server_names.is_empty() && i == 0 && raw.tls.dev_self_signed {
+                    server_names: if c.server_names.is_empty() && i == 0 && raw.tls.dev_self_signed
+                    {
                         vec!["localhost".into(), "127.0.0.1".into()]
                     } else {
                         c.server_names.clone()
@@ -146,7 +155,10 @@ impl Runtime {
         let mut listeners = Vec::new();
         let mut binds = Vec::new();
         if raw.listeners.is_empty() {
-            errs.push(cfg.error(&root.key("listeners"), "at least one [[listeners]] entry is required"));
+            errs.push(cfg.error(
+                &root.key("listeners"),
+                "at least one [[listeners]] entry is required",
+            ));
         }
         let mut names = HashSet::new();
         for (i, ls) in raw.listeners.iter().enumerate() {
@@ -154,12 +166,18 @@ impl Runtime {
             if ls.name.is_empty() {
                 errs.push(cfg.error(&at.key("name"), "must not be empty"));
             } else if !names.insert(ls.name.as_str()) {
-                errs.push(cfg.error(&at.key("name"), format!("listener `{}` is defined twice", ls.name)));
+                errs.push(cfg.error(
+                    &at.key("name"),
+                    format!("listener `{}` is defined twice", ls.name),
+                ));
             }
             let addr = match ls.bind.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    errs.push(cfg.error(&at.key("bind"), format!("`{}` is not an address:port", ls.bind)));
+                    errs.push(cfg.error(
+                        &at.key("bind"),
+                        format!("`{}` is not an address:port", ls.bind),
+                    ));
                     None
                 }
             };
@@ -168,20 +186,32 @@ impl Runtime {
             }
             let acceptor = if ls.tls {
                 if !have_certs {
-                    errs.push(cfg.error(&at.key("tls"), "a TLS listener needs at least one [[tls.certificates]] entry"));
+                    errs.push(cfg.error(
+                        &at.key("tls"),
+                        "a TLS listener needs at least one [[tls.certificates]] entry",
+                    ));
                 }
                 if ls.h2c {
-                    errs.push(cfg.error(&at.key("h2c"), "h2c is for plain listeners; TLS listeners offer h2 through ALPN"));
+                    errs.push(cfg.error(
+                        &at.key("h2c"),
+                        "h2c is for plain listeners; TLS listeners offer h2 through ALPN",
+                    ));
                 }
                 if ls.alpn.is_empty() {
                     errs.push(cfg.error(&at.key("alpn"), "offer at least one protocol"));
                 }
                 for (j, p) in ls.alpn.iter().enumerate() {
                     if p != "h2" && p != "http/1.1" {
-                        errs.push(cfg.error(&at.key("alpn").index(j), format!("`{p}` is not supported; use \"h2\" or \"http/1.1\"")));
+                        errs.push(cfg.error(
+                            &at.key("alpn").index(j),
+                            format!("`{p}` is not supported; use \"h2\" or \"http/1.1\""),
+                        ));
                     }
                 }
-                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(resolver.clone(), &ls.alpn)))
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    resolver.clone(),
+                    &ls.alpn,
+                )))
             } else {
                 None
             };
@@ -211,7 +241,10 @@ impl Runtime {
             if u.name.is_empty() {
                 errs.push(cfg.error(&at.key("name"), "must not be empty"));
             } else if !pool_names.insert(u.name.as_str()) {
-                errs.push(cfg.error(&at.key("name"), format!("upstream `{}` is defined twice", u.name)));
+                errs.push(cfg.error(
+                    &at.key("name"),
+                    format!("upstream `{}` is defined twice", u.name),
+                ));
             }
             if u.servers.is_empty() {
                 errs.push(cfg.error(&at.key("servers"), "at least one server is required"));
@@ -223,7 +256,10 @@ impl Runtime {
                     Err(m) => errs.push(cfg.error(&at.key("servers").index(j), m)),
                 }
             }
-            for (key, d) in [("connect_timeout", u.connect_timeout), ("response_timeout", u.response_timeout)] {
+            for (key, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("response_timeout", u.response_timeout),
+            ] {
                 if d.is_zero() {
                     errs.push(cfg.error(&at.key(key), "must be greater than zero"));
                 }
@@ -238,7 +274,11 @@ impl Runtime {
                 }
             }
             if targets.len() == u.servers.len() {
-                pools.push(Arc::new(Pool::new(u, targets, metrics.pool_metrics(&u.name))));
+                pools.push(Arc::new(Pool::new(
+                    u,
+                    targets,
+                    metrics.pool_metrics(&u.name),
+                )));
             }
         }
 
@@ -246,20 +286,30 @@ impl Runtime {
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
         if raw.routes.is_empty() {
-            errs.push(cfg.error(&root.key("routes"), "at least one [[routes]] entry is required"));
+            errs.push(cfg.error(
+                &root.key("routes"),
+                "at least one [[routes]] entry is required",
+            ));
         }
         for (i, r) in raw.routes.iter().enumerate() {
             let at = root.key("routes").index(i);
             if r.name.is_empty() {
                 errs.push(cfg.error(&at.key("name"), "must not be empty"));
             } else if !route_names.insert(r.name.as_str()) {
-                errs.push(cfg.error(&at.key("name"), format!("route `{}` is defined twice", r.name)));
+                errs.push(cfg.error(
+                    &at.key("name"),
+                    format!("route `{}` is defined twice", r.name),
+                ));
             }
             if !r.path_prefix.starts_with('/') {
                 errs.push(cfg.error(&at.key("path_prefix"), "must start with `/`"));
             }
             if let Some(h) = &r.host {
-                if h.is_empty() || h.contains('/') || h.contains(' ') || (h.contains('*') && h != "*" && !h.starts_with("*.")) {
+                if h.is_empty()
+                    || h.contains('/')
+                    || h.contains(' ')
+                    || (h.contains('*') && h != "*" && !h.starts_with("*."))
+                {
                     errs.push(cfg.error(&at.key("host"), format!("`{h}` is not a host name")));
                 }
             }
@@ -274,7 +324,10 @@ impl Runtime {
                     metrics: metrics.route_metrics(&r.name),
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
-                None => errs.push(cfg.error(&at.key("upstream"), format!("no upstream named `{}`", r.upstream))),
+                None => errs.push(cfg.error(
+                    &at.key("upstream"),
+                    format!("no upstream named `{}`", r.upstream),
+                )),
             }
         }
 
@@ -289,12 +342,18 @@ impl Runtime {
                 addr
             }
             Err(_) => {
-                errs.push(cfg.error(&KeyPath::of(&["admin", "bind"]), format!("`{}` is not an address:port", a.bind)));
+                errs.push(cfg.error(
+                    &KeyPath::of(&["admin", "bind"]),
+                    format!("`{}` is not an address:port", a.bind),
+                ));
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
         if a.token.as_deref().is_some_and(|t| t.len() < 16) {
-            errs.push(cfg.error(&KeyPath::of(&["admin", "token"]), "must be at least 16 characters"));
+            errs.push(cfg.error(
+                &KeyPath::of(&["admin", "token"]),
+                "must be at least 16 characters",
+            ));
         }
 
         errs.into_result(())?;

@@ -104,7 +104,10 @@ impl Locator {
             file: self.file.clone(),
             line,
             column,
-            key: self.key_at(offset).map(|k| k.to_string()).unwrap_or_default(),
+            key: self
+                .key_at(offset)
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
             message: e.message().trim().to_string(),
         }
     }
@@ -113,7 +116,10 @@ impl Locator {
         let offset = offset.min(self.text.len());
         let before = &self.text.as_bytes()[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
         let column = self.text[line_start..offset].chars().count() + 1;
         (line, column)
     }

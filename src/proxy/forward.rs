@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyTooLarge, ByteCount, RequestBody};
+use super::body::{ByteCount, RequestBody, RequestBodyError};
 use super::error::error_response;
 use super::headers::{is_upgrade_request, set_forwarded, strip_hop_by_hop};
 use super::route::Route;
@@ -149,7 +149,11 @@ pub async fn forward(
         *upstream_req.uri_mut() = match uri.build() {
             Ok(u) => u,
             Err(_) => {
-                return error_response(StatusCode::BAD_REQUEST, "bad request target", &ctx.request_id)
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad request target",
+                    &ctx.request_id,
+                )
             }
         };
         if !pool.preserve_host || !upstream_req.headers().contains_key(header::HOST) {
@@ -162,7 +166,8 @@ pub async fn forward(
 
         let guard = Pool::begin(&server);
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_req)).await;
+        let result =
+            tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_req)).await;
         let waited = started.elapsed();
         ctx.upstream_duration = Some(waited);
         pool.metrics.duration.observe(waited.as_secs_f64());
@@ -187,17 +192,18 @@ pub async fn forward(
                 );
             }
             Ok(Err(e)) => {
-                if let Some(too_large) = find_cause::<BodyTooLarge>(&e) {
-                    let _ = too_large;
-                    return error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large",
-                        &ctx.request_id,
-                    );
+                if let Some(body_err) = find_cause::<RequestBodyError>(&e) {
+                    // The client's body failed (too large, or the client went away): not
+                    // the upstream's fault.
+                    return body_error_response(ctx, body_err);
                 }
                 pool.metrics.protocol_errors.inc();
                 tracing::debug!(pool = %pool.name, server = %server.label, error = %e, "upstream request failed");
-                return error_response(StatusCode::BAD_GATEWAY, "bad upstream response", &ctx.request_id);
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "bad upstream response",
+                    &ctx.request_id,
+                );
             }
             Ok(Ok(resp)) => resp,
         };
@@ -249,9 +255,7 @@ fn tunnel(
     if let Some(p) = proto {
         parts.headers.insert(header::UPGRADE, p);
     }
-    parts
-        .headers
-        .insert("x-request-id", ctx.request_id.clone());
+    parts.headers.insert("x-request-id", ctx.request_id.clone());
     parts.extensions = http::Extensions::new();
     if let Some(upstream_upgrade) = upstream_upgrade {
         tokio::spawn(async move {
@@ -268,16 +272,18 @@ fn tunnel(
     Response::from_parts(parts, ResponseBody::empty())
 }
 
-fn body_error_response(ctx: &RequestCtx, e: &super::body::RequestBodyError) -> Response<ResponseBody> {
+fn body_error_response(ctx: &RequestCtx, e: &RequestBodyError) -> Response<ResponseBody> {
     match e {
-        super::body::RequestBodyError::TooLarge(_) => error_response(
+        RequestBodyError::TooLarge(_) => error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             &ctx.request_id,
         ),
-        super::body::RequestBodyError::Client(_) => {
-            error_response(StatusCode::BAD_REQUEST, "could not read request body", &ctx.request_id)
-        }
+        RequestBodyError::Client(_) => error_response(
+            StatusCode::BAD_REQUEST,
+            "could not read request body",
+            &ctx.request_id,
+        ),
     }
 }
 

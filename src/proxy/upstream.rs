@@ -28,7 +28,10 @@ pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 /// Where a server is.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Http { scheme: Scheme, authority: Authority },
+    Http {
+        scheme: Scheme,
+        authority: Authority,
+    },
     /// The built-in demo upstream, answered in process.
     BuiltinEcho,
 }
@@ -49,11 +52,7 @@ impl Target {
                     "`{s}`: TLS to upstreams is not supported yet; use http://"
                 ))
             }
-            _ => {
-                return Err(format!(
-                    "`{s}` must be http://host:port or builtin:echo"
-                ))
-            }
+            _ => return Err(format!("`{s}` must be http://host:port or builtin:echo")),
         }
         let authority = uri
             .authority()
@@ -209,9 +208,10 @@ impl Pool {
         let fails = server.consecutive_fails.fetch_add(1, Ordering::Relaxed) + 1;
         if self.max_fails > 0 && fails >= self.max_fails {
             server.consecutive_fails.store(0, Ordering::Relaxed);
-            server
-                .ejected_until_ms
-                .store(now_ms() + self.eject_for.as_millis() as u64, Ordering::Relaxed);
+            server.ejected_until_ms.store(
+                now_ms() + self.eject_for.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             tracing::warn!(pool = %self.name, server = %server.label, eject_for = ?self.eject_for, "upstream server ejected after connect failures");
         }
     }

@@ -71,9 +71,15 @@ pub async fn serve_listener(
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
     let name = shared.runtime.load().listeners[index].name.clone();
-    let active = shared.metrics.connections_active.with_label_values(&[&name]);
+    let active = shared
+        .metrics
+        .connections_active
+        .with_label_values(&[&name]);
     let total = shared.metrics.connections_total.with_label_values(&[&name]);
-    let rejected = shared.metrics.connections_rejected.with_label_values(&[&name]);
+    let rejected = shared
+        .metrics
+        .connections_rejected
+        .with_label_values(&[&name]);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -150,11 +156,7 @@ async fn handle_connection(
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = if h2 {
-                &lr.builders.h2
-            } else {
-                &lr.builders.h1
-            };
+            let builder = if h2 { &lr.builders.h2 } else { &lr.builders.h1 };
             let io = IdleTimeoutIo::new(tls, lr.idle_timeout, info.clone());
             serve_http(io, info, builder, &shared, drain).await;
         }

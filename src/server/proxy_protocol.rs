@@ -81,7 +81,8 @@ pub fn parse(b: &[u8]) -> Result<Option<(usize, Option<SocketAddr>)>, ProxyHeade
             Ok(None)
         };
     };
-    let line = std::str::from_utf8(&b[6..end]).map_err(|_| ProxyHeaderError::Invalid("v1 not text"))?;
+    let line =
+        std::str::from_utf8(&b[6..end]).map_err(|_| ProxyHeaderError::Invalid("v1 not text"))?;
     let mut parts = line.split(' ');
     let addr = match parts.next() {
         Some("UNKNOWN") => None,

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,12 @@ pub fn generate(cert_path: &Path, key_path: &Path) -> Result<std::path::PathBuf,
 
     let dir = cert_path.parent().unwrap_or(Path::new("."));
     let ca_path = dir.join("dev-ca.crt");
-    write(dir, cert_path, &format!("{}{}", leaf_cert.pem(), ca_cert.pem()), 0o644)?;
+    write(
+        dir,
+        cert_path,
+        &format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
+        0o644,
+    )?;
     write(dir, key_path, &leaf_key.serialize_pem(), 0o600)?;
     write(dir, &ca_path, &ca_cert.pem(), 0o644)?;
     Ok(ca_path)

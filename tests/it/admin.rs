@@ -1,0 +1,79 @@
+//! The admin port: open health and metrics, a token-protected API, no API without a token.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requires_the_bearer_token() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    assert_eq!(admin(&gw, "GET", "/healthz", None).await.status, 200);
+    assert_eq!(admin(&gw, "GET", "/readyz", None).await.status, 200);
+    let r = admin(&gw, "GET", "/api/v1/status", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    assert_eq!(
+        admin(
+            &gw,
+            "GET",
+            "/api/v1/status",
+            Some("wrong-token-wrong-token")
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        admin(&gw, "POST", "/api/v1/reload", Some("x")).await.status,
+        401
+    );
+    let r = admin(&gw, "GET", "/api/v1/status", Some(TOKEN)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["generation"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_api_does_not_run() {
+    let up = echo_upstream().await;
+    let cfg = base_config(&[up.url()], "").replace(&format!("token = \"{TOKEN}\"\n"), "");
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(admin(&gw, "GET", "/healthz", None).await.status, 200);
+    for t in [None, Some(""), Some("anything")] {
+        assert_eq!(admin(&gw, "POST", "/api/v1/reload", t).await.status, 503);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_status_without_ips_or_paths() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/secret-path-{i}")).await.status, 200);
+    }
+    let r = admin(&gw, "GET", "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let m = r.text();
+    assert!(
+        m.contains("gateway_requests_total{route=\"app\",status=\"2xx\"} 3"),
+        "{m}"
+    );
+    assert!(m.contains("gateway_request_duration_seconds_bucket"), "{m}");
+    assert!(
+        m.contains("gateway_connections_active{listener=\"http\"} 1"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("127.0.0.1") && !m.contains("secret-path"),
+        "high-cardinality label leaked"
+    );
+    // Every sample line is `name{labels} value` with a gateway_ prefix.
+    for line in m.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.starts_with("gateway_"), "{line}");
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "{line}");
+    }
+}

@@ -1,0 +1,214 @@
+//! Reload and shutdown: reload under load with zero failed requests, a bad reload refused
+//! while the old config keeps serving, SIGHUP, graceful drain on shutdown and SIGTERM.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Response;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request() {
+    let a = upstream(|_r| async {
+        Response::builder()
+            .header("x-pool", "a")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let b = upstream(|_r| async {
+        Response::builder()
+            .header("x-pool", "b")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let cfg_a = base_config(&[a.url()], "");
+    let gw = TestGateway::start(&cfg_a).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let tls = gw.tls();
+        let addr = gw.addr("https");
+        clients.push(tokio::spawn(async move {
+            let mut c = if i % 2 == 0 {
+                tls.h2(addr).await
+            } else {
+                tls.h1(addr).await
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.get("/").await;
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let cfg_b = base_config(&[b.url()], "");
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let next = if i % 2 == 0 { &cfg_b } else { &cfg_a };
+        std::fs::write(gw.config_path(), next).unwrap();
+        let r = admin(&gw, "POST", "/api/v1/reload", Some(TOKEN)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["generation"], i + 2);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "only {} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both configs served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let broken = base_config(&[up.url()], "").replace("upstream = \"app\"", "upstream = \"nope\"");
+    std::fs::write(gw.config_path(), broken).unwrap();
+    let r = admin(&gw, "POST", "/api/v1/reload", Some(TOKEN)).await;
+    assert_eq!(r.status, 422);
+    let j = r.json();
+    assert_eq!(j["reloaded"], false);
+    assert_eq!(j["generation"], 1);
+    assert_eq!(j["errors"][0]["key"], "routes[0].upstream");
+    assert!(j["errors"][0]["line"].as_u64().unwrap() > 0);
+    let mut c = gw.tls().h1(gw.addr("https")).await;
+    assert_eq!(c.get("/").await.status, 200);
+    let m = admin(&gw, "GET", "/metrics", None).await.text();
+    assert!(
+        m.contains("gateway_config_reloads_total{result=\"failure\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let slow = upstream(|_r| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(full("finished"))
+    })
+    .await;
+    let gw = TestGateway::start(&base_config(&[slow.url()], "")).await;
+    let addr = gw.addr("https");
+    let tls = gw.tls();
+    let mut c = tls.h2(addr).await;
+    let in_flight = tokio::spawn(async move { c.get("/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let drained = gw.shutdown().await;
+    assert!(drained);
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let a = upstream(|_r| async {
+        Response::builder()
+            .header("x-pool", "a")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let b = upstream(|_r| async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Response::builder()
+            .header("x-pool", "b")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = |url: &str| {
+        base_config(&[url.to_string()], "")
+            .replace(
+                "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = true\n",
+                "",
+            )
+            .replace(
+                "name = \"http\"\nbind = \"127.0.0.1:0\"",
+                &format!("name = \"http\"\nbind = \"127.0.0.1:{port}\""),
+            )
+            .replace("[admin]\n", "[admin]\nenabled = false\n")
+    };
+    std::fs::write(&path, cfg(&a.url())).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "binary did not start");
+    let mut c = Sender::plain(addr).await;
+    assert_eq!(c.get("/").await.headers["x-pool"], "a");
+
+    std::fs::write(&path, cfg(&b.url())).unwrap();
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let mut reloaded = false;
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        if line.contains("config reloaded") {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded);
+    // A slow request in flight when SIGTERM arrives still completes.
+    let in_flight = tokio::spawn(async move { c.get("/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-pool"], "b");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,11 @@
+//! Integration tests: one binary (one link on a 2-core machine), modules by concern.
+
+mod support;
+
+mod admin;
+mod config;
+mod forwarding;
+mod hardening;
+mod lifecycle;
+mod timeouts;
+mod upstreams;

@@ -1,0 +1,388 @@
+//! Shared test support: a real upstream (hyper on 127.0.0.1:0), the gateway started from a
+//! config written to a temp dir, and real clients (rustls + hyper HTTP/1.1 and HTTP/2, and
+//! raw TCP for what well-behaved clients cannot send).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::Gateway;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A running upstream and how many requests it has seen.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an HTTP/1.1 upstream (with upgrades) that answers with `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            let hits = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+/// An upstream that answers with a JSON echo of the request head and the body length.
+pub async fn echo_upstream() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let len = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(usize::MAX);
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "method": parts.method.as_str(),
+            "uri": parts.uri.to_string(),
+            "headers": headers,
+            "body_len": len,
+        });
+        Response::new(full(doc.to_string()))
+    })
+    .await
+}
+
+/// A gateway running from a config written to a temp dir.
+pub struct TestGateway {
+    pub gw: Option<Gateway>,
+    pub dir: tempfile::TempDir,
+}
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A config with one TLS listener ("https"), one plain ("http"), admin on port 0, and one
+/// pool "app" with `servers`. `extra` is appended (more pools, routes, sections).
+pub fn base_config(servers: &[String], extra: &str) -> String {
+    let servers = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[server]
+shutdown_grace = "5s"
+access_log = false
+
+[admin]
+bind = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[tls]
+dev_self_signed = true
+
+[[tls.certificates]]
+cert = "certs/localhost.crt"
+key = "certs/localhost.key"
+
+[[listeners]]
+name = "https"
+bind = "127.0.0.1:0"
+tls = true
+
+[[listeners]]
+name = "http"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+servers = [{servers}]
+connect_timeout = "1s"
+response_timeout = "2s"
+
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+{extra}
+"#
+    )
+}
+
+impl TestGateway {
+    pub async fn start(config: &str) -> TestGateway {
+        Self::try_start(config).await.expect("gateway starts")
+    }
+
+    pub async fn try_start(config: &str) -> Result<TestGateway, gateway::StartError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+        let gw = Gateway::start(&dir.path().join("gateway.toml")).await?;
+        Ok(TestGateway { gw: Some(gw), dir })
+    }
+
+    pub fn gw(&self) -> &Gateway {
+        self.gw.as_ref().unwrap()
+    }
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.gw().listener_addr(listener).unwrap()
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.gw().admin_addr().unwrap()
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs/dev-ca.crt")
+    }
+    /// A TLS client trusting this gateway's development CA.
+    pub fn tls(&self) -> TlsClient {
+        TlsClient::new(&self.ca())
+    }
+    pub async fn shutdown(mut self) -> bool {
+        self.gw.take().unwrap().shutdown().await
+    }
+}
+
+pub struct TlsClient {
+    config_h1: Arc<rustls::ClientConfig>,
+    config_h2: Arc<rustls::ClientConfig>,
+}
+
+impl TlsClient {
+    pub fn new(ca: &Path) -> TlsClient {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let make = |alpn: &[u8]| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut c = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(c)
+        };
+        TlsClient {
+            config_h1: make(b"http/1.1"),
+            config_h2: make(b"h2"),
+        }
+    }
+
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        h2: bool,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let cfg = if h2 { &self.config_h2 } else { &self.config_h1 };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// An HTTP/1.1 sender over a fresh TLS connection to `localhost`.
+    pub async fn h1(&self, addr: SocketAddr) -> Sender {
+        let io = self.connect(addr, "localhost", false).await;
+        assert_eq!(io.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        Sender::h1(io).await
+    }
+
+    /// An HTTP/2 sender over a fresh TLS connection to `localhost`.
+    pub async fn h2(&self, addr: SocketAddr) -> Sender {
+        let io = self.connect(addr, "localhost", true).await;
+        assert_eq!(io.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        Sender::h2(io).await
+    }
+}
+
+pub enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<BoxBody>),
+    H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+}
+
+impl Sender {
+    pub async fn h1<T>(io: T) -> Sender
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        Sender::H1(send)
+    }
+
+    pub async fn h2<T>(io: T) -> Sender
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Sender::H2(send)
+    }
+
+    /// Plain HTTP/1.1 to a listener.
+    pub async fn plain(addr: SocketAddr) -> Sender {
+        Sender::h1(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    pub async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+
+    /// GET `path` with Host `localhost`; returns status, headers and body.
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let req = match self {
+            Sender::H1(_) => Request::get(path).header("host", "localhost"),
+            Sender::H2(_) => Request::get(format!("https://localhost{path}")),
+        }
+        .body(full(""))
+        .unwrap();
+        Reply::from(self.send(req).await.unwrap()).await
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub async fn from(resp: Response<Incoming>) -> Reply {
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The value of header `name` as the echo upstream received it (first one), if any.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
+    echoed_headers(echo, name).into_iter().next()
+}
+
+pub fn echoed_headers(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Writes raw bytes and reads until the peer closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s, wait).await
+}
+
+/// Reads until EOF (returns true) or until `wait` passes (false).
+pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), false),
+        }
+    }
+}
+
+/// An admin API call with the test token.
+pub async fn admin(gw: &TestGateway, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut s = Sender::plain(gw.admin()).await;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    Reply::from(s.send(req.body(full("")).unwrap()).await.unwrap()).await
+}
