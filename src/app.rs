@@ -65,12 +65,14 @@ impl StartError {
     }
 }
 
-/// Loads and compiles a config file without side effects (for `gateway check`).
-pub fn check_config(path: &Path) -> Result<(), ConfigErrors> {
+/// Loads and compiles a config file without side effects (for `gateway check`, and before
+/// `gateway run` builds its async runtime). Returns the loaded file when it is valid.
+pub fn check_config(path: &Path) -> Result<config::LoadedConfig, ConfigErrors> {
     let loaded = config::load(path)?;
     let metrics = Metrics::new();
     let resolver = Arc::new(SniResolver::default());
-    Runtime::compile(&loaded, &metrics, &resolver, 0, CompileMode::Check).map(|_| ())
+    Runtime::compile(&loaded, &metrics, &resolver, 0, CompileMode::Check)?;
+    Ok(loaded)
 }
 
 fn compile_file(

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match gateway::check_config(&config) {
-            Ok(()) => {
+            Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -55,18 +55,14 @@ fn main() -> ExitCode {
 fn run(config: PathBuf) -> ExitCode {
     init_logging();
     // Validate before building the runtime, so a bad config binds nothing.
-    let workers = match gateway::config::load(&config) {
-        Ok(c) => c.raw.server.worker_threads,
+    let workers = match gateway::check_config(&config) {
+        Ok(loaded) => loaded.raw.server.worker_threads,
         Err(errs) => {
             eprintln!("{errs}");
+            eprintln!("{} error(s) in {}", errs.len(), config.display());
             return ExitCode::from(2);
         }
     };
-    if let Err(errs) = gateway::check_config(&config) {
-        eprintln!("{errs}");
-        eprintln!("{} error(s) in {}", errs.len(), config.display());
-        return ExitCode::from(2);
-    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if workers > 0 {

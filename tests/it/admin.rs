@@ -77,3 +77,46 @@ async fn metrics_count_requests_by_route_and_status_without_ips_or_paths() {
         assert!(value.parse::<f64>().is_ok() || value == "+Inf", "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let Ok(out) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        // CI installs promtool (.ci/run); a developer machine may not have it.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool must be installed in CI"
+        );
+        eprintln!("promtool not installed: skipping the exposition format check");
+        return;
+    };
+    assert!(out.status.success());
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(c.get("/").await.status, 200);
+    let text = admin(&gw, "GET", "/metrics", None).await.text();
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -349,3 +349,24 @@ async fn shipped_config_is_valid_and_serves_the_demo_upstream() {
     let r = admin(&gw, "GET", "/api/v1/status", Some(token.trim())).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_on_a_plain_listener_when_enabled() {
+    let up = echo_upstream().await;
+    let cfg = base_config(&[up.url()], "").replace(
+        "name = \"http\"\nbind = \"127.0.0.1:0\"",
+        "name = \"http\"\nbind = \"127.0.0.1:0\"\nh2c = true",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let mut c = Sender::h2(tcp).await;
+    let req = Request::get(format!("http://localhost:{}/h2c", gw.addr("http").port()))
+        .body(full(""))
+        .unwrap();
+    let r = Reply::from(c.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/h2c");
+    // HTTP/1.1 still works on the same listener.
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(c.get("/").await.status, 200);
+}

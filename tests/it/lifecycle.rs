@@ -212,3 +212,48 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_replaced_on_reload_without_restart() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let old_ca = gw.dir.path().join("old-ca.crt");
+    std::fs::copy(gw.ca(), &old_ca).unwrap();
+    let old_client = TlsClient::new(&old_ca);
+    let mut kept = old_client.h1(gw.addr("https")).await;
+    assert_eq!(kept.get("/").await.status, 200);
+
+    // Rotate: a new CA and leaf written over the configured files.
+    let certs = gw.dir.path().join("certs");
+    std::fs::remove_file(certs.join("localhost.crt")).unwrap();
+    gateway::tls::dev_cert::generate(&certs.join("localhost.crt"), &certs.join("localhost.key"))
+        .unwrap();
+    let r = admin(&gw, "POST", "/api/v1/reload", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // New handshakes get the new certificate: the old CA no longer verifies it...
+    let tcp = tokio::net::TcpStream::connect(gw.addr("https"))
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&old_ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let res = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await;
+    assert!(res.is_err(), "old certificate still served");
+    // ...the new one does.
+    let mut c = gw.tls().h2(gw.addr("https")).await;
+    assert_eq!(c.get("/").await.status, 200);
+    // And the connection opened before the rotation keeps working.
+    assert_eq!(kept.get("/").await.status, 200);
+}

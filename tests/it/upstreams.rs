@@ -173,3 +173,36 @@ async fn active_health_checks_take_a_failing_server_out_and_back() {
     }
     assert!(seen_flaky, "recovered server back in rotation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_the_busy_server() {
+    let slow = upstream(|_r| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::builder()
+            .header("x-server", "slow")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let fast = upstream(|_r| async {
+        Response::builder()
+            .header("x-server", "fast")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let cfg = base_config(&[slow.url(), fast.url()], "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nbalance = \"least_connections\"",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    // Occupy the slow server (round robin would send every other request to it).
+    let addr = gw.addr("http");
+    let busy = tokio::spawn(async move { Sender::plain(addr).await.get("/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    for _ in 0..6 {
+        assert_eq!(c.get("/").await.headers["x-server"], "fast");
+    }
+    assert_eq!(busy.await.unwrap().headers["x-server"], "slow");
+}

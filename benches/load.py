@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Loopback load comparison: gateway vs nginx vs HAProxy as TLS reverse proxies.
+
+Each proxy runs pinned to core 0 with one worker; the backend (nginx answering a fixed
+200) and the load generators share core 1. For every scenario the script reads the proxy's
+CPU time (utime + stime of all its processes, from /proc) before and after the run and
+reports CPU per request alongside req/s and latency, with the ratio to nginx. Every
+scenario is repeated (--rounds, default 3) and the median is reported.
+
+Scenarios:
+  h1-keepalive  wrk, HTTP/1.1 over TLS, 50 keep-alive connections
+  h2            h2load, HTTP/2 over TLS, 50 connections x 10 streams
+  new-conn      wrk with Connection: close: a full TLS handshake per request
+  fixed-rate    h2load --h1, 2,000 req/s over 20 keep-alive connections (latency)
+
+Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
+Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
+All traffic stays on 127.0.0.1.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+BACKEND_PORT = 18080
+PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445}
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def ensure_tools():
+    need = [t for t in ("nginx", "haproxy", "wrk", "h2load") if not shutil.which(t)]
+    if need:
+        if os.geteuid() != 0:
+            sys.exit(f"missing tools {need}: apt-get install nginx haproxy wrk nghttp2-client")
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+           "--no-install-recommends nginx haproxy wrk nghttp2-client")
+
+
+def proc_tree(pid):
+    pids = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in pids and int(d) not in pids:
+                pids.add(int(d))
+                changed = True
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def wait_port(port, timeout=15):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def write_configs(d, cert, key):
+    with open(cert) as c, open(key) as k:
+        pem = c.read() + k.read()
+    with open(f"{d}/combined.pem", "w") as f:
+        f.write(pem)
+    common_nginx = f"""
+worker_rlimit_nofile 16384;
+error_log {d}/nginx-error.log warn;
+pid {d}/%s.pid;
+events {{ worker_connections 16384; }}
+"""
+    with open(f"{d}/backend.conf", "w") as f:
+        f.write(common_nginx % "backend" + f"""
+worker_processes 1;
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
+    location / {{ return 200 "hello from the backend\\n"; }}
+  }}
+}}
+""")
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(common_nginx % "nginx" + f"""
+worker_processes 1;
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} ssl http2 backlog=4096;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+    }}
+  }}
+}}
+""")
+    with open(f"{d}/haproxy.cfg", "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 8000
+  tune.ssl.cachesize 0
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']} ssl crt {d}/combined.pem alpn h2,http/1.1 no-tls-tickets
+  option forwardfor
+  default_backend be
+backend be
+  server s1 127.0.0.1:{BACKEND_PORT}
+""")
+    with open(f"{d}/gateway.toml", "w") as f:
+        f.write(f"""
+[server]
+worker_threads = 1
+access_log = false
+data_dir = "{d}/data"
+[admin]
+enabled = false
+[tls]
+[[tls.certificates]]
+cert = "{cert}"
+key = "{key}"
+server_names = ["localhost"]
+[[listeners]]
+name = "https"
+bind = "127.0.0.1:{PORTS['gateway']}"
+tls = true
+max_connections = 20000
+[[upstreams]]
+name = "backend"
+servers = ["http://127.0.0.1:{BACKEND_PORT}"]
+[[routes]]
+name = "all"
+upstream = "backend"
+""")
+
+
+def start(name, d, gateway_bin):
+    pin = ["taskset", "-c", "0"]
+    if name == "gateway":
+        cmd = pin + [gateway_bin, "run", "--config", f"{d}/gateway.toml"]
+    elif name == "nginx":
+        cmd = pin + ["nginx", "-c", f"{d}/nginx.conf", "-g", "daemon off;"]
+    else:
+        cmd = pin + ["haproxy", "-db", "-f", f"{d}/haproxy.cfg"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(PORTS[name])
+    time.sleep(0.3)
+    return p
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=10)
+    except Exception:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def parse_wrk(out):
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return None
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = int(errors.group(1)) if errors else 0
+    if socket_err:
+        errs += int(socket_err.group(1)) + int(socket_err.group(4))
+    return {"requests": reqs, "rps": rps, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errs}
+
+
+def parse_h2load(out):
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    done, ok, failed = int(m.group(3)), int(m.group(4)), int(m.group(5))
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    t = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    def ms(v, u):
+        v = float(v)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+    return {"requests": ok, "rps": rps, "mean_ms": ms(t.group(5), t.group(6)),
+            "max_ms": ms(t.group(3), t.group(4)), "errors": failed + (done - ok)}
+
+
+def scenario(name, port, duration):
+    url = f"https://127.0.0.1:{port}/"
+    load = ["taskset", "-c", "1"]
+    if name == "h1-keepalive":
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", url]))
+        return parse_wrk(out)
+    if name == "new-conn":
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c20", f"-d{duration}s",
+                                   "-H", "'Connection: close'", url]))
+        return parse_wrk(out)
+    if name == "h2":
+        out = sh(" ".join(load + ["h2load", "-c50", "-m10", f"-D{duration}", "-t1", url]))
+        return parse_h2load(out)
+    if name == "fixed-rate":
+        out = sh(" ".join(load + ["h2load", "--h1", "-c20", "--rps", "100", f"-D{duration}", "-t1", url]))
+        return parse_h2load(out)
+    raise ValueError(name)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--only", default="gateway,nginx,haproxy")
+    ap.add_argument("--scenarios", default="h1-keepalive,h2,new-conn,fixed-rate")
+    args = ap.parse_args()
+    ensure_tools()
+    print("building the gateway (release)...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gateway"], cwd=ROOT, check=True)
+    gateway_bin = os.path.join(ROOT, "target/release/gateway")
+    d = tempfile.mkdtemp(prefix="gateway-load-")
+    sys.path.insert(0, ROOT)
+    # A localhost certificate from the gateway's own dev-cert generator (via a throwaway start).
+    cert, key = f"{d}/certs/localhost.crt", f"{d}/certs/localhost.key"
+    os.makedirs(f"{d}/certs")
+    with open(f"{d}/gen.toml", "w") as f:
+        f.write(f"""[admin]\nenabled = false\n[tls]\ndev_self_signed = true\n[[tls.certificates]]\ncert = "{cert}"\nkey = "{key}"\n
+[[listeners]]\nname = "x"\nbind = "127.0.0.1:0"\ntls = true\n[[upstreams]]\nname = "u"\nservers = ["builtin:echo"]\n[[routes]]\nname = "r"\nupstream = "u"\n""")
+    g = subprocess.Popen([gateway_bin, "run", "--config", f"{d}/gen.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if os.path.exists(key):
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
+    g.terminate(); g.wait()
+    write_configs(d, cert, key)
+
+    backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", f"{d}/backend.conf", "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(BACKEND_PORT)
+    proxies = args.only.split(",")
+    scenarios = args.scenarios.split(",")
+    results = {}  # (scenario, proxy) -> list of dicts
+    try:
+        for rnd in range(args.rounds):
+            for proxy in proxies:
+                p = start(proxy, d, gateway_bin)
+                pids = proc_tree(p.pid)
+                for sc in scenarios:
+                    before = cpu_seconds(pids)
+                    r = scenario(sc, PORTS[proxy], args.duration)
+                    r["cpu_us_per_req"] = (cpu_seconds(pids) - before) * 1e6 / max(r["requests"], 1)
+                    results.setdefault((sc, proxy), []).append(r)
+                    print(f"round {rnd + 1} {sc:13} {proxy:8} {fmt(r)}", flush=True)
+                rss = peak_rss_kib(proc_tree(p.pid))
+                results.setdefault(("peak-rss", proxy), []).append({"rss_kib": rss})
+                stop(p)
+    finally:
+        stop(backend)
+    print("\nmedians of", args.rounds, "rounds (proxy pinned to one core; CPU = proxy utime+stime)")
+    for sc in scenarios:
+        base = med(results.get((sc, "nginx"), []), "cpu_us_per_req")
+        for proxy in proxies:
+            rs = results[(sc, proxy)]
+            m = {k: med(rs, k) for k in rs[0] if rs[0][k] is not None}
+            ratio = f"  {m['cpu_us_per_req'] / base:.2f}x nginx CPU" if base else ""
+            print(f"{sc:13} {proxy:8} {fmt(m)}{ratio}")
+    base = med(results.get(("peak-rss", "nginx"), []), "rss_kib")
+    for proxy in proxies:
+        r = med(results[("peak-rss", proxy)], "rss_kib")
+        ratio = f"  {r / base:.2f}x nginx" if base else ""
+        print(f"peak-rss      {proxy:8} {r / 1024:.1f} MiB{ratio}")
+
+
+def med(rs, key):
+    vals = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(r):
+    parts = [f"{r['rps']:9.0f} req/s", f"cpu {r['cpu_us_per_req']:7.1f} us/req"]
+    for k in ("p50_ms", "p99_ms", "mean_ms", "max_ms"):
+        if r.get(k) is not None:
+            parts.append(f"{k[:-3]} {r[k]:.2f} ms")
+    parts.append(f"errors {int(r['errors'])}")
+    return "  ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
