@@ -29,7 +29,10 @@ impl ConnBuilders {
             let mut b = auto::Builder::new(TokioExecutor::new());
             // hyper's own limits are a backstop at twice ours; ours answer with a request id.
             let head_buf = (limits.max_header_bytes + limits.max_uri_bytes) * 2 + 16 * 1024;
+            // One flat buffer per write: over TLS that is one record per response instead
+            // of one per iovec (measured: fewer bytes and syscalls on keep-alive GETs).
             b.http1()
+                .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeouts.header_read)
                 .max_buf_size(head_buf.max(8192 + 1))
