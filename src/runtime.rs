@@ -227,7 +227,7 @@ impl Runtime {
                 tls: acceptor,
                 h2c: ls.h2c,
                 proxy_protocol: ls.proxy_protocol,
-                builders: ConnBuilders::new(t, l),
+                builders: Arc::new(ConnBuilders::new(t, l)),
                 tls_handshake_timeout: t.tls_handshake,
                 idle_timeout: t.idle,
             });

@@ -105,11 +105,13 @@ pub async fn forward(
     let mut attempts = 0usize;
     loop {
         let Some((index, server)) = pool.pick(tried) else {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                &ctx.request_id,
-            );
+            // Nothing (left) in rotation: 502 when an attempt already failed to connect.
+            let (status, message) = if attempts > 0 {
+                (StatusCode::BAD_GATEWAY, "upstream unavailable")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            };
+            return error_response(status, message, &ctx.request_id);
         };
         let server = server.clone();
         if index < 64 {

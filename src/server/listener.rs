@@ -57,7 +57,8 @@ pub struct ListenerRuntime {
     pub tls: Option<TlsAcceptor>,
     pub h2c: bool,
     pub proxy_protocol: bool,
-    pub builders: ConnBuilders,
+    /// Shared with open connections, which hold only this (not the whole runtime).
+    pub builders: Arc<ConnBuilders>,
     pub tls_handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -124,53 +125,58 @@ async fn handle_connection(
     drain: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let rt = shared.runtime.load_full();
-    let lr = &rt.listeners[index];
-    if lr.proxy_protocol {
-        match tokio::time::timeout(
+    // Take what this connection needs and let go of the runtime: a long-lived connection
+    // must not keep a replaced config (its pools, its health checkers) alive.
+    let (name, tls, h2c, proxy_protocol, builders, handshake_timeout, idle_timeout) = {
+        let rt = shared.runtime.load();
+        let lr = &rt.listeners[index];
+        (
+            lr.name.clone(),
+            lr.tls.clone(),
+            lr.h2c,
+            lr.proxy_protocol,
+            lr.builders.clone(),
             lr.tls_handshake_timeout,
-            proxy_protocol::read_header(&mut stream),
+            lr.idle_timeout,
         )
-        .await
+    };
+    if proxy_protocol {
+        match tokio::time::timeout(handshake_timeout, proxy_protocol::read_header(&mut stream))
+            .await
         {
             Ok(Ok(Some(addr))) => peer = addr,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                tracing::debug!(listener = %lr.name, %peer, error = %e, "PROXY header refused");
+                tracing::debug!(listener = %name, %peer, error = %e, "PROXY header refused");
                 return;
             }
             Err(_) => return,
         }
     }
-    match &lr.tls {
+    match tls {
         Some(acceptor) => {
-            let info = Arc::new(ConnInfo::new(peer, lr.name.clone(), true));
-            let handshake =
-                tokio::time::timeout(lr.tls_handshake_timeout, acceptor.accept(stream)).await;
+            let info = Arc::new(ConnInfo::new(peer, name.clone(), true));
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
             let tls = match handshake {
                 Ok(Ok(s)) => s,
                 _ => {
                     shared
                         .metrics
                         .tls_handshake_failures
-                        .with_label_values(&[&lr.name])
+                        .with_label_values(&[&name])
                         .inc();
                     return;
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = if h2 { &lr.builders.h2 } else { &lr.builders.h1 };
-            let io = IdleTimeoutIo::new(tls, lr.idle_timeout, info.clone());
+            let builder = if h2 { &builders.h2 } else { &builders.h1 };
+            let io = IdleTimeoutIo::new(tls, idle_timeout, info.clone());
             serve_http(io, info, builder, &shared, drain).await;
         }
         None => {
-            let info = Arc::new(ConnInfo::new(peer, lr.name.clone(), false));
-            let builder = if lr.h2c {
-                &lr.builders.auto
-            } else {
-                &lr.builders.h1
-            };
-            let io = IdleTimeoutIo::new(stream, lr.idle_timeout, info.clone());
+            let info = Arc::new(ConnInfo::new(peer, name, false));
+            let builder = if h2c { &builders.auto } else { &builders.h1 };
+            let io = IdleTimeoutIo::new(stream, idle_timeout, info.clone());
             serve_http(io, info, builder, &shared, drain).await;
         }
     }

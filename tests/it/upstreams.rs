@@ -206,3 +206,31 @@ async fn least_connections_avoids_the_busy_server() {
     }
     assert_eq!(busy.await.unwrap().headers["x-server"], "slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_in_rotation_is_503_and_exhausted_retries_are_502() {
+    let sick = upstream(|req| async move {
+        let status = if req.uri().path() == "/health" {
+            500
+        } else {
+            200
+        };
+        Response::builder().status(status).body(full("")).unwrap()
+    })
+    .await;
+    let cfg = base_config(&[sick.url()], "").replace(
+        "response_timeout = \"2s\"",
+        "response_timeout = \"2s\"\n[upstreams.health_check]\npath = \"/health\"\ninterval = \"100ms\"\nunhealthy_threshold = 1",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let r = c.get("/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no healthy upstream");
+
+    // Both servers refuse: the retry finds nothing left to try and answers 502.
+    let gw = TestGateway::start(&base_config(&[dead_url(), dead_url()], "")).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(c.get("/").await.status, 502);
+}
