@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Loopback load comparison: gateway vs nginx vs HAProxy as TLS reverse proxies.
 
+All three keep their usual TLS session resumption (cache and tickets), so the new-connection
+scenario compares like with like whatever the load generator does with sessions.
+
 Each proxy runs pinned to core 0 with one worker; the backend (nginx answering a fixed
 200) and the load generators share core 1. For every scenario the script reads the proxy's
 CPU time (utime + stime of all its processes, from /proc) before and after the run and
@@ -139,8 +142,8 @@ http {{
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets off;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -157,7 +160,6 @@ http {{
 global
   nbthread 1
   maxconn 8000
-  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 5s
@@ -165,7 +167,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']} ssl crt {d}/combined.pem alpn h2,http/1.1 no-tls-tickets
+  bind 127.0.0.1:{PORTS['haproxy']} ssl crt {d}/combined.pem alpn h2,http/1.1
   option forwardfor
   default_backend be
 backend be
@@ -263,8 +265,18 @@ def scenario(name, port, duration):
         out = sh(" ".join(load + ["h2load", "-c50", "-m10", f"-D{duration}", "-t1", url]))
         return parse_h2load(out)
     if name == "fixed-rate":
-        out = sh(" ".join(load + ["h2load", "--h1", "-c20", "--rps", "100", f"-D{duration}", "-t1", url]))
-        return parse_h2load(out)
+        log = tempfile.mktemp(prefix="h2load-")
+        out = sh(" ".join(load + ["h2load", "--h1", "-c20", "--rps", "100", f"-D{duration}", "-t1",
+                                   f"--log-file={log}", url]))
+        r = parse_h2load(out)
+        # Per-request log: start (us), status, duration (us).
+        with open(log) as f:
+            durs = sorted(int(line.split()[2]) / 1000 for line in f if line.strip())
+        os.unlink(log)
+        if durs:
+            r["p50_ms"] = durs[len(durs) // 2]
+            r["p99_ms"] = durs[min(len(durs) - 1, int(len(durs) * 0.99))]
+        return r
     raise ValueError(name)
 
 

@@ -257,3 +257,83 @@ async fn certificates_are_replaced_on_reload_without_restart() {
     // And the connection opened before the rotation keeps working.
     assert_eq!(kept.get("/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_one_json_line_per_request_without_secrets() {
+    use std::io::{BufRead, BufReader};
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = base_config(&[up.url()], "")
+        .replace("access_log = false", "access_log = true")
+        .replace(
+            "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = true\n",
+            "",
+        )
+        .replace(
+            "name = \"http\"\nbind = \"127.0.0.1:0\"",
+            &format!("name = \"http\"\nbind = \"127.0.0.1:{port}\""),
+        )
+        .replace("[admin]\n", "[admin]\nenabled = false\n");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = Sender::plain(addr).await;
+    let req = hyper::Request::post("/login?token=query-secret")
+        .header("host", "app.test")
+        .header("cookie", "session=cookie-secret")
+        .header("authorization", "Bearer auth-secret")
+        .body(full("user=a&password=body-secret"))
+        .unwrap();
+    let r = Reply::from(c.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_string();
+    drop(c);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    child.wait().unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    for secret in [
+        "query-secret",
+        "cookie-secret",
+        "auth-secret",
+        "body-secret",
+    ] {
+        assert!(!line.contains(secret), "{secret} logged: {line}");
+    }
+    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(j["request_id"], rid);
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["host"], "app.test");
+    assert_eq!(j["path"], "/login");
+    assert_eq!(j["status"], 200);
+    assert_eq!(j["client_ip"], "127.0.0.1");
+    assert_eq!(j["bytes_in"], 27);
+    assert!(j["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(j["route"], "app");
+    assert_eq!(j["upstream"], up.url());
+    assert!(j["total_ms"].as_f64().unwrap() >= j["upstream_ms"].as_f64().unwrap());
+    assert_eq!(j["aborted"], false);
+}

@@ -234,3 +234,35 @@ async fn no_server_in_rotation_is_503_and_exhausted_retries_are_502() {
     let mut c = Sender::plain(gw.addr("http")).await;
     assert_eq!(c.get("/").await.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_timeout_is_502_not_504() {
+    // A listener whose accept queue is full and never drained: further SYNs go unanswered,
+    // so a connect hangs until the gateway's connect_timeout (1s; response_timeout is 2s).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = TestGateway::start(&base_config(&[format!("http://{addr}")], "")).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let started = std::time::Instant::now();
+    let r = c.get("/").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "{took:?}"
+    );
+    drop(listener);
+}
