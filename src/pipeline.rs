@@ -218,6 +218,7 @@ struct Finish {
 impl Finish {
     fn start(conn: Arc<ConnInfo>, started: Instant, log: Option<LogFields>) -> Finish {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.requests.fetch_add(1, Ordering::Relaxed);
         Finish {
             conn,
             log,

@@ -227,9 +227,10 @@ impl Runtime {
                 tls: acceptor,
                 h2c: ls.h2c,
                 proxy_protocol: ls.proxy_protocol,
-                builders: Arc::new(ConnBuilders::new(t, l)),
+                builders: Arc::new(ConnBuilders::new(l)),
                 tls_handshake_timeout: t.tls_handshake,
                 idle_timeout: t.idle,
+                header_read_timeout: t.header_read,
             });
         }
 

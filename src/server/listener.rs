@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{proxy_protocol, ConnInfo, IdleTimeoutIo};
 use crate::app::Shared;
-use crate::config::{LimitsSection, TimeoutsSection};
+use crate::config::LimitsSection;
 
 /// hyper connection builders for one listener, built once per config.
 pub struct ConnBuilders {
@@ -24,7 +24,7 @@ pub struct ConnBuilders {
 }
 
 impl ConnBuilders {
-    pub fn new(timeouts: &TimeoutsSection, limits: &LimitsSection) -> ConnBuilders {
+    pub fn new(limits: &LimitsSection) -> ConnBuilders {
         let make = || {
             let mut b = auto::Builder::new(TokioExecutor::new());
             // hyper's own limits are a backstop at twice ours; ours answer with a request id.
@@ -34,7 +34,9 @@ impl ConnBuilders {
             b.http1()
                 .writev(false)
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.header_read)
+                // The request-head deadline is kept by IdleTimeoutIo (one timer per
+                // connection); hyper's would arm a timer per request.
+                .header_read_timeout(None)
                 .max_buf_size(head_buf.max(8192 + 1))
                 .max_headers(limits.max_header_count * 2);
             b.http2()
@@ -61,6 +63,7 @@ pub struct ListenerRuntime {
     pub builders: Arc<ConnBuilders>,
     pub tls_handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
 }
 
 /// Accepts until `stop` turns true. Each connection runs on its own task and holds a
@@ -127,7 +130,7 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     // Take what this connection needs and let go of the runtime: a long-lived connection
     // must not keep a replaced config (its pools, its health checkers) alive.
-    let (name, tls, h2c, proxy_protocol, builders, handshake_timeout, idle_timeout) = {
+    let (name, tls, h2c, proxy_protocol, builders, handshake_timeout, idle_timeout, head_timeout) = {
         let rt = shared.runtime.load();
         let lr = &rt.listeners[index];
         (
@@ -138,6 +141,7 @@ async fn handle_connection(
             lr.builders.clone(),
             lr.tls_handshake_timeout,
             lr.idle_timeout,
+            lr.header_read_timeout,
         )
     };
     if proxy_protocol {
@@ -170,13 +174,15 @@ async fn handle_connection(
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let builder = if h2 { &builders.h2 } else { &builders.h1 };
-            let io = IdleTimeoutIo::new(tls, idle_timeout, info.clone());
+            let head = (!h2).then_some(head_timeout);
+            let io = IdleTimeoutIo::new(tls, idle_timeout, head, info.clone());
             serve_http(io, info, builder, &shared, drain).await;
         }
         None => {
             let info = Arc::new(ConnInfo::new(peer, name, false));
             let builder = if h2c { &builders.auto } else { &builders.h1 };
-            let io = IdleTimeoutIo::new(stream, idle_timeout, info.clone());
+            // With h2c the protocol is not known yet; the head deadline applies to both.
+            let io = IdleTimeoutIo::new(stream, idle_timeout, Some(head_timeout), info.clone());
             serve_http(io, info, builder, &shared, drain).await;
         }
     }

@@ -9,7 +9,7 @@ pub use idle_io::IdleTimeoutIo;
 pub use listener::{serve_listener, ConnBuilders, ListenerRuntime};
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 /// What the request path knows about the connection a request came on.
@@ -21,6 +21,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Requests whose responses have not finished; a connection with any is never idle.
     pub in_flight: AtomicUsize,
+    /// Requests handed to the pipeline so far (marks the end of each request head).
+    pub requests: AtomicU64,
 }
 
 impl ConnInfo {
@@ -30,6 +32,7 @@ impl ConnInfo {
             listener,
             tls,
             in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
         }
     }
     /// `https` or `http`, for `X-Forwarded-Proto`.

@@ -147,3 +147,53 @@ async fn connections_over_the_listener_limit_are_closed() {
     assert_eq!(c.get("/").await.status, 200, "a freed slot is usable again");
     assert_eq!(b.get("/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_head_over_tls_is_cut_off() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&short_timeouts(base_config(&[up.url()], ""))).await;
+    let mut s = gw.tls().connect(gw.addr("https"), "localhost", false).await;
+    let started = Instant::now();
+    let mut closed = false;
+    for b in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    if !closed {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        closed = matches!(
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+    }
+    assert!(
+        closed,
+        "TLS connection still open after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_spaced_near_the_head_timeout_are_not_cut() {
+    let up = echo_upstream().await;
+    // Head deadline 1s, idle 3s: requests 0.8s apart on one connection must all succeed,
+    // although the connection lives far longer than one head deadline.
+    let cfg = base_config(&[up.url()], "")
+        + "\n[timeouts]\ntls_handshake = \"1s\"\nheader_read = \"1s\"\nidle = \"3s\"\n";
+    let gw = TestGateway::start(&cfg).await;
+    let mut c = gw.tls().h1(gw.addr("https")).await;
+    for _ in 0..5 {
+        assert_eq!(c.get("/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    assert_eq!(up.hits(), 5);
+}
