@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -32,7 +32,7 @@ pub struct Shared {
     /// Turned to true at shutdown; every connection watches it.
     pub drain: watch::Sender<bool>,
     pub ready: AtomicBool,
-    generation: AtomicU64,
+    /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -89,7 +89,7 @@ impl Shared {
     /// Builds the config file again and swaps it in. Returns the new generation.
     pub async fn reload(self: &Arc<Self>) -> Result<u64, ConfigErrors> {
         let _serial = self.reload_lock.lock().await;
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let generation = self.generation() + 1;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             compile_file(&this.config_path, &this.metrics, &this.resolver, generation)
@@ -126,7 +126,6 @@ impl Shared {
         match result {
             Ok(rt) => {
                 self.activate(rt);
-                self.generation.store(generation, Ordering::Relaxed);
                 self.metrics
                     .config_reloads
                     .with_label_values(&["success"])
@@ -150,8 +149,9 @@ impl Shared {
         self.runtime.store(Arc::new(rt));
     }
 
+    /// Generation of the config in force (1 at start, +1 per successful reload).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.runtime.load().generation
     }
 }
 
@@ -228,7 +228,6 @@ impl Gateway {
             config_path: config_path.to_path_buf(),
             drain,
             ready: AtomicBool::new(false),
-            generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
         });
 

@@ -36,14 +36,9 @@ impl TrustedProxies {
             return peer;
         }
         let mut client = peer;
-        // Several X-Forwarded-For fields form one list, in order.
-        let values: Vec<&[u8]> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        for value in values.iter().rev() {
-            for hop in value.rsplit(|&b| b == b',') {
+        // Several X-Forwarded-For fields form one list, in order; walk it from the end.
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            for hop in value.as_bytes().rsplit(|&b| b == b',') {
                 let hop = std::str::from_utf8(hop).unwrap_or("").trim();
                 match parse_hop(hop) {
                     Some(ip) => {
