@@ -90,11 +90,7 @@ fn check_and_run_exit_2_on_a_bad_config_and_bind_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     // A valid listener on a free port, and one error elsewhere.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = format!(
         "[[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:{port}\"\n\n[[upstreams]]\nname = \"a\"\nservers = [\"builtin:echo\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"b\"\n"
     );

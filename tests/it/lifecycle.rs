@@ -125,10 +125,8 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     );
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let a = upstream(|_r| async {
         Response::builder()
             .header("x-pool", "a")
@@ -144,58 +142,15 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
             .unwrap()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = |url: &str| {
-        base_config(&[url.to_string()], "")
-            .replace(
-                "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = true\n",
-                "",
-            )
-            .replace(
-                "name = \"http\"\nbind = \"127.0.0.1:0\"",
-                &format!("name = \"http\"\nbind = \"127.0.0.1:{port}\""),
-            )
-            .replace("[admin]\n", "[admin]\nenabled = false\n")
-    };
-    std::fs::write(&path, cfg(&a.url())).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "binary did not start");
-    let mut c = Sender::plain(addr).await;
+    let mut bin = BinaryGateway::start(|port| binary_config(&[a.url()], port, false)).await;
+    let mut stderr = BinaryGateway::lines(bin.child.stderr.take().unwrap());
+    let mut c = Sender::plain(bin.addr).await;
     assert_eq!(c.get("/").await.headers["x-pool"], "a");
 
-    std::fs::write(&path, cfg(&b.url())).unwrap();
-    let pid = child.id() as i32;
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::fs::write(&bin.path, binary_config(&[b.url()], bin.port, false)).unwrap();
+    bin.signal(libc::SIGHUP);
     let mut reloaded = false;
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), stderr.recv()).await {
         if line.contains("config reloaded") {
             reloaded = true;
             break;
@@ -205,11 +160,11 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     // A slow request in flight when SIGTERM arrives still completes.
     let in_flight = tokio::spawn(async move { c.get("/").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    bin.signal(libc::SIGTERM);
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-pool"], "b");
-    let status = child.wait().unwrap();
+    let status = bin.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -260,43 +215,10 @@ async fn certificates_are_replaced_on_reload_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_is_one_json_line_per_request_without_secrets() {
-    use std::io::{BufRead, BufReader};
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = base_config(&[up.url()], "")
-        .replace("access_log = false", "access_log = true")
-        .replace(
-            "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = true\n",
-            "",
-        )
-        .replace(
-            "name = \"http\"\nbind = \"127.0.0.1:0\"",
-            &format!("name = \"http\"\nbind = \"127.0.0.1:{port}\""),
-        )
-        .replace("[admin]\n", "[admin]\nenabled = false\n");
-    std::fs::write(&path, cfg).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut c = Sender::plain(addr).await;
+    let mut bin = BinaryGateway::start(|port| binary_config(&[up.url()], port, true)).await;
+    let mut stdout = BinaryGateway::lines(bin.child.stdout.take().unwrap());
+    let mut c = Sender::plain(bin.addr).await;
     let req = hyper::Request::post("/login?token=query-secret")
         .header("host", "app.test")
         .header("cookie", "session=cookie-secret")
@@ -307,12 +229,12 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
     assert_eq!(r.status, 200);
     let rid = r.headers["x-request-id"].to_str().unwrap().to_string();
     drop(c);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    child.wait().unwrap();
+    bin.signal(libc::SIGTERM);
+    bin.child.wait().unwrap();
+    let mut lines = Vec::new();
+    while let Some(line) = stdout.recv().await {
+        lines.push(line);
+    }
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
     for secret in [

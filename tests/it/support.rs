@@ -386,3 +386,124 @@ pub async fn admin(gw: &TestGateway, method: &str, path: &str, token: Option<&st
     }
     Reply::from(s.send(req.body(full("")).unwrap()).await.unwrap()).await
 }
+
+/// The `gateway` binary running as a child process, from a config in a temp dir with one
+/// plain listener ("http") on a free port and no admin port.
+pub struct BinaryGateway {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub path: PathBuf,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// `base_config` reduced to what the binary tests need: the plain listener on `port`.
+pub fn binary_config(servers: &[String], port: u16, access_log: bool) -> String {
+    base_config(servers, "")
+        .replace("access_log = false", &format!("access_log = {access_log}"))
+        .replace(
+            "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = true\n",
+            "",
+        )
+        .replace(
+            "name = \"http\"\nbind = \"127.0.0.1:0\"",
+            &format!("name = \"http\"\nbind = \"127.0.0.1:{port}\""),
+        )
+        .replace("[admin]\n", "[admin]\nenabled = false\n")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl BinaryGateway {
+    /// Starts the binary with `config(port)` and waits until it accepts connections.
+    /// Its stdout and stderr are piped.
+    pub async fn start(config: impl Fn(u16) -> String) -> BinaryGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let port = free_port();
+        std::fs::write(&path, config(port)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return BinaryGateway {
+                    child,
+                    addr,
+                    path,
+                    port,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the gateway binary did not start");
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Lines of a piped stream, delivered as they are written.
+    pub fn lines(
+        stream: impl std::io::Read + Send + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        use std::io::BufRead;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    }
+}
+
+impl Drop for BinaryGateway {
+    /// A failing test must not leave a gateway running (a finished child is reaped).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `bytes` one at a time, `every` apart, until the peer closes the connection or
+/// `give_up` passes; then waits up to 3 s for the close. True when the peer closed.
+pub async fn trickle<S>(s: &mut S, bytes: &[u8], every: Duration, give_up: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    for b in bytes {
+        if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+        if started.elapsed() > give_up {
+            break;
+        }
+    }
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}

@@ -9,6 +9,10 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+/// A request head that is never finished.
+const SLOW_HEAD: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
 fn short_timeouts(cfg: String) -> String {
     cfg + "\n[timeouts]\ntls_handshake = \"1s\"\nheader_read = \"1s\"\nidle = \"1s\"\n"
 }
@@ -60,20 +64,13 @@ async fn slow_request_head_is_cut_off() {
     let mut s = TcpStream::connect(gw.addr("http")).await.unwrap();
     let started = Instant::now();
     // Slowloris: a byte every 300 ms keeps the connection busy but the head never completes.
-    let mut closed = false;
-    for b in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaa".iter() {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if started.elapsed() > Duration::from_secs(6) {
-            break;
-        }
-    }
-    if !closed {
-        closed = read_until_close(&mut s, Duration::from_secs(3)).await.1;
-    }
+    let closed = trickle(
+        &mut s,
+        SLOW_HEAD,
+        Duration::from_millis(300),
+        Duration::from_secs(6),
+    )
+    .await;
     assert!(
         closed,
         "connection still open after {:?}",
@@ -154,25 +151,13 @@ async fn slow_request_head_over_tls_is_cut_off() {
     let gw = TestGateway::start(&short_timeouts(base_config(&[up.url()], ""))).await;
     let mut s = gw.tls().connect(gw.addr("https"), "localhost", false).await;
     let started = Instant::now();
-    let mut closed = false;
-    for b in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa".iter() {
-        if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if started.elapsed() > Duration::from_secs(6) {
-            break;
-        }
-    }
-    if !closed {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 256];
-        closed = matches!(
-            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        );
-    }
+    let closed = trickle(
+        &mut s,
+        SLOW_HEAD,
+        Duration::from_millis(300),
+        Duration::from_secs(6),
+    )
+    .await;
     assert!(
         closed,
         "TLS connection still open after {:?}",
