@@ -11,20 +11,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_loses_no_request() {
-    let a = upstream(|_r| async {
-        Response::builder()
-            .header("x-pool", "a")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
-    let b = upstream(|_r| async {
-        Response::builder()
-            .header("x-pool", "b")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let a = named_upstream("a", Duration::ZERO).await;
+    let b = named_upstream("b", Duration::ZERO).await;
     let cfg_a = base_config(&[a.url()], "");
     let gw = TestGateway::start(&cfg_a).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,25 +115,12 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
-    let a = upstream(|_r| async {
-        Response::builder()
-            .header("x-pool", "a")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
-    let b = upstream(|_r| async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        Response::builder()
-            .header("x-pool", "b")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let a = named_upstream("a", Duration::ZERO).await;
+    let b = named_upstream("b", Duration::from_millis(600)).await;
     let mut bin = BinaryGateway::start(|port| binary_config(&[a.url()], port, false)).await;
     let mut stderr = BinaryGateway::lines(bin.child.stderr.take().unwrap());
     let mut c = Sender::plain(bin.addr).await;
-    assert_eq!(c.get("/").await.headers["x-pool"], "a");
+    assert_eq!(c.get("/").await.headers["x-server"], "a");
 
     std::fs::write(&bin.path, binary_config(&[b.url()], bin.port, false)).unwrap();
     bin.signal(libc::SIGHUP);
@@ -163,7 +138,7 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     bin.signal(libc::SIGTERM);
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.headers["x-pool"], "b");
+    assert_eq!(r.headers["x-server"], "b");
     let status = bin.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -76,6 +76,19 @@ where
     Upstream { addr, hits }
 }
 
+/// An upstream that answers every request, after `delay`, with an empty 200 carrying
+/// `x-server: name` (to see which server a request reached).
+pub async fn named_upstream(name: &'static str, delay: Duration) -> Upstream {
+    upstream(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::builder()
+            .header("x-server", name)
+            .body(full(""))
+            .unwrap()
+    })
+    .await
+}
+
 /// An upstream that answers with a JSON echo of the request head and the body length.
 pub async fn echo_upstream() -> Upstream {
     upstream(|req: Request<Incoming>| async move {

@@ -141,13 +141,7 @@ async fn active_health_checks_take_a_failing_server_out_and_back() {
         }
     })
     .await;
-    let steady = upstream(|_req| async {
-        Response::builder()
-            .header("x-server", "steady")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let steady = named_upstream("steady", Duration::ZERO).await;
     let extra = "";
     let cfg = base_config(&[flaky.url(), steady.url()], extra).replace(
         "response_timeout = \"2s\"",
@@ -176,21 +170,8 @@ async fn active_health_checks_take_a_failing_server_out_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_avoids_the_busy_server() {
-    let slow = upstream(|_r| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Response::builder()
-            .header("x-server", "slow")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
-    let fast = upstream(|_r| async {
-        Response::builder()
-            .header("x-server", "fast")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let slow = named_upstream("slow", Duration::from_millis(1500)).await;
+    let fast = named_upstream("fast", Duration::ZERO).await;
     let cfg = base_config(&[slow.url(), fast.url()], "").replace(
         "connect_timeout = \"1s\"",
         "connect_timeout = \"1s\"\nbalance = \"least_connections\"",
