@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client_ip::{parse_net, TrustedProxies};
-use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig, TimeoutsSection};
+use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Route;
 use crate::proxy::upstream::{Pool, Target};
@@ -54,13 +54,10 @@ pub struct Runtime {
     pub listener_binds: Vec<ListenerBind>,
     pub trusted: TrustedProxies,
     pub limits: LimitsSection,
-    pub timeouts: TimeoutsSection,
     pub access_log: bool,
     pub unmatched: RouteMetrics,
     pub admin: AdminSettings,
-    pub data_dir: PathBuf,
     pub shutdown_grace: Duration,
-    pub worker_threads: usize,
     pub cert_store: Arc<CertStore>,
     pub dev_cert: Option<(PathBuf, PathBuf)>,
 }
@@ -366,7 +363,6 @@ impl Runtime {
             listener_binds: binds,
             trusted: TrustedProxies::new(nets),
             limits: l.clone(),
-            timeouts: t.clone(),
             access_log: raw.server.access_log,
             unmatched: metrics.route_metrics("(none)"),
             admin: AdminSettings {
@@ -375,9 +371,7 @@ impl Runtime {
                 token: a.token.clone(),
                 token_file: a.token_file.as_ref().map(|p| cfg.resolve(p)),
             },
-            data_dir: cfg.resolve(&raw.server.data_dir),
             shutdown_grace: raw.server.shutdown_grace,
-            worker_threads: raw.server.worker_threads,
             cert_store,
             dev_cert,
         })

@@ -79,10 +79,6 @@ impl Locator {
         &self.text
     }
 
-    pub fn file(&self) -> &PathBuf {
-        &self.file
-    }
-
     /// An error located at the value of `path`, or at the nearest enclosing item that exists.
     pub fn error(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
         let offset = self.span_of(path).unwrap_or(0);

@@ -74,10 +74,6 @@ impl<T> IdleTimeoutIo<T> {
             conn,
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead> AsyncRead for IdleTimeoutIo<T> {

@@ -62,10 +62,6 @@ impl CertStore {
         s
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.default.is_none()
-    }
-
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
             let name = name.to_ascii_lowercase();

@@ -19,11 +19,7 @@ async fn https_h1_and_h2_reach_the_upstream_with_forwarding_headers() {
     let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
     let tls = gw.tls();
     for h2 in [false, true] {
-        let mut c = if h2 {
-            tls.h2(gw.addr("https")).await
-        } else {
-            tls.h1(gw.addr("https")).await
-        };
+        let mut c = tls.sender(gw.addr("https"), h2).await;
         let r = c.get("/some/path?q=1").await;
         assert_eq!(r.status, 200, "h2={h2}: {}", r.text());
         let echo = r.json();

@@ -58,12 +58,7 @@ async fn hop_by_hop_response_headers_are_not_returned() {
     .await;
     let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
     for h2 in [false, true] {
-        let tls = gw.tls();
-        let mut c = if h2 {
-            tls.h2(gw.addr("https")).await
-        } else {
-            tls.h1(gw.addr("https")).await
-        };
+        let mut c = gw.tls().sender(gw.addr("https"), h2).await;
         let r = c.get("/").await;
         assert_eq!(r.status, 200);
         for h in [

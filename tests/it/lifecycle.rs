@@ -24,11 +24,7 @@ async fn reload_under_load_loses_no_request() {
         let tls = gw.tls();
         let addr = gw.addr("https");
         clients.push(tokio::spawn(async move {
-            let mut c = if i % 2 == 0 {
-                tls.h2(addr).await
-            } else {
-                tls.h1(addr).await
-            };
+            let mut c = tls.sender(addr, i % 2 == 0).await;
             while !stop.load(Ordering::Relaxed) {
                 let r = c.get("/").await;
                 if r.status == 200 {

@@ -253,6 +253,15 @@ impl TlsClient {
             .unwrap()
     }
 
+    /// An HTTP/2 (`h2`) or HTTP/1.1 sender over a fresh TLS connection to `localhost`.
+    pub async fn sender(&self, addr: SocketAddr, h2: bool) -> Sender {
+        if h2 {
+            self.h2(addr).await
+        } else {
+            self.h1(addr).await
+        }
+    }
+
     /// An HTTP/1.1 sender over a fresh TLS connection to `localhost`.
     pub async fn h1(&self, addr: SocketAddr) -> Sender {
         let io = self.connect(addr, "localhost", false).await;

@@ -94,12 +94,7 @@ async fn idle_keep_alive_connections_close_but_slow_upstreams_do_not_cut_clients
     let gw = TestGateway::start(&cfg).await;
     // A request that waits 1.8 s upstream survives an idle timeout of 1 s.
     for h2 in [false, true] {
-        let tls = gw.tls();
-        let mut c = if h2 {
-            tls.h2(gw.addr("https")).await
-        } else {
-            tls.h1(gw.addr("https")).await
-        };
+        let mut c = gw.tls().sender(gw.addr("https"), h2).await;
         let r = c.get("/").await;
         assert_eq!(r.status, 200, "h2={h2}");
         assert_eq!(r.text(), "slow but fine");
