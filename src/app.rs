@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ConfigErrors, KeyPath};
+use crate::events::{AuditEvent, EventType, Events, StoreError};
 use crate::metrics::Metrics;
 use crate::proxy::upstream::spawn_health_checks;
 use crate::runtime::{CompileMode, Runtime};
@@ -32,6 +33,7 @@ pub struct Shared {
     /// Turned to true at shutdown; every connection watches it.
     pub drain: watch::Sender<bool>,
     pub ready: AtomicBool,
+    pub events: Arc<Events>,
     /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -48,6 +50,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     DevCert(#[from] dev_cert::DevCertError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
     #[error("admin token file {path}: {source}")]
     TokenFile {
         path: String,
@@ -73,6 +77,15 @@ pub fn check_config(path: &Path) -> Result<config::LoadedConfig, ConfigErrors> {
     let resolver = Arc::new(SniResolver::default());
     Runtime::compile(&loaded, &metrics, &resolver, 0, CompileMode::Check)?;
     Ok(loaded)
+}
+
+/// Loads and compiles a config file (as `gateway check` does) for commands that need its
+/// settings without running the gateway.
+pub fn compile_config(path: &Path) -> Result<Runtime, ConfigErrors> {
+    let loaded = config::load(path)?;
+    let metrics = Metrics::new();
+    let resolver = Arc::new(SniResolver::default());
+    Runtime::compile(&loaded, &metrics, &resolver, 0, CompileMode::Check)
 }
 
 fn compile_file(
@@ -125,7 +138,12 @@ impl Shared {
         });
         match result {
             Ok(rt) => {
+                self.events.update(rt.events.clone());
                 self.activate(rt);
+                self.events.sink.audit(
+                    AuditEvent::new(EventType::ConfigReloaded, "config reloaded")
+                        .detail("generation", generation.to_string()),
+                );
                 self.metrics
                     .config_reloads
                     .with_label_values(&["success"])
@@ -139,6 +157,13 @@ impl Shared {
                     .with_label_values(&["failure"])
                     .inc();
                 tracing::error!(errors = %e, "config reload refused; the previous config keeps serving");
+                self.events.sink.audit(
+                    AuditEvent::new(
+                        EventType::ConfigReloadFailed,
+                        "config reload refused; the previous config keeps serving",
+                    )
+                    .detail("errors", e.to_string()),
+                );
                 Err(e)
             }
         }
@@ -190,6 +215,14 @@ impl Gateway {
         }
         drop(checked);
         let rt = Runtime::compile(&loaded, &metrics, &resolver, 1, CompileMode::Run)?;
+        let events = {
+            let settings = rt.events.clone();
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || Events::start(settings, &metrics))
+                .await
+                .map_err(|e| StoreError::Invalid(format!("opening the event store: {e}")))??
+        };
+        let events = Arc::new(events);
 
         let mut bound = Vec::new();
         for b in &rt.listener_binds {
@@ -228,6 +261,7 @@ impl Gateway {
             config_path: config_path.to_path_buf(),
             drain,
             ready: AtomicBool::new(false),
+            events,
             reload_lock: tokio::sync::Mutex::new(()),
         });
 
@@ -259,6 +293,7 @@ impl Gateway {
                 stop.subscribe(),
             )));
         }
+        tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe()));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(Gateway {
             shared,
@@ -312,6 +347,9 @@ impl Gateway {
         if let Some(t) = self.admin_task {
             let _ = t.await;
         }
+        // Commit every queued event and the partial trend minute.
+        let events = self.shared.events.clone();
+        let _ = tokio::task::spawn_blocking(move || events.stop()).await;
         drained
     }
 
@@ -332,6 +370,27 @@ impl Gateway {
         }
         tracing::info!("shutting down: draining connections");
         self.shutdown().await
+    }
+}
+
+/// Writes a backup every `events.backup.every` (re-read after each one, so a reload applies).
+async fn scheduled_backups(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let every = shared.events.settings().backup.every;
+        let wait = every.unwrap_or(std::time::Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if every.is_none() {
+            continue;
+        }
+        let events = shared.events.clone();
+        match tokio::task::spawn_blocking(move || events.backup_now()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
+            Err(e) => tracing::error!(error = %e, "scheduled backup failed"),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod client_ip;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
@@ -18,4 +19,4 @@ pub mod runtime;
 pub mod server;
 pub mod tls;
 
-pub use app::{check_config, Gateway, StartError};
+pub use app::{check_config, compile_config, Gateway, StartError};

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gateway::events::model::now_micros;
+use gateway::events::{archive, backup, Store, StoreError};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,6 +34,53 @@ enum Command {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Move expired events to archive files, or put an archive back.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
+    /// Create, list, verify and restore backups of the event store, config and rules.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// Archive every expired record now (through the running gateway if it has the store open).
+    Run {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Put an archive file's records back into the store.
+    Restore {
+        file: PathBuf,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Write a backup now (through the running gateway if it has the store open).
+    Create {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// List the backups in the backup directory, newest first.
+    List {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Check a backup's checksums and open its store copy.
+    Verify { file: PathBuf },
+    /// Restore a backup into a stopped gateway's data directory.
+    Restore {
+        file: PathBuf,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,7 +98,191 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Archive { action } => archive(action),
+        Command::Backup { action } => backup(action),
     }
+}
+
+/// The config's compiled settings, or exit code 2 with its errors.
+fn settings(config: &std::path::Path) -> Result<gateway::runtime::Runtime, ExitCode> {
+    gateway::compile_config(config).map_err(|errs| {
+        eprintln!("{errs}");
+        eprintln!("{} error(s) in {}", errs.len(), config.display());
+        ExitCode::from(2)
+    })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+/// Opens the store; `Ok(None)` when a running gateway holds it.
+fn open_store(rt: &gateway::runtime::Runtime) -> Result<Option<Store>, ExitCode> {
+    match Store::open(&rt.events.store_path) {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::Locked(_)) => Ok(None),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// Asks the running gateway's admin API; prints its answer.
+fn via_admin(rt: &gateway::runtime::Runtime, method: http::Method, path: &str, body: Option<String>) -> ExitCode {
+    eprintln!("the gateway is running; asking it through the admin port");
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.block_on(gateway::admin::client::call(&rt.admin, method, &format!("/api/v1{path}"), body)));
+    match result {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => fail(format!("admin API answered {status}: {body}")),
+        Err(e) => fail(e),
+    }
+}
+
+fn archive(action: ArchiveAction) -> ExitCode {
+    init_cli_logging();
+    match action {
+        ArchiveAction::Run { config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            let store = match open_store(&rt) {
+                Ok(Some(s)) => s,
+                Ok(None) => return via_admin(&rt, http::Method::POST, "/archive/run", None),
+                Err(c) => return c,
+            };
+            let mut reports = Vec::new();
+            loop {
+                match archive::archive_chunk(&store, &rt.events.retention, now_micros(), 50_000) {
+                    Ok(Some(r)) => reports.push(r),
+                    Ok(None) => break,
+                    Err(e) => return fail(e),
+                }
+            }
+            if let Err(e) = archive::prune_trends(&store, now_micros() / 1_000_000) {
+                return fail(e);
+            }
+            print_json(&serde_json::json!({ "archives": reports }));
+            ExitCode::SUCCESS
+        }
+        ArchiveAction::Restore { file, config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            let store = match open_store(&rt) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    let in_dir = file.parent().and_then(|p| p.canonicalize().ok())
+                        == rt.events.retention.archive_dir.canonicalize().ok();
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                    return match name {
+                        Some(name) if in_dir => via_admin(
+                            &rt,
+                            http::Method::POST,
+                            "/archive/restore",
+                            Some(serde_json::json!({ "file": name }).to_string()),
+                        ),
+                        _ => fail(format!(
+                            "the gateway is running and {} is not in its archive directory {}; copy it there or stop the gateway",
+                            file.display(),
+                            rt.events.retention.archive_dir.display()
+                        )),
+                    };
+                }
+                Err(c) => return c,
+            };
+            match archive::restore(&store, &file, archive::RESTORE_HOLD) {
+                Ok(r) => {
+                    print_json(&r);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn backup(action: BackupAction) -> ExitCode {
+    init_cli_logging();
+    match action {
+        BackupAction::Create { config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            let store = match open_store(&rt) {
+                Ok(Some(s)) => s,
+                Ok(None) => return via_admin(&rt, http::Method::POST, "/backups", None),
+                Err(c) => return c,
+            };
+            let b = &rt.events.backup;
+            match backup::create(&store, &b.sources, &b.dir, b.keep) {
+                Ok(info) => {
+                    print_json(&info);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BackupAction::List { config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match backup::list(&rt.events.backup.dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BackupAction::Verify { file } => match backup::verify(&file) {
+            Ok(v) => {
+                print_json(&v);
+                eprintln!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        BackupAction::Restore { file, config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match backup::restore(&file, &rt.events.store_path) {
+                Ok(r) => {
+                    print_json(&r);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+/// Diagnostics on stderr for the one-shot commands.
+fn init_cli_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
 }
 
 fn run(config: PathBuf) -> ExitCode {

@@ -4,10 +4,14 @@
 //! Per-route children are resolved once when a config is compiled, so the request path
 //! increments a counter through a pointer instead of hashing label values.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::events::trends::{RouteHistogram, Trends};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -22,6 +26,14 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub upstream_healthy: IntGaugeVec,
+    pub events_emitted: IntCounterVec,
+    pub events_dropped: IntCounterVec,
+    pub events_committed: IntCounter,
+    pub events_commit_duration: Histogram,
+    pub events_queue_depth: IntGauge,
+    pub events_write_errors: IntCounter,
+    /// Per-route latency trends (not Prometheus metrics; shown by `/api/v1/perf/trends`).
+    pub trends: Arc<Trends>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -115,6 +127,45 @@ impl Metrics {
             &["upstream"],
         )
         .expect("metric");
+        let events_emitted = IntCounterVec::new(
+            Opts::new(
+                "gateway_events_emitted_total",
+                "Events handed to the event queue, by class (audit, performance).",
+            ),
+            &["class"],
+        )
+        .expect("metric");
+        let events_dropped = IntCounterVec::new(
+            Opts::new(
+                "gateway_events_dropped_total",
+                "Events not stored (queue full, or the store failing), by risk; performance records count as low.",
+            ),
+            &["risk"],
+        )
+        .expect("metric");
+        let events_committed = IntCounter::new(
+            "gateway_events_committed_total",
+            "Events whose write transaction committed.",
+        )
+        .expect("metric");
+        let events_commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_events_commit_duration_seconds",
+                "Time to write and commit one batch of events.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        let events_queue_depth = IntGauge::new(
+            "gateway_events_queue_depth",
+            "Events and commands waiting for the writer.",
+        )
+        .expect("metric");
+        let events_write_errors = IntCounter::new(
+            "gateway_events_write_errors_total",
+            "Failed attempts to commit a batch of events.",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -127,6 +178,12 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(upstream_healthy.clone()),
+            Box::new(events_emitted.clone()),
+            Box::new(events_dropped.clone()),
+            Box::new(events_committed.clone()),
+            Box::new(events_commit_duration.clone()),
+            Box::new(events_queue_depth.clone()),
+            Box::new(events_write_errors.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -143,6 +200,13 @@ impl Metrics {
             config_reloads,
             config_generation,
             upstream_healthy,
+            events_emitted,
+            events_dropped,
+            events_committed,
+            events_commit_duration,
+            events_queue_depth,
+            events_write_errors,
+            trends: Arc::new(Trends::default()),
         }
     }
 
@@ -165,6 +229,7 @@ impl Metrics {
                 status("5xx"),
             ],
             duration: self.request_duration.with_label_values(&[route]),
+            trend: self.trends.route(route),
         }
     }
 
@@ -190,6 +255,8 @@ impl Default for Metrics {
 pub struct RouteMetrics {
     by_class: [IntCounter; 5],
     pub duration: Histogram,
+    /// Total request durations for the latency trends.
+    pub trend: Arc<RouteHistogram>,
 }
 
 impl RouteMetrics {

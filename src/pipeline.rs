@@ -20,10 +20,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::app::Shared;
+use crate::events::model::{bounded_str, now_micros, MAX_PATH_CHARS};
+use crate::events::{AuditEvent, EventId, EventType, PerfEvent, Severity};
 use crate::proxy::body::{ByteCount, Completion};
 use crate::proxy::error::error_response;
 use crate::proxy::forward::forward;
@@ -76,18 +78,20 @@ pub async fn handle(
     // Created before any phase runs: if this future is dropped (client gone, HTTP/2 reset),
     // the guard's drop still releases the connection and logs the request, as 499.
     let mut finish = Finish::start(
+        shared.clone(),
         conn.clone(),
         started,
-        rt.access_log.then(|| LogFields {
+        RequestFields {
             method: req.method().clone(),
             host: req.headers().get(header::HOST).cloned().or_else(|| {
                 req.uri()
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             }),
-            path: req.uri().path().chars().take(1024).collect(),
+            uri: req.uri().clone(),
             version: req.version(),
-        }),
+        },
+        rt.access_log,
     );
 
     let mut resp = run_phases(&rt, &conn, &mut ctx, req).await;
@@ -101,7 +105,7 @@ pub async fn handle(
     finish.status = status;
     finish.request_id = Some(ctx.request_id);
     finish.client_ip = Some(ctx.client_ip);
-    finish.route = ctx.route.map(|r| r.name.clone());
+    finish.route = ctx.route;
     finish.upstream = ctx.upstream;
     finish.upstream_duration = ctx.upstream_duration;
     finish.bytes_in = ctx.bytes_in;
@@ -190,25 +194,36 @@ fn check_request<B>(rt: &Runtime, req: &Request<B>) -> Result<(), (StatusCode, &
     Ok(())
 }
 
-struct LogFields {
+/// What the access log and performance events say about the request (cheap clones of
+/// what hyper parsed: no copy of the path).
+struct RequestFields {
     method: Method,
     host: Option<HeaderValue>,
-    path: String,
+    uri: Uri,
     version: Version,
 }
 
+impl RequestFields {
+    fn host(&self) -> &str {
+        self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("")
+    }
+}
+
 /// Runs when the response body is finished or dropped, or when the request is abandoned
-/// before a response: releases the in-flight mark on the connection and writes the access
-/// log line, exactly once.
+/// before a response: releases the in-flight mark on the connection, records the route's
+/// latency trend and a performance event when slow, and writes the access log line,
+/// exactly once.
 struct Finish {
+    shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    log: Option<LogFields>,
+    fields: RequestFields,
+    access_log: bool,
     started: Instant,
     /// 499 until a response exists (the client went away first).
     status: u16,
     request_id: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
-    route: Option<Arc<str>>,
+    route: Option<Arc<Route>>,
     upstream: Option<Arc<str>>,
     upstream_duration: Option<Duration>,
     bytes_in: Option<Arc<ByteCount>>,
@@ -216,12 +231,20 @@ struct Finish {
 }
 
 impl Finish {
-    fn start(conn: Arc<ConnInfo>, started: Instant, log: Option<LogFields>) -> Finish {
+    fn start(
+        shared: Arc<Shared>,
+        conn: Arc<ConnInfo>,
+        started: Instant,
+        fields: RequestFields,
+        access_log: bool,
+    ) -> Finish {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.requests.fetch_add(1, Ordering::Relaxed);
         Finish {
+            shared,
             conn,
-            log,
+            fields,
+            access_log,
             started,
             status: 499,
             request_id: None,
@@ -247,26 +270,97 @@ impl Completion for Finish {
             return;
         }
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Some(log) = self.log.take() else { return };
-        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let total = self.started.elapsed();
+        if let Some(route) = &self.route {
+            route.metrics.trend.record(total);
+            if route.log_all || total > route.slow_threshold {
+                self.record_performance(route, total);
+            }
+        }
+        if !self.access_log {
+            return;
+        }
+        let log = &self.fields;
+        let total_ms = total.as_secs_f64() * 1000.0;
         let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
+        let path = log.uri.path();
         tracing::info!(
             target: "access",
             request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             client_ip = %self.client_ip.unwrap_or(self.conn.peer.ip()),
             listener = &*self.conn.listener,
             method = log.method.as_str(),
-            host = log.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            path = log.path.as_str(),
+            host = log.host(),
+            path = &path[..floor_char_boundary(path, 1024)],
             version = ?log.version,
             status = self.status,
             bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.get()),
             bytes_out,
-            route = self.route.as_deref().unwrap_or(""),
+            route = self.route.as_ref().map_or("", |r| &*r.name),
             upstream = self.upstream.as_deref().unwrap_or(""),
             upstream_ms,
             total_ms,
             aborted,
         );
     }
+}
+
+impl Finish {
+    /// A performance event for a slow request (or every request with `log_all`); a request
+    /// over five times its threshold also raises a `performance_alert` audit event.
+    fn record_performance(&self, route: &Route, total: Duration) {
+        let severity = Severity::of(total, route.slow_threshold);
+        let total_ms = total.as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
+        let time = now_micros();
+        let client_ip = self.client_ip.unwrap_or(self.conn.peer.ip());
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let path = bounded_str(self.fields.uri.path(), MAX_PATH_CHARS);
+        let sink = &self.shared.events.sink;
+        if severity == Severity::Critical {
+            let mut alert = AuditEvent::new(
+                EventType::PerformanceAlert,
+                format!(
+                    "request took {total_ms:.0} ms, over 5x the route's {} ms threshold",
+                    route.slow_threshold.as_millis()
+                ),
+            )
+            .ip(client_ip)
+            .path(&path);
+            alert.route = Some(route.name.to_string());
+            alert.method = Some(self.fields.method.to_string());
+            alert.host = Some(self.fields.host().to_string());
+            alert.request_id = Some(request_id.clone());
+            sink.audit(alert);
+        }
+        sink.perf(PerfEvent {
+            id: EventId::new(time),
+            time,
+            route: route.name.to_string(),
+            method: self.fields.method.to_string(),
+            host: self.fields.host().to_string(),
+            path,
+            status: self.status,
+            total_ms,
+            upstream_ms,
+            gateway_ms: (total_ms - upstream_ms.unwrap_or(0.0)).max(0.0),
+            threshold_ms: route.slow_threshold.as_secs_f64() * 1000.0,
+            severity,
+            request_id,
+            client_ip,
+        });
+    }
+}
+
+/// The largest index `<= max` on a char boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use crate::client_ip::{parse_net, TrustedProxies};
 use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig};
+use crate::events::backup::BackupSources;
+use crate::events::{BackupSchedule, EventSettings, RetentionPolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Route;
 use crate::proxy::upstream::{Pool, Target};
@@ -60,6 +62,9 @@ pub struct Runtime {
     pub shutdown_grace: Duration,
     pub cert_store: Arc<CertStore>,
     pub dev_cert: Option<(PathBuf, PathBuf)>,
+    /// `server.data_dir`, resolved.
+    pub data_dir: PathBuf,
+    pub events: EventSettings,
 }
 
 impl Runtime {
@@ -299,6 +304,9 @@ impl Runtime {
                     format!("route `{}` is defined twice", r.name),
                 ));
             }
+            if r.slow_threshold.is_some_and(|d| d.is_zero()) {
+                errs.push(cfg.error(&at.key("slow_threshold"), "must be greater than zero"));
+            }
             if !r.path_prefix.starts_with('/') {
                 errs.push(cfg.error(&at.key("path_prefix"), "must start with `/`"));
             }
@@ -320,6 +328,8 @@ impl Runtime {
                     pool: pool.clone(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(l.max_body_bytes),
                     metrics: metrics.route_metrics(&r.name),
+                    slow_threshold: r.slow_threshold.unwrap_or(raw.performance.slow_threshold),
+                    log_all: r.log_all.unwrap_or(raw.performance.log_all),
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(
@@ -354,6 +364,14 @@ impl Runtime {
             ));
         }
 
+        if raw.performance.slow_threshold.is_zero() {
+            errs.push(cfg.error(
+                &KeyPath::of(&["performance", "slow_threshold"]),
+                "must be greater than zero",
+            ));
+        }
+        let events = compile_events(cfg, &mut errs);
+
         errs.into_result(())?;
         Ok(Runtime {
             generation,
@@ -374,6 +392,66 @@ impl Runtime {
             shutdown_grace: raw.server.shutdown_grace,
             cert_store,
             dev_cert,
+            data_dir: cfg.resolve(&raw.server.data_dir),
+            events,
         })
+    }
+}
+
+/// The `[events]` section, validated, with paths resolved under `server.data_dir`.
+fn compile_events(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> EventSettings {
+    let raw = &cfg.raw;
+    let e = &raw.events;
+    let data_dir = cfg.resolve(&raw.server.data_dir);
+    let at = |k: &[&str]| {
+        let mut p = KeyPath::root().key("events");
+        for k in k {
+            p = p.key(k);
+        }
+        p
+    };
+    if e.queue_capacity < 64 {
+        errs.push(cfg.error(&at(&["queue_capacity"]), "must be at least 64"));
+    }
+    if e.batch_max_events == 0 {
+        errs.push(cfg.error(&at(&["batch_max_events"]), "must be greater than zero"));
+    }
+    for (keys, d) in [
+        (&["batch_max_delay"][..], e.batch_max_delay),
+        (&["retention", "audit"][..], e.retention.audit),
+        (&["retention", "performance"][..], e.retention.performance),
+        (&["retention", "run_every"][..], e.retention.run_every),
+    ] {
+        if d.is_zero() {
+            errs.push(cfg.error(&at(keys), "must be greater than zero"));
+        }
+    }
+    if e.backup.every.is_some_and(|d| d < Duration::from_secs(60)) {
+        errs.push(cfg.error(&at(&["backup", "every"]), "must be at least 1m"));
+    }
+    if e.backup.keep == 0 {
+        errs.push(cfg.error(&at(&["backup", "keep"]), "must be at least 1"));
+    }
+    let config_file = cfg.path.clone();
+    EventSettings {
+        store_path: data_dir.join(&e.store_file),
+        queue_capacity: e.queue_capacity.max(64),
+        batch_max_events: e.batch_max_events.max(1),
+        batch_max_delay: e.batch_max_delay,
+        retention: RetentionPolicy {
+            audit: e.retention.audit,
+            performance: e.retention.performance,
+            run_every: e.retention.run_every.max(Duration::from_secs(1)),
+            archive_dir: data_dir.join(&e.retention.archive_dir),
+        },
+        backup: BackupSchedule {
+            every: e.backup.every,
+            keep: e.backup.keep.max(1),
+            dir: data_dir.join(&e.backup.dir),
+            sources: BackupSources {
+                config_file,
+                rules_dir: cfg.base_dir.join("rules"),
+            },
+        },
     }
 }

@@ -6,11 +6,14 @@
 //! compared in constant time. With no token configured the API does not run: its routes
 //! answer 503 and nothing can be changed through them.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +25,44 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{Shared, StartError};
+use crate::events::{AuditEvent, EventType};
 use crate::runtime::AdminSettings;
+
+pub mod client;
+mod events_api;
 
 #[derive(Clone)]
 struct AdminState {
     shared: Arc<Shared>,
     token: Option<Arc<str>>,
+    auth_failures: Arc<AuthFailures>,
+}
+
+/// Failed admin logins per address in a sliding window: the fifth within
+/// [`AUTH_FAILURE_WINDOW`] and every one after is a critical event.
+#[derive(Default)]
+struct AuthFailures {
+    by_ip: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+const AUTH_FAILURES_REPEATED: u32 = 5;
+
+impl AuthFailures {
+    /// Counts a failure from `ip`; returns how many in the current window.
+    fn count(&self, ip: IpAddr) -> u32 {
+        let mut m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if m.len() > 10_000 {
+            m.retain(|_, (_, since)| now.duration_since(*since) < AUTH_FAILURE_WINDOW);
+        }
+        let e = m.entry(ip).or_insert((0, now));
+        if now.duration_since(e.1) >= AUTH_FAILURE_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        e.0
+    }
 }
 
 /// The token in force: `GATEWAY_ADMIN_TOKEN`, else `admin.token`, else `admin.token_file`
@@ -91,17 +126,24 @@ pub async fn serve(
     token: Option<Arc<str>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let state = AdminState { shared, token };
+    let state = AdminState {
+        shared,
+        token,
+        auth_failures: Arc::new(AuthFailures::default()),
+    };
     let api = Router::new()
         .route("/reload", post(reload))
         .route("/status", get(status))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .merge(events_api::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/openapi.json", get(events_api::openapi));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .with_state(state);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -126,7 +168,30 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
     if presented.as_bytes().ct_eq(token.as_bytes()).into() {
         return next.run(req).await;
     }
-    tracing::warn!(path = %req.uri().path(), "admin API authentication failed");
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    tracing::warn!(path = %req.uri().path(), client_ip = ?ip, "admin API authentication failed");
+    if let Some(ip) = ip {
+        let n = st.auth_failures.count(ip);
+        let mut e = AuditEvent::new(
+            EventType::AdminAuthFailed,
+            if presented.is_empty() {
+                "admin API request without a bearer token"
+            } else {
+                "admin API request with a wrong bearer token"
+            },
+        )
+        .ip(ip)
+        .path(req.uri().path())
+        .detail("failures_in_window", n.to_string());
+        e.method = Some(req.method().to_string());
+        if n >= AUTH_FAILURES_REPEATED {
+            e = e.escalated();
+        }
+        st.shared.events.sink.audit(e);
+    }
     let mut resp = (
         StatusCode::UNAUTHORIZED,
         Json(json!({"error": "missing or wrong bearer token"})),

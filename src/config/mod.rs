@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub raw: RawConfig,
+    /// The file it was read from.
+    pub path: PathBuf,
     pub locator: Locator,
     /// The directory relative paths are resolved against.
     pub base_dir: PathBuf,
@@ -77,6 +79,7 @@ pub fn load_str(path: &Path, text: String) -> Result<LoadedConfig, ConfigErrors>
         .unwrap_or_else(|| PathBuf::from("."));
     Ok(LoadedConfig {
         raw,
+        path: path.to_path_buf(),
         locator,
         base_dir,
     })

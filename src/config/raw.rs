@@ -24,6 +24,118 @@ pub struct RawConfig {
     pub upstreams: Vec<UpstreamSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
+    pub performance: PerformanceSection,
+}
+
+/// The event store under `data_dir`: queueing, batching, retention, backups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Store file, relative to `server.data_dir`.
+    #[serde(default = "default_store_file")]
+    pub store_file: PathBuf,
+    /// Records the queue between the request path and the writer holds.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// A write transaction commits after this many records...
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// ...or this long after the first record of the batch, whichever comes first.
+    #[serde(default = "default_batch_max_delay", with = "humantime_serde")]
+    pub batch_max_delay: Duration,
+    #[serde(default)]
+    pub retention: RetentionSection,
+    #[serde(default)]
+    pub backup: BackupSection,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            store_file: default_store_file(),
+            queue_capacity: default_queue_capacity(),
+            batch_max_events: default_batch_max_events(),
+            batch_max_delay: default_batch_max_delay(),
+            retention: RetentionSection::default(),
+            backup: BackupSection::default(),
+        }
+    }
+}
+
+/// How long records stay in the store before they are archived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    #[serde(default = "default_audit_retention", with = "humantime_serde")]
+    pub audit: Duration,
+    #[serde(default = "default_perf_retention", with = "humantime_serde")]
+    pub performance: Duration,
+    /// How often the archive job runs.
+    #[serde(default = "default_retention_every", with = "humantime_serde")]
+    pub run_every: Duration,
+    /// Where archive files go, relative to `server.data_dir`.
+    #[serde(default = "default_archive_dir")]
+    pub archive_dir: PathBuf,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            audit: default_audit_retention(),
+            performance: default_perf_retention(),
+            run_every: default_retention_every(),
+            archive_dir: default_archive_dir(),
+        }
+    }
+}
+
+/// Scheduled backups of the store, config and rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// How often to write a backup; absent: only on demand.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Backups kept (the oldest are deleted).
+    #[serde(default = "default_backup_keep")]
+    pub keep: usize,
+    /// Where backups go, relative to `server.data_dir`.
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            every: None,
+            keep: default_backup_keep(),
+            dir: default_backup_dir(),
+        }
+    }
+}
+
+/// Slow-request recording; routes may override both keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceSection {
+    /// A request taking longer than this (request head to end of response) is recorded.
+    #[serde(default = "default_slow_threshold", with = "humantime_serde")]
+    pub slow_threshold: Duration,
+    /// Record every request, not only slow ones.
+    #[serde(default)]
+    pub log_all: bool,
+}
+
+impl Default for PerformanceSection {
+    fn default() -> Self {
+        PerformanceSection {
+            slow_threshold: default_slow_threshold(),
+            log_all: false,
+        }
+    }
 }
 
 /// Process-wide settings.
@@ -249,6 +361,47 @@ pub struct RouteSection {
     pub upstream: String,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Overrides `performance.slow_threshold` for this route.
+    #[serde(default, with = "humantime_serde")]
+    pub slow_threshold: Option<Duration>,
+    /// Overrides `performance.log_all` for this route.
+    #[serde(default)]
+    pub log_all: Option<bool>,
+}
+
+fn default_store_file() -> PathBuf {
+    PathBuf::from("events.redb")
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_batch_max_events() -> usize {
+    2_048
+}
+fn default_batch_max_delay() -> Duration {
+    Duration::from_millis(20)
+}
+const DAY: u64 = 24 * 3600;
+fn default_audit_retention() -> Duration {
+    Duration::from_secs(730 * DAY)
+}
+fn default_perf_retention() -> Duration {
+    Duration::from_secs(30 * DAY)
+}
+fn default_retention_every() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_archive_dir() -> PathBuf {
+    PathBuf::from("archive")
+}
+fn default_backup_keep() -> usize {
+    7
+}
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("backups")
+}
+fn default_slow_threshold() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn yes() -> bool {

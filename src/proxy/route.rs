@@ -1,6 +1,7 @@
 //! A compiled route: where matching requests go and the limits that apply to them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::metrics::RouteMetrics;
 
@@ -13,4 +14,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub max_body_bytes: u64,
     pub metrics: RouteMetrics,
+    /// Requests slower than this (head in to end of response) become performance events.
+    pub slow_threshold: Duration,
+    /// Record every request as a performance event.
+    pub log_all: bool,
 }

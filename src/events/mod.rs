@@ -1,0 +1,183 @@
+//! Events: everything the gateway decides, kept in an embedded store an operator can query.
+//!
+//! - [`model`]: event ids, types, the risk table, audit and performance records, the
+//!   investigation workflow.
+//! - [`sink`]: the request path's non-blocking `emit` into a bounded queue.
+//! - [`writer`]: the one thread that writes the store, group-committing batches.
+//! - [`store`]: the redb file and its queries.
+//! - [`trends`]: per-route latency buckets (minute and hour).
+//! - [`archive`]: retention (expired records to zstd NDJSON files) and restore.
+//! - [`backup`]: consistent backups with checksums, verify and restore.
+//!
+//! Cost on the request path: building the record plus one `try_send` (see
+//! `benches/events.rs`). Memory: at most `events.queue_capacity` queued records. Failure
+//! modes: a full queue sheds low-risk records first (counted in `/metrics`); a failing disk
+//! is retried, then its batch is counted as dropped and critical events are written to the
+//! error log. The request path never waits for the disk.
+
+pub mod archive;
+pub mod backup;
+pub mod model;
+pub mod sink;
+pub mod store;
+pub mod trends;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+pub use archive::{ArchiveReport, RestoreReport, RetentionPolicy};
+pub use model::{AuditEvent, EventId, EventType, PerfEvent, Risk, Severity, Status};
+pub use sink::EventSink;
+pub use store::{Store, StoreError};
+
+use crate::metrics::Metrics;
+use model::{Investigation, Patch};
+use store::PatchOutcome;
+use writer::{Command, Writer};
+
+/// The `[events]` settings in force.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    pub store_path: PathBuf,
+    pub queue_capacity: usize,
+    pub batch_max_events: usize,
+    pub batch_max_delay: Duration,
+    pub retention: RetentionPolicy,
+    pub backup: BackupSchedule,
+}
+
+/// Scheduled backups.
+#[derive(Debug, Clone)]
+pub struct BackupSchedule {
+    /// `None`: only on demand.
+    pub every: Option<Duration>,
+    pub keep: usize,
+    pub dir: PathBuf,
+    pub sources: backup::BackupSources,
+}
+
+/// Why an operator command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the event writer is busy; try again")]
+    Busy,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The running event subsystem: the sink, the store for reads, the writer thread.
+pub struct Events {
+    pub sink: Arc<EventSink>,
+    pub store: Arc<Store>,
+    settings: Arc<ArcSwap<EventSettings>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Events {
+    /// Opens the store, loads the kept trend buckets and starts the writer thread.
+    pub fn start(settings: EventSettings, metrics: &Metrics) -> Result<Events, StoreError> {
+        let store = Arc::new(Store::open(&settings.store_path)?);
+        let loaded = archive::load_trends(&store, &metrics.trends, model::now_micros() / 1_000_000)?;
+        tracing::debug!(buckets = loaded, "latency trends loaded");
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
+        let state = Arc::new(sink::QueueState::new());
+        let sink = Arc::new(EventSink::new(
+            tx,
+            state.clone(),
+            settings.queue_capacity,
+            metrics,
+        ));
+        let capacity = settings.queue_capacity;
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
+        let w = Writer::new(store.clone(), rx, state, settings.clone(), metrics);
+        let handle = std::thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || w.run())
+            .map_err(StoreError::io("starting the event writer thread"))?;
+        tracing::debug!(capacity, "event writer started");
+        Ok(Events {
+            sink,
+            store,
+            settings,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Puts reloaded settings in force (batching, retention, backups; the queue capacity
+    /// and the store path need a restart).
+    pub fn update(&self, settings: EventSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    pub fn settings(&self) -> Arc<EventSettings> {
+        self.settings.load_full()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.sink.command(make(tx)) {
+            return Err(CommandError::Busy);
+        }
+        rx.await.map_err(|_| CommandError::Busy)
+    }
+
+    /// Waits until every record queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), CommandError> {
+        self.ask(Command::Flush).await
+    }
+
+    /// Applies an operator's change to an investigation.
+    pub async fn patch(&self, id: EventId, patch: Patch) -> Result<Investigation, PatchOutcome> {
+        self.ask(|reply| Command::Patch { id, patch, reply })
+            .await
+            .map_err(|_| PatchOutcome::Failed(StoreError::Invalid("the event writer is busy; try again".into())))?
+    }
+
+    /// Archives every expired record now.
+    pub async fn archive_now(&self) -> Result<Vec<ArchiveReport>, CommandError> {
+        Ok(self.ask(Command::Archive).await??)
+    }
+
+    /// Restores an archive file into the running store.
+    pub async fn restore_archive(&self, file: PathBuf) -> Result<RestoreReport, CommandError> {
+        Ok(self.ask(|r| Command::Restore(file, r)).await??)
+    }
+
+    /// Writes a backup now (from a read transaction; the writer keeps going).
+    pub fn backup_now(&self) -> Result<backup::BackupInfo, StoreError> {
+        let s = self.settings();
+        let info = backup::create(&self.store, &s.backup.sources, &s.backup.dir, s.backup.keep)?;
+        self.sink.audit(
+            AuditEvent::new(EventType::BackupCreated, "backup created")
+                .detail("file", info.file.display().to_string())
+                .detail("bytes", info.bytes.to_string()),
+        );
+        Ok(info)
+    }
+
+    /// Commits everything queued, persists the partial trend minute and stops the writer.
+    /// Blocks; call from a blocking context.
+    pub fn stop(&self) {
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(handle) = handle else { return };
+        // Wait for room: a stop must not be lost to a full queue.
+        while !self.sink.command_blocking(Command::Stop) {
+            if handle.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = handle.join();
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
