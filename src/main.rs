@@ -131,13 +131,25 @@ fn open_store(rt: &gateway::runtime::Runtime) -> Result<Option<Store>, ExitCode>
 }
 
 /// Asks the running gateway's admin API; prints its answer.
-fn via_admin(rt: &gateway::runtime::Runtime, method: http::Method, path: &str, body: Option<String>) -> ExitCode {
+fn via_admin(
+    rt: &gateway::runtime::Runtime,
+    method: http::Method,
+    path: &str,
+    body: Option<String>,
+) -> ExitCode {
     eprintln!("the gateway is running; asking it through the admin port");
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|r| r.block_on(gateway::admin::client::call(&rt.admin, method, &format!("/api/v1{path}"), body)));
+        .and_then(|r| {
+            r.block_on(gateway::admin::client::call(
+                &rt.admin,
+                method,
+                &format!("/api/v1{path}"),
+                body,
+            ))
+        });
     match result {
         Ok((status, body)) if (200..300).contains(&status) => {
             println!("{body}");

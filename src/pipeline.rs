@@ -205,7 +205,10 @@ struct RequestFields {
 
 impl RequestFields {
     fn host(&self) -> &str {
-        self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("")
+        self.host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -362,5 +365,8 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {
         return s.len();
     }
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }

@@ -250,7 +250,11 @@ fn export_pages(
     csv: bool,
     tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 ) {
-    if csv && tx.blocking_send(Ok(CSV_HEADER.as_bytes().to_vec())).is_err() {
+    if csv
+        && tx
+            .blocking_send(Ok(CSV_HEADER.as_bytes().to_vec()))
+            .is_err()
+    {
         return;
     }
     let mut cursor = None;
@@ -383,10 +387,12 @@ async fn perf_slow(State(st): State<AdminState>, Query(q): Query<PerfQuery>) -> 
     let run = async {
         let severity = match q.severity.as_deref() {
             None | Some("") => None,
-            Some(s) => Some(
-                serde_json::from_value(json!(s))
-                    .map_err(|_| error(StatusCode::BAD_REQUEST, format!("`severity`: `{s}` is not info, warning or critical")))?,
-            ),
+            Some(s) => Some(serde_json::from_value(json!(s)).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`severity`: `{s}` is not info, warning or critical"),
+                )
+            })?),
         };
         let filter = PerfFilter {
             route: q.route.clone().filter(|s| !s.is_empty()),
@@ -430,11 +436,11 @@ async fn perf_trends(State(st): State<AdminState>, Query(q): Query<TrendQuery>) 
         Ok(s) => s.map_or(now.saturating_sub(kept), |s| s / 1_000_000),
         Err(r) => return r,
     };
-    let routes = st
-        .shared
-        .metrics
-        .trends
-        .query(q.route.as_deref().filter(|r| !r.is_empty()), granularity, since);
+    let routes = st.shared.metrics.trends.query(
+        q.route.as_deref().filter(|r| !r.is_empty()),
+        granularity,
+        since,
+    );
     Json(json!({
         "granularity": granularity,
         "bucket_seconds": granularity.seconds(),
@@ -505,13 +511,22 @@ async fn archive_restore(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     // Only files in the archive directory, by name: the API cannot read arbitrary paths.
-    if body.file.contains(['/', '\\']) || body.file.starts_with('.') || !body.file.ends_with(".ndjson.zst") {
+    if body.file.contains(['/', '\\'])
+        || body.file.starts_with('.')
+        || !body.file.ends_with(".ndjson.zst")
+    {
         return error(
             StatusCode::BAD_REQUEST,
             "`file`: the name of an archive file (archive-….ndjson.zst) in the archive directory",
         );
     }
-    let path = st.shared.events.settings().retention.archive_dir.join(&body.file);
+    let path = st
+        .shared
+        .events
+        .settings()
+        .retention
+        .archive_dir
+        .join(&body.file);
     if !path.is_file() {
         return error(StatusCode::NOT_FOUND, format!("no archive {}", body.file));
     }
@@ -527,7 +542,10 @@ async fn archive_restore(
 /// The OpenAPI document for the whole admin API.
 pub(super) async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         include_str!("openapi.json"),
     )
         .into_response()

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -172,7 +172,11 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    tracing::warn!(path = %req.uri().path(), client_ip = ?ip, "admin API authentication failed");
+    let path = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(req.uri().path(), |u| u.0.path());
+    tracing::warn!(path = %path, client_ip = ?ip, "admin API authentication failed");
     if let Some(ip) = ip {
         let n = st.auth_failures.count(ip);
         let mut e = AuditEvent::new(
@@ -184,7 +188,7 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
             },
         )
         .ip(ip)
-        .path(req.uri().path())
+        .path(path)
         .detail("failures_in_window", n.to_string());
         e.method = Some(req.method().to_string());
         if n >= AUTH_FAILURES_REPEATED {

@@ -22,7 +22,9 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::model::{format_time, now_micros, AuditEvent, EventId, EventType, Investigation, PerfEvent, Risk};
+use super::model::{
+    format_time, now_micros, AuditEvent, EventId, EventType, Investigation, PerfEvent, Risk,
+};
 use super::store::{
     decode, ip_key, Slim, Store, StoreError, AUDIT, BY_IP, BY_SESSION, HOLDS, INVESTIGATIONS,
     OPEN_SEVERE, PERF, TRENDS,
@@ -74,10 +76,8 @@ struct Line {
 
 /// A file name part for `micros`: `2026-12-02T103000.123456Z`.
 pub(crate) fn stamp(micros: u64) -> String {
-    let t = humantime::format_rfc3339_micros(
-        std::time::UNIX_EPOCH + Duration::from_micros(micros),
-    )
-    .to_string();
+    let t = humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(micros))
+        .to_string();
     t.replace(':', "")
 }
 
@@ -264,10 +264,15 @@ pub fn archive_chunk(
 /// its manifest first. Restored records are held from retention for `hold`.
 pub fn restore(store: &Store, file: &Path, hold: Duration) -> Result<RestoreReport, StoreError> {
     let manifest_file = manifest_path(file);
-    let raw = std::fs::read(&manifest_file)
-        .map_err(StoreError::io(format!("reading {}", manifest_file.display())))?;
+    let raw = std::fs::read(&manifest_file).map_err(StoreError::io(format!(
+        "reading {}",
+        manifest_file.display()
+    )))?;
     let manifest: ArchiveReport = serde_json::from_slice(&raw).map_err(|e| {
-        StoreError::Invalid(format!("{}: not an archive manifest: {e}", manifest_file.display()))
+        StoreError::Invalid(format!(
+            "{}: not an archive manifest: {e}",
+            manifest_file.display()
+        ))
     })?;
     let (sha, _) = sha256_file(file)?;
     if sha != manifest.sha256 {
@@ -278,7 +283,8 @@ pub fn restore(store: &Store, file: &Path, hold: Duration) -> Result<RestoreRepo
         )));
     }
     let f = File::open(file).map_err(StoreError::io(format!("opening {}", file.display())))?;
-    let dec = zstd::Decoder::new(f).map_err(StoreError::io(format!("decompressing {}", file.display())))?;
+    let dec = zstd::Decoder::new(f)
+        .map_err(StoreError::io(format!("decompressing {}", file.display())))?;
     let until = now_micros() / 1_000_000 + hold.as_secs();
     let mut report = RestoreReport {
         restored: 0,
@@ -302,8 +308,9 @@ pub fn restore(store: &Store, file: &Path, hold: Duration) -> Result<RestoreRepo
                 if line.trim().is_empty() {
                     continue;
                 }
-                let l: Line = serde_json::from_str(&line)
-                    .map_err(|e| StoreError::Invalid(format!("{}: bad line: {e}", file.display())))?;
+                let l: Line = serde_json::from_str(&line).map_err(|e| {
+                    StoreError::Invalid(format!("{}: bad line: {e}", file.display()))
+                })?;
                 let bad = |e: serde_json::Error| {
                     StoreError::Invalid(format!("{}: bad record: {e}", file.display()))
                 };

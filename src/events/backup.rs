@@ -94,7 +94,10 @@ pub fn create(
         for (entry, path) in &files {
             let (sha256, bytes) = sha256_file(path)?;
             tar.append_path_with_name(path, entry)
-                .map_err(StoreError::io(format!("adding {} to the backup", path.display())))?;
+                .map_err(StoreError::io(format!(
+                    "adding {} to the backup",
+                    path.display()
+                )))?;
             entries.push(ManifestEntry {
                 name: entry.clone(),
                 bytes,
@@ -177,7 +180,8 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut out = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(StoreError::io(format!("reading {}", dir.display())))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(StoreError::io(format!("reading {}", dir.display())))?;
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -216,7 +220,8 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 fn prune(dir: &Path, keep: usize) -> Result<(), StoreError> {
     for old in list(dir)?.into_iter().skip(keep.max(1)) {
-        std::fs::remove_file(&old).map_err(StoreError::io(format!("removing {}", old.display())))?;
+        std::fs::remove_file(&old)
+            .map_err(StoreError::io(format!("removing {}", old.display())))?;
         tracing::info!(file = %old.display(), "removed an old backup");
     }
     Ok(())
@@ -243,7 +248,11 @@ pub fn verify(file: &Path) -> Result<Verified, StoreError> {
     result
 }
 
-fn verify_into(file: &Path, store_to: &Path, config_to: Option<PathBuf>) -> Result<Verified, StoreError> {
+fn verify_into(
+    file: &Path,
+    store_to: &Path,
+    config_to: Option<PathBuf>,
+) -> Result<Verified, StoreError> {
     let bad = |m: String| StoreError::Invalid(format!("{}: {m}", file.display()));
     let f = File::open(file).map_err(StoreError::io(format!("opening {}", file.display())))?;
     let mut archive = tar::Archive::new(f);
@@ -267,26 +276,25 @@ fn verify_into(file: &Path, store_to: &Path, config_to: Option<PathBuf>) -> Resu
             entry
                 .read_to_end(&mut body)
                 .map_err(|e| bad(format!("damaged manifest: {e}")))?;
-            manifest = Some(
-                serde_json::from_slice(&body).map_err(|e| bad(format!("bad manifest: {e}")))?,
-            );
+            manifest =
+                Some(serde_json::from_slice(&body).map_err(|e| bad(format!("bad manifest: {e}")))?);
             continue;
         }
         let out: Box<dyn Write> = if name == STORE_ENTRY {
-            Box::new(File::create(store_to).map_err(StoreError::io(format!(
-                "creating {}",
-                store_to.display()
-            )))?)
+            Box::new(
+                File::create(store_to)
+                    .map_err(StoreError::io(format!("creating {}", store_to.display())))?,
+            )
         } else if let Some(dir) = &config_to {
             let target = dir.join(name.trim_start_matches("config/"));
             if let Some(p) = target.parent() {
                 std::fs::create_dir_all(p)
                     .map_err(StoreError::io(format!("creating {}", p.display())))?;
             }
-            Box::new(File::create(&target).map_err(StoreError::io(format!(
-                "creating {}",
-                target.display()
-            )))?)
+            Box::new(
+                File::create(&target)
+                    .map_err(StoreError::io(format!("creating {}", target.display())))?,
+            )
         } else {
             Box::new(io::sink())
         };
@@ -308,24 +316,30 @@ fn verify_into(file: &Path, store_to: &Path, config_to: Option<PathBuf>) -> Resu
     let manifest = manifest.ok_or_else(|| bad("no manifest.json".into()))?;
     for m in &manifest.entries {
         match seen.iter().find(|s| s.name == m.name) {
-            None => return Err(bad(format!("`{}` is in the manifest but not the archive", m.name))),
-            Some(s) if s.sha256 != m.sha256 || s.bytes != m.bytes => {
+            None => {
                 return Err(bad(format!(
-                    "`{}` does not match its checksum (manifest {}, file {}): the backup is damaged",
-                    m.name, m.sha256, s.sha256
+                    "`{}` is in the manifest but not the archive",
+                    m.name
                 )))
             }
+            Some(s) if s.sha256 != m.sha256 || s.bytes != m.bytes => return Err(bad(format!(
+                "`{}` does not match its checksum (manifest {}, file {}): the backup is damaged",
+                m.name, m.sha256, s.sha256
+            ))),
             Some(_) => {}
         }
     }
-    if let Some(extra) = seen.iter().find(|s| !manifest.entries.iter().any(|m| m.name == s.name)) {
+    if let Some(extra) = seen
+        .iter()
+        .find(|s| !manifest.entries.iter().any(|m| m.name == s.name))
+    {
         return Err(bad(format!("`{}` is not in the manifest", extra.name)));
     }
     if !manifest.entries.iter().any(|m| m.name == STORE_ENTRY) {
         return Err(bad("no events.redb".into()));
     }
-    let db = Database::open(store_to)
-        .map_err(|e| bad(format!("the store copy does not open: {e}")))?;
+    let db =
+        Database::open(store_to).map_err(|e| bad(format!("the store copy does not open: {e}")))?;
     let r = db.begin_read()?;
     let audit_events = r.open_table(AUDIT)?.len()?;
     let performance_events = r.open_table(PERF)?.len()?;
@@ -389,14 +403,18 @@ pub fn restore(file: &Path, store_path: &Path) -> Result<Restored, StoreError> {
     })?;
     let previous = if store_path.exists() {
         let p = dir.join(format!("events.redb.before-restore-{when}"));
-        std::fs::rename(store_path, &p)
-            .map_err(StoreError::io(format!("moving {} aside", store_path.display())))?;
+        std::fs::rename(store_path, &p).map_err(StoreError::io(format!(
+            "moving {} aside",
+            store_path.display()
+        )))?;
         Some(p)
     } else {
         None
     };
-    std::fs::rename(&staged, store_path)
-        .map_err(StoreError::io(format!("moving the copy to {}", store_path.display())))?;
+    std::fs::rename(&staged, store_path).map_err(StoreError::io(format!(
+        "moving the copy to {}",
+        store_path.display()
+    )))?;
     Ok(Restored {
         store: store_path.to_path_buf(),
         previous_store: previous,

@@ -82,7 +82,8 @@ impl Events {
     /// Opens the store, loads the kept trend buckets and starts the writer thread.
     pub fn start(settings: EventSettings, metrics: &Metrics) -> Result<Events, StoreError> {
         let store = Arc::new(Store::open(&settings.store_path)?);
-        let loaded = archive::load_trends(&store, &metrics.trends, model::now_micros() / 1_000_000)?;
+        let loaded =
+            archive::load_trends(&store, &metrics.trends, model::now_micros() / 1_000_000)?;
         tracing::debug!(buckets = loaded, "latency trends loaded");
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
         let state = Arc::new(sink::QueueState::new());
@@ -118,7 +119,10 @@ impl Events {
         self.settings.load_full()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CommandError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, CommandError> {
         let (tx, rx) = oneshot::channel();
         if !self.sink.command(make(tx)) {
             return Err(CommandError::Busy);
@@ -135,7 +139,11 @@ impl Events {
     pub async fn patch(&self, id: EventId, patch: Patch) -> Result<Investigation, PatchOutcome> {
         self.ask(|reply| Command::Patch { id, patch, reply })
             .await
-            .map_err(|_| PatchOutcome::Failed(StoreError::Invalid("the event writer is busy; try again".into())))?
+            .map_err(|_| {
+                PatchOutcome::Failed(StoreError::Invalid(
+                    "the event writer is busy; try again".into(),
+                ))
+            })?
     }
 
     /// Archives every expired record now.

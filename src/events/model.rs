@@ -405,9 +405,12 @@ impl Status {
 impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Status::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
-            format!("`{s}` is not a status (open, investigating, resolved, false_positive)")
-        })
+        Status::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("`{s}` is not a status (open, investigating, resolved, false_positive)")
+            })
     }
 }
 
@@ -477,7 +480,10 @@ pub enum PatchError {
     #[error("no event {0}")]
     NotFound(EventId),
     #[error("status cannot go from {from} to {to}")]
-    Transition { from: &'static str, to: &'static str },
+    Transition {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -506,8 +512,7 @@ impl Investigation {
                         to: next.as_str(),
                     });
                 }
-                if next.is_closed() && patch.note.as_deref().is_none_or(|n| n.trim().is_empty())
-                {
+                if next.is_closed() && patch.note.as_deref().is_none_or(|n| n.trim().is_empty()) {
                     return Err(PatchError::Invalid(format!(
                         "a `note` saying why is required to mark an event {}",
                         next.as_str()

@@ -87,12 +87,7 @@ impl EventSink {
         EventSink {
             tx,
             state,
-            limits: [
-                capacity * 6 / 10,
-                capacity * 8 / 10,
-                capacity,
-                capacity,
-            ],
+            limits: [capacity * 6 / 10, capacity * 8 / 10, capacity, capacity],
             counters: SinkCounters {
                 emitted_audit: metrics.events_emitted.with_label_values(&["audit"]),
                 emitted_perf: metrics.events_emitted.with_label_values(&["performance"]),

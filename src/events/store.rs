@@ -316,7 +316,11 @@ impl Store {
         }
         if let Some(s) = &event.event.session {
             let by_s = tx.open_table(BY_SESSION)?;
-            for row in by_s.range((s.as_str(), lo)..(s.as_str(), hi))?.rev().take(limit + 1) {
+            for row in by_s
+                .range((s.as_str(), lo)..(s.as_str(), hi))?
+                .rev()
+                .take(limit + 1)
+            {
                 ids.push(row?.0.value().1);
             }
         }
@@ -356,8 +360,12 @@ impl Store {
             if f.kind.is_some_and(|k| k != slim.kind)
                 || f.risk.is_some_and(|r| r != slim.risk)
                 || f.ip.is_some_and(|ip| Some(ip) != slim.client_ip)
-                || f.user.as_deref().is_some_and(|u| slim.user.as_deref() != Some(u))
-                || f.route.as_deref().is_some_and(|r| slim.route.as_deref() != Some(r))
+                || f.user
+                    .as_deref()
+                    .is_some_and(|u| slim.user.as_deref() != Some(u))
+                || f.route
+                    .as_deref()
+                    .is_some_and(|r| slim.route.as_deref() != Some(r))
             {
                 return Ok(examined < SCAN_BUDGET);
             }

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod config;
+mod events;
 mod forwarding;
 mod hardening;
 mod lifecycle;

@@ -210,6 +210,18 @@ impl TestGateway {
     pub async fn shutdown(mut self) -> bool {
         self.gw.take().unwrap().shutdown().await
     }
+    /// Shuts down gracefully and hands back the directory (config, data), still on disk.
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        assert!(self.gw.take().unwrap().shutdown().await);
+        self.dir
+    }
+    /// Starts a gateway again on the files of a stopped one.
+    pub async fn restart(dir: tempfile::TempDir) -> TestGateway {
+        let gw = Gateway::start(&dir.path().join("gateway.toml"))
+            .await
+            .unwrap();
+        TestGateway { gw: Some(gw), dir }
+    }
 }
 
 pub struct TlsClient {
