@@ -37,11 +37,30 @@ pub(super) fn routes() -> Router<AdminState> {
         .route("/archive/restore", post(archive_restore))
 }
 
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+/// An error answer: a status and a message, as `{"error": message}`.
+pub(super) struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn store_error(e: StoreError) -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+fn fail(status: StatusCode, message: impl Into<String>) -> Response {
+    error(status, message).into_response()
+}
+
+fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "event store query failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -50,7 +69,7 @@ fn store_error(e: StoreError) -> Response {
 async fn query<T: Send + 'static>(
     st: &AdminState,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let store = st.shared.events.store.clone();
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(Ok(v)) => Ok(v),
@@ -59,7 +78,7 @@ async fn query<T: Send + 'static>(
     }
 }
 
-fn parse<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, Response>
+fn parse<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, ApiError>
 where
     T::Err: std::fmt::Display,
 {
@@ -72,7 +91,7 @@ where
     }
 }
 
-fn time(name: &str, v: &Option<String>) -> Result<Option<u64>, Response> {
+fn time(name: &str, v: &Option<String>) -> Result<Option<u64>, ApiError> {
     match v.as_deref() {
         None | Some("") => Ok(None),
         Some(s) => parse_time(s)
@@ -81,7 +100,7 @@ fn time(name: &str, v: &Option<String>) -> Result<Option<u64>, Response> {
     }
 }
 
-fn limit(v: Option<usize>) -> Result<usize, Response> {
+fn limit(v: Option<usize>) -> Result<usize, ApiError> {
     match v {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -110,7 +129,7 @@ pub(super) struct EventQuery {
 }
 
 impl EventQuery {
-    fn filter(&self) -> Result<AuditFilter, Response> {
+    fn filter(&self) -> Result<AuditFilter, ApiError> {
         Ok(AuditFilter {
             kind: parse("type", &self.kind)?,
             risk: parse("risk", &self.risk)?,
@@ -139,9 +158,9 @@ async fn list_events(State(st): State<AdminState>, Query(q): Query<EventQuery>) 
         let cursor = parse::<EventId>("cursor", &q.cursor)?;
         let limit = limit(q.limit)?;
         let page = query(&st, move |s| s.list_audit(&filter, cursor, limit)).await?;
-        Ok::<_, Response>(page_json(&page.items, page.next_cursor))
+        Ok::<_, ApiError>(page_json(&page.items, page.next_cursor))
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +177,7 @@ async fn get_event(
 ) -> Response {
     let id = match id.parse::<EventId>() {
         Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     let window = q.window.unwrap_or(3600).min(30 * 24 * 3600) * 1_000_000;
     let found = query(&st, move |s| {
@@ -175,8 +194,8 @@ async fn get_event(
             v["related"] = serde_json::to_value(&related).unwrap_or_default();
             Json(v).into_response()
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no event {id}")),
-        Err(r) => r,
+        Ok(None) => fail(StatusCode::NOT_FOUND, format!("no event {id}")),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -187,22 +206,22 @@ async fn patch_event(
 ) -> Response {
     let id = match id.parse::<EventId>() {
         Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     let Json(patch) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
     };
     match st.shared.events.patch(id, patch).await {
         Ok(inv) => Json(json!({"id": id, "investigation": inv})).into_response(),
         Err(PatchOutcome::Refused(e @ PatchError::NotFound(_))) => {
-            error(StatusCode::NOT_FOUND, e.to_string())
+            fail(StatusCode::NOT_FOUND, e.to_string())
         }
         Err(PatchOutcome::Refused(e @ PatchError::Transition { .. })) => {
-            error(StatusCode::CONFLICT, e.to_string())
+            fail(StatusCode::CONFLICT, e.to_string())
         }
-        Err(PatchOutcome::Refused(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(PatchOutcome::Failed(e)) => store_error(e),
+        Err(PatchOutcome::Refused(e)) => fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(PatchOutcome::Failed(e)) => store_error(e).into_response(),
     }
 }
 
@@ -212,7 +231,7 @@ async fn export_events(State(st): State<AdminState>, Query(q): Query<EventQuery>
         None | Some("ndjson") => false,
         Some("csv") => true,
         Some(f) => {
-            return error(
+            return fail(
                 StatusCode::BAD_REQUEST,
                 format!("`format`: `{f}` is not ndjson or csv"),
             )
@@ -220,7 +239,7 @@ async fn export_events(State(st): State<AdminState>, Query(q): Query<EventQuery>
     };
     let filter = match q.filter() {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = st.shared.events.store.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -351,7 +370,7 @@ async fn stats(State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Re
                 )
             })
             .collect();
-        Ok::<_, Response>(
+        Ok::<_, ApiError>(
             Json(json!({
                 "since": format_time(since),
                 "until": format_time(until),
@@ -369,7 +388,7 @@ async fn stats(State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Re
             .into_response(),
         )
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,9 +422,9 @@ async fn perf_slow(State(st): State<AdminState>, Query(q): Query<PerfQuery>) -> 
         let cursor = parse::<EventId>("cursor", &q.cursor)?;
         let limit = limit(q.limit)?;
         let page = query(&st, move |s| s.list_perf(&filter, cursor, limit)).await?;
-        Ok::<_, Response>(page_json(&page.items, page.next_cursor))
+        Ok::<_, ApiError>(page_json(&page.items, page.next_cursor))
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,7 +440,7 @@ async fn perf_trends(State(st): State<AdminState>, Query(q): Query<TrendQuery>) 
         None | Some("minute") => Granularity::Minute,
         Some("hour") => Granularity::Hour,
         Some(g) => {
-            return error(
+            return fail(
                 StatusCode::BAD_REQUEST,
                 format!("`granularity`: `{g}` is not minute or hour"),
             )
@@ -434,7 +453,7 @@ async fn perf_trends(State(st): State<AdminState>, Query(q): Query<TrendQuery>) 
     };
     let since = match time("since", &q.since) {
         Ok(s) => s.map_or(now.saturating_sub(kept), |s| s / 1_000_000),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let routes = st.shared.metrics.trends.query(
         q.route.as_deref().filter(|r| !r.is_empty()),
@@ -467,8 +486,8 @@ async fn list_backups(State(st): State<AdminState>) -> Response {
                 .collect();
             Json(json!({"items": items})).into_response()
         }
-        Ok(Err(e)) => store_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => store_error(e).into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -476,15 +495,15 @@ async fn create_backup(State(st): State<AdminState>) -> Response {
     let events = st.shared.events.clone();
     match tokio::task::spawn_blocking(move || events.backup_now()).await {
         Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
-        Ok(Err(e)) => store_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => store_error(e).into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 fn command_error(e: CommandError) -> Response {
     match e {
-        CommandError::Busy => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        CommandError::Store(e) => store_error(e),
+        CommandError::Busy => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        CommandError::Store(e) => store_error(e).into_response(),
     }
 }
 
@@ -508,14 +527,14 @@ async fn archive_restore(
 ) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
     };
     // Only files in the archive directory, by name: the API cannot read arbitrary paths.
     if body.file.contains(['/', '\\'])
         || body.file.starts_with('.')
         || !body.file.ends_with(".ndjson.zst")
     {
-        return error(
+        return fail(
             StatusCode::BAD_REQUEST,
             "`file`: the name of an archive file (archive-….ndjson.zst) in the archive directory",
         );
@@ -528,12 +547,12 @@ async fn archive_restore(
         .archive_dir
         .join(&body.file);
     if !path.is_file() {
-        return error(StatusCode::NOT_FOUND, format!("no archive {}", body.file));
+        return fail(StatusCode::NOT_FOUND, format!("no archive {}", body.file));
     }
     match st.shared.events.restore_archive(path).await {
         Ok(r) => Json(r).into_response(),
         Err(CommandError::Store(e @ StoreError::Invalid(_))) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
         Err(e) => command_error(e),
     }

@@ -53,7 +53,7 @@ pub enum StoreError {
     #[error("the event store {0} is in use by another process (is the gateway running?)")]
     Locked(PathBuf),
     #[error("event store: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     #[error("event store {path}: schema version {found}, this gateway reads {SCHEMA_VERSION}")]
     Schema { path: PathBuf, found: u64 },
     #[error("{context}: {source}")]
@@ -69,12 +69,13 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
+                StoreError::Db(Box::new(e.into()))
             }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
@@ -185,7 +186,7 @@ impl Store {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(path.to_path_buf()))
             }
-            Err(e) => return Err(StoreError::Db(e.into())),
+            Err(e) => return Err(e.into()),
         };
         let store = Store {
             db,
