@@ -9,8 +9,9 @@
 //! 6. WAF;                 (not built yet)
 //! 7. route and forward upstream;
 //! 8. response phases;     (login outcome, session binding: not built yet)
-//! 9. metrics and the access log, reached exactly once on every exit path: metrics when the
-//!    response head is ready, the access log line when its body ends or is dropped.
+//! 9. metrics, latency trend, performance event and the access log, reached exactly once on
+//!    every exit path: metrics when the response head is ready, the rest when its body ends
+//!    or is dropped.
 //!
 //! A phase is a synchronous check over an immutable structure compiled from config that
 //! returns a verdict; only forwarding awaits.
