@@ -118,7 +118,11 @@ fn bench(c: &mut Criterion) {
                 }
                 rt.block_on(events.flush()).unwrap();
                 total += started.elapsed();
-                assert_eq!(metrics.events_committed.get() - before, N, "records were shed");
+                assert_eq!(
+                    metrics.events_committed.get() - before,
+                    N,
+                    "records were shed"
+                );
             }
             total
         })

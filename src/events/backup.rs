@@ -322,10 +322,12 @@ fn verify_into(
                     m.name
                 )))
             }
-            Some(s) if s.sha256 != m.sha256 || s.bytes != m.bytes => return Err(bad(format!(
+            Some(s) if s.sha256 != m.sha256 || s.bytes != m.bytes => {
+                return Err(bad(format!(
                 "`{}` does not match its checksum (manifest {}, file {}): the backup is damaged",
                 m.name, m.sha256, s.sha256
-            ))),
+            )))
+            }
             Some(_) => {}
         }
     }
