@@ -18,7 +18,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ConfigErrors, KeyPath};
+use crate::bans::Bans;
+use crate::events::sampler::EventSampler;
 use crate::events::{AuditEvent, EventType, Events, StoreError};
+use crate::ip_rules::IpRules;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::spawn_health_checks;
 use crate::runtime::{CompileMode, Runtime};
@@ -34,6 +37,11 @@ pub struct Shared {
     pub drain: watch::Sender<bool>,
     pub ready: AtomicBool,
     pub events: Arc<Events>,
+    /// Config IP rules merged with the API's, compiled; swapped on reload and API change.
+    pub ip_rules: IpRules,
+    pub bans: Bans,
+    /// Keeps floods of refusals from flooding the event store.
+    pub sampler: EventSampler,
     /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -139,6 +147,7 @@ impl Shared {
         match result {
             Ok(rt) => {
                 self.events.update(rt.events.clone());
+                self.rebuild_ip_rules(&rt);
                 self.activate(rt);
                 self.events.sink.audit(
                     AuditEvent::new(EventType::ConfigReloaded, "config reloaded")
@@ -165,6 +174,24 @@ impl Shared {
                     .detail("errors", e.to_string()),
                 );
                 Err(e)
+            }
+        }
+    }
+
+    /// Compiles the config's IP rules with the API's and puts them in force.
+    pub fn rebuild_ip_rules(&self, rt: &Runtime) {
+        let api = self
+            .ip_rules
+            .api_rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match rt.ip.build(&api, &self.metrics) {
+            Ok(set) => self.ip_rules.set.store(Arc::new(set)),
+            Err(errs) => {
+                for e in errs {
+                    tracing::error!(rule = e.index, field = e.field, error = %e.message, "an IP rule from the API does not compile; the previous rules stay in force");
+                }
             }
         }
     }
@@ -223,6 +250,26 @@ impl Gateway {
                 .map_err(|e| StoreError::Invalid(format!("opening the event store: {e}")))??
         };
         let events = Arc::new(events);
+        let (api_rules, bans) = {
+            let store = events.store.clone();
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((crate::ip_rules::load_dynamic(&store)?, Bans::load(&store)?))
+            })
+            .await
+            .map_err(|e| StoreError::Invalid(format!("loading IP rules and bans: {e}")))??
+        };
+        let ip_set = match rt.ip.build(&api_rules, &metrics) {
+            Ok(set) => set,
+            Err(errs) => {
+                for e in &errs {
+                    tracing::error!(rule = e.index, field = e.field, error = %e.message, "a stored IP rule does not compile; starting without the API's rules");
+                }
+                rt.ip.build(&[], &metrics).map_err(|_| {
+                    StoreError::Invalid("the config's IP rules do not compile".into())
+                })?
+            }
+        };
+        let ip_rules = IpRules::new(ip_set, api_rules);
 
         let mut bound = Vec::new();
         for b in &rt.listener_binds {
@@ -262,6 +309,9 @@ impl Gateway {
             drain,
             ready: AtomicBool::new(false),
             events,
+            ip_rules,
+            bans,
+            sampler: EventSampler::new(std::time::Duration::from_secs(10)),
             reload_lock: tokio::sync::Mutex::new(()),
         });
 
@@ -294,6 +344,7 @@ impl Gateway {
             )));
         }
         tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe()));
+        tokio::spawn(sweep_security_state(shared.clone(), stop.subscribe()));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(Gateway {
             shared,
@@ -370,6 +421,37 @@ impl Gateway {
         }
         tracing::info!("shutting down: draining connections");
         self.shutdown().await
+    }
+}
+
+/// Every 5 seconds: drops rate-limit keys whose buckets are full again, and ban records past
+/// their history (from memory and the store); updates the gauges.
+async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let s = shared.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let keys = s.metrics.rate_limiters.sweep();
+            let forgotten = s.bans.sweep();
+            (keys, forgotten)
+        })
+        .await;
+        let Ok((keys, forgotten)) = swept else { continue };
+        shared.metrics.rate_limit_keys.set(keys as i64);
+        shared
+            .metrics
+            .bans_active
+            .set(shared.bans.active().len() as i64);
+        if !forgotten.is_empty() {
+            shared.events.write_detached(move |store| {
+                if let Err(e) = crate::bans::remove(store, &forgotten) {
+                    tracing::error!(error = %e, "removing expired bans from the store failed");
+                }
+            });
+        }
     }
 }
 

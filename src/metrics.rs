@@ -32,6 +32,12 @@ pub struct Metrics {
     pub events_commit_duration: Histogram,
     pub events_queue_depth: IntGauge,
     pub events_write_errors: IntCounter,
+    pub ip_rule_requests: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_keys: IntGauge,
+    pub bans_active: IntGauge,
+    /// Rate-limit buckets, kept across reloads.
+    pub rate_limiters: crate::rate_limit::Registry,
     /// Per-route latency trends (not Prometheus metrics; shown by `/api/v1/perf/trends`).
     pub trends: Arc<Trends>,
 }
@@ -166,6 +172,29 @@ impl Metrics {
             "Failed attempts to commit a batch of events.",
         )
         .expect("metric");
+        let ip_rule_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_ip_rule_requests_total",
+                "Requests decided by each IP rule (by rule id; `(default)` for the default policy) and its action.",
+            ),
+            &["rule", "action"],
+        )
+        .expect("metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limited_total",
+                "Requests refused with 429, by rate-limit policy.",
+            ),
+            &["policy"],
+        )
+        .expect("metric");
+        let rate_limit_keys = IntGauge::new(
+            "gateway_rate_limit_keys",
+            "Keys tracked by all rate-limit windows after the last sweep.",
+        )
+        .expect("metric");
+        let bans_active = IntGauge::new("gateway_bans_active", "Addresses banned right now.")
+            .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -184,6 +213,10 @@ impl Metrics {
             Box::new(events_commit_duration.clone()),
             Box::new(events_queue_depth.clone()),
             Box::new(events_write_errors.clone()),
+            Box::new(ip_rule_requests.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(rate_limit_keys.clone()),
+            Box::new(bans_active.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -207,6 +240,11 @@ impl Metrics {
             events_queue_depth,
             events_write_errors,
             trends: Arc::new(Trends::default()),
+            ip_rule_requests,
+            rate_limited,
+            rate_limit_keys,
+            bans_active,
+            rate_limiters: crate::rate_limit::Registry::default(),
         }
     }
 

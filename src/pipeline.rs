@@ -3,8 +3,8 @@
 //!
 //! 1. request checks (framing, Host, size limits) — protocol hygiene before anything else;
 //! 2. client IP (trusted-proxy aware);
-//! 3. IP rules;            (not built yet: issue "IP access rules")
-//! 4. rate limits and bans; (not built yet)
+//! 3. bans, then IP rules (403);
+//! 4. rate limits (429; each rejection counts towards a ban);
 //! 5. session checks;      (not built yet)
 //! 6. WAF;                 (not built yet)
 //! 7. route and forward upstream;
@@ -25,6 +25,9 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use hyper::body::Incoming;
 
 use crate::app::Shared;
+use crate::bans::{until_text, Ban, Violation};
+use crate::ip_rules::{Action, IpRuleSet, RequestView};
+use crate::rate_limit::{ip_bits, Policy, Rejection};
 use crate::events::model::{bounded_str, now_micros, MAX_PATH_CHARS};
 use crate::events::{AuditEvent, EventId, EventType, PerfEvent, Severity};
 use crate::proxy::body::{ByteCount, Completion};
@@ -95,7 +98,7 @@ pub async fn handle(
         rt.access_log,
     );
 
-    let mut resp = run_phases(&rt, &conn, &mut ctx, req).await;
+    let mut resp = run_phases(&shared, &rt, &conn, &mut ctx, req).await;
 
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -115,6 +118,7 @@ pub async fn handle(
 }
 
 async fn run_phases(
+    shared: &Shared,
     rt: &Runtime,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
@@ -130,16 +134,141 @@ async fn run_phases(
         return resp;
     }
     // 2. Client IP: resolved in `handle` (ctx.client_ip).
-    // 3-6. IP rules, rate limits, sessions, WAF: later issues add their phases here.
-
-    // 7. Route and forward.
+    // The route is looked up now (rules may be scoped to it) but answered only in phase 7,
+    // so a refused client learns nothing about routing.
     let host = request_host(&req);
-    let Some(route) = rt.router.route(host, req.uri().path()).cloned() else {
+    let route = rt.router.route(host, req.uri().path()).cloned();
+    ctx.route = route.clone();
+
+    // 3. Bans, then IP rules.
+    if shared.bans.check(ctx.client_ip).is_some() {
+        return error_response(StatusCode::FORBIDDEN, "forbidden", &ctx.request_id);
+    }
+    let rules = shared.ip_rules.set.load();
+    let decision = rules.decide(&RequestView {
+        ip: ctx.client_ip,
+        host,
+        route: route.as_ref().map(|r| &*r.name),
+        listener: &conn.listener,
+        path: req.uri().path(),
+    });
+    if decision.action == Action::Deny {
+        if let Some(n) = shared.sampler.sample(SAMPLE_IP_BLOCKED, ip_bits(ctx.client_ip)) {
+            let rule = decision.rule.map_or("(default)", |r| r.spec.id.as_str());
+            let mut e = request_event(
+                EventType::IpBlocked,
+                format!("denied by IP rule `{rule}`"),
+                ctx,
+                &req,
+            )
+            .detail("occurrences", n.to_string());
+            e.rule_ids.push(rule.to_string());
+            shared.events.sink.audit(e);
+        }
+        return error_response(StatusCode::FORBIDDEN, "forbidden", &ctx.request_id);
+    }
+
+    // 4. Rate limits.
+    let policies = route
+        .as_ref()
+        .map_or(&rt.unmatched_limits, |r| &r.rate_limits);
+    for policy in policies {
+        let key = policy.key(ctx.client_ip, req.headers());
+        if let Err(rejection) = policy.check(key) {
+            rate_limited(shared, rt, &rules, ctx, &req, policy, &rejection);
+            let mut resp = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+                &ctx.request_id,
+            );
+            for (name, value) in policy.headers(&rejection) {
+                resp.headers_mut().insert(name, value);
+            }
+            return resp;
+        }
+    }
+    drop(rules);
+
+    // 5-6. Sessions, WAF: later issues add their phases here.
+
+    // 7. Forward.
+    let Some(route) = route else {
         return error_response(StatusCode::NOT_FOUND, "no route", &ctx.request_id);
     };
-    ctx.route = Some(route.clone());
     forward(ctx, conn, &route, req).await
     // 8. Response phases: later issues add them here.
+}
+
+const SAMPLE_IP_BLOCKED: u8 = 1;
+const SAMPLE_RATE_LIMITED: u8 = 2;
+
+/// An audit event about the request being handled.
+fn request_event<B>(
+    kind: EventType,
+    message: String,
+    ctx: &RequestCtx,
+    req: &Request<B>,
+) -> AuditEvent {
+    let mut e = AuditEvent::new(kind, message)
+        .ip(ctx.client_ip)
+        .path(req.uri().path());
+    e.route = ctx.route.as_ref().map(|r| r.name.to_string());
+    e.host = Some(request_host(req).to_string());
+    e.method = Some(req.method().to_string());
+    e.request_id = ctx.request_id.to_str().ok().map(str::to_string);
+    e
+}
+
+/// A 429: a sampled `rate_limited` event, and a violation towards a ban.
+fn rate_limited<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    rules: &IpRuleSet,
+    ctx: &RequestCtx,
+    req: &Request<B>,
+    policy: &Policy,
+    rejection: &Rejection,
+) {
+    if let Some(n) = shared.sampler.sample(SAMPLE_RATE_LIMITED, rejection.key) {
+        shared.events.sink.audit(
+            request_event(
+                EventType::RateLimited,
+                format!("over rate-limit policy `{}`", policy.name),
+                ctx,
+                req,
+            )
+            .detail("policy", policy.name.to_string())
+            .detail("retry_after", rejection.retry_after.to_string())
+            .detail("occurrences", n.to_string()),
+        );
+    }
+    if rules.bypasses(ctx.client_ip) {
+        return;
+    }
+    if let Some(ban) = shared
+        .bans
+        .violation(&rt.bans, ctx.client_ip, Violation::RateLimited)
+    {
+        banned(shared, ctx, req, ban);
+    }
+}
+
+/// Records a new automatic ban: event, and the store (without waiting).
+fn banned<B>(shared: &Shared, ctx: &RequestCtx, req: &Request<B>, ban: Ban) {
+    shared.events.sink.audit(
+        request_event(
+            EventType::IpBanned,
+            format!("banned {}: {}", until_text(&ban), ban.reason),
+            ctx,
+            req,
+        )
+        .detail("offenses", ban.offenses.to_string()),
+    );
+    shared.events.write_detached(move |store| {
+        if let Err(e) = crate::bans::save(store, &ban) {
+            tracing::error!(error = %e, "storing a ban failed");
+        }
+    });
 }
 
 /// The host a request is for: `Host`, or the HTTP/2 `:authority`.

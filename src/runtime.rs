@@ -15,7 +15,10 @@ use std::time::Duration;
 use crate::client_ip::{parse_net, TrustedProxies};
 use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig};
 use crate::events::backup::BackupSources;
+use crate::bans::BanSettings;
 use crate::events::{BackupSchedule, EventSettings, RetentionPolicy};
+use crate::ip_rules::{Defaults, IpRuleSet, RuleSpec};
+use crate::rate_limit::{KeySource, Policy, WindowSpec};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Route;
 use crate::proxy::upstream::{Pool, Target};
@@ -65,6 +68,185 @@ pub struct Runtime {
     /// `server.data_dir`, resolved.
     pub data_dir: PathBuf,
     pub events: EventSettings,
+    /// IP rules from the config (the API's rules are merged in by [`crate::app`]).
+    pub ip: IpConfig,
+    pub bans: BanSettings,
+    /// Rate limits for requests that match no route (the policies without a route scope).
+    pub unmatched_limits: Vec<Arc<Policy>>,
+}
+
+/// The `[ip_rules]` section, validated.
+#[derive(Clone)]
+pub struct IpConfig {
+    pub rules: Vec<RuleSpec>,
+    pub defaults: Defaults,
+    pub admin_networks: Vec<ipnet::IpNet>,
+    pub bypass_admin: bool,
+}
+
+impl IpConfig {
+    /// Compiles these rules together with the API's.
+    pub fn build(&self, api: &[RuleSpec], metrics: &Metrics) -> Result<IpRuleSet, Vec<crate::ip_rules::RuleError>> {
+        IpRuleSet::build(
+            &self.rules,
+            api,
+            self.defaults.clone(),
+            self.admin_networks.clone(),
+            self.bypass_admin,
+            &metrics.ip_rule_requests,
+        )
+    }
+}
+
+fn compile_ip_rules(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErrors) -> IpConfig {
+    let raw = &cfg.raw;
+    let s = &raw.ip_rules;
+    let at = KeyPath::root().key("ip_rules");
+    let mut admin_networks = Vec::new();
+    for (i, n) in s.admin_networks.iter().enumerate() {
+        match crate::ip_rules::parse_cidr(n) {
+            Ok(net) => admin_networks.push(net),
+            Err(m) => errs.push(cfg.error(&at.key("admin_networks").index(i), m)),
+        }
+    }
+    if s.bypass_admin && s.admin_networks.is_empty() {
+        errs.push(cfg.error(&at.key("bypass_admin"), "needs at least one entry in `admin_networks`"));
+    }
+    let mut names = HashSet::new();
+    let rules: Vec<RuleSpec> = s
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.name.is_empty() || r.name.starts_with("api-") {
+                errs.push(cfg.error(&at.key("rules").index(i).key("name"), "must not be empty or start with `api-`"));
+            } else if !names.insert(r.name.as_str()) {
+                errs.push(cfg.error(&at.key("rules").index(i).key("name"), format!("rule `{}` is defined twice", r.name)));
+            }
+            for (j, route) in r.routes.iter().enumerate() {
+                if !raw.routes.iter().any(|x| &x.name == route) {
+                    errs.push(cfg.error(&at.key("rules").index(i).key("routes").index(j), format!("no route named `{route}`")));
+                }
+            }
+            RuleSpec {
+                id: r.name.clone(),
+                action: r.action,
+                cidr: r.cidr.clone(),
+                priority: r.priority,
+                hosts: r.hosts.clone(),
+                routes: r.routes.clone(),
+                path_prefixes: r.path_prefixes.clone(),
+                comment: r.comment.clone(),
+            }
+        })
+        .collect();
+    let ip = IpConfig {
+        rules,
+        defaults: Defaults {
+            global: s.default,
+            listeners: raw
+                .listeners
+                .iter()
+                .filter_map(|l| l.ip_default.map(|a| (l.name.clone(), a)))
+                .collect(),
+            routes: raw
+                .routes
+                .iter()
+                .filter_map(|r| r.ip_default.map(|a| (r.name.clone(), a)))
+                .collect(),
+        },
+        admin_networks,
+        bypass_admin: s.bypass_admin,
+    };
+    if let Err(rule_errs) = ip.build(&[], metrics) {
+        for e in rule_errs {
+            errs.push(cfg.error(&at.key("rules").index(e.index).key(e.field), e.message));
+        }
+    }
+    ip
+}
+
+/// Each policy with the routes it is scoped to.
+type ScopedPolicy = (Arc<Policy>, Vec<String>);
+
+fn compile_rate_limits(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErrors) -> Vec<ScopedPolicy> {
+    let raw = &cfg.raw;
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, p) in raw.rate_limits.iter().enumerate() {
+        let at = KeyPath::root().key("rate_limits").index(i);
+        if p.name.is_empty() || p.name.contains(['"', ',', ';', ' ']) {
+            errs.push(cfg.error(&at.key("name"), "must be non-empty, without spaces, quotes, commas or semicolons"));
+            continue;
+        } else if !names.insert(p.name.as_str()) {
+            errs.push(cfg.error(&at.key("name"), format!("policy `{}` is defined twice", p.name)));
+        }
+        let key = match KeySource::parse(&p.key) {
+            Ok(k) => k,
+            Err(m) => {
+                errs.push(cfg.error(&at.key("key"), m));
+                continue;
+            }
+        };
+        if p.limits.is_empty() {
+            errs.push(cfg.error(&at.key("limits"), "at least one window is required"));
+        }
+        if p.max_keys == 0 {
+            errs.push(cfg.error(&at.key("max_keys"), "must be at least 1"));
+        }
+        let mut windows = Vec::new();
+        for (j, w) in p.limits.iter().enumerate() {
+            let wat = at.key("limits").index(j);
+            if w.requests == 0 {
+                errs.push(cfg.error(&wat.key("requests"), "must be at least 1"));
+                continue;
+            }
+            if w.per < Duration::from_secs(1) {
+                errs.push(cfg.error(&wat.key("per"), "must be at least 1s"));
+                continue;
+            }
+            if w.burst == Some(0) {
+                errs.push(cfg.error(&wat.key("burst"), "must be at least 1"));
+                continue;
+            }
+            windows.push(WindowSpec {
+                requests: w.requests,
+                per: w.per,
+                burst: w.burst.unwrap_or(w.requests),
+            });
+        }
+        for (j, route) in p.routes.iter().enumerate() {
+            if !raw.routes.iter().any(|r| &r.name == route) {
+                errs.push(cfg.error(&at.key("routes").index(j), format!("no route named `{route}`")));
+            }
+        }
+        let policy = metrics.rate_limiters.policy(
+            &p.name,
+            key,
+            &windows,
+            p.max_keys.max(1),
+            metrics.rate_limited.with_label_values(&[p.name.as_str()]),
+        );
+        out.push((Arc::new(policy), p.routes.clone()));
+    }
+    out
+}
+
+/// The policies for one route: its own list when it has one, else every policy scoped to
+/// it or unscoped.
+fn route_policies(policies: &[ScopedPolicy], r: &crate::config::RouteSection) -> Vec<Arc<Policy>> {
+    match &r.rate_limits {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| policies.iter().find(|p| &*p.0.name == n.as_str()))
+            .map(|p| p.0.clone())
+            .collect(),
+        None => policies
+            .iter()
+            .filter(|(_, routes)| routes.is_empty() || routes.contains(&r.name))
+            .map(|(p, _)| p.clone())
+            .collect(),
+    }
 }
 
 impl Runtime {
@@ -285,6 +467,19 @@ impl Runtime {
             }
         }
 
+        // Rate-limit policies (before routes, which refer to them).
+        let policies = compile_rate_limits(cfg, metrics, &mut errs);
+        for (i, r) in raw.routes.iter().enumerate() {
+            for (j, name) in r.rate_limits.iter().flatten().enumerate() {
+                if !policies.iter().any(|p| &*p.0.name == name.as_str()) {
+                    errs.push(cfg.error(
+                        &root.key("routes").index(i).key("rate_limits").index(j),
+                        format!("no rate-limit policy named `{name}`"),
+                    ));
+                }
+            }
+        }
+
         // Routes.
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
@@ -330,6 +525,7 @@ impl Runtime {
                     metrics: metrics.route_metrics(&r.name),
                     slow_threshold: r.slow_threshold.unwrap_or(raw.performance.slow_threshold),
                     log_all: r.log_all.unwrap_or(raw.performance.log_all),
+                    rate_limits: route_policies(&policies, r),
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(
@@ -371,6 +567,35 @@ impl Runtime {
             ));
         }
         let events = compile_events(cfg, &mut errs);
+        let ip = compile_ip_rules(cfg, metrics, &mut errs);
+        let b = &raw.bans;
+        if b.threshold == 0 {
+            errs.push(cfg.error(&KeyPath::of(&["bans", "threshold"]), "must be at least 1"));
+        }
+        for (key, d) in [("window", b.window), ("duration", b.duration), ("max_duration", b.max_duration)] {
+            if d.is_zero() {
+                errs.push(cfg.error(&KeyPath::of(&["bans", key]), "must be greater than zero"));
+            }
+        }
+        if !(b.multiplier >= 1.0 && b.multiplier <= 100.0) {
+            errs.push(cfg.error(&KeyPath::of(&["bans", "multiplier"]), "must be between 1 and 100"));
+        }
+        let bans = BanSettings {
+            enabled: b.enabled,
+            threshold: b.threshold.max(1),
+            window: b.window,
+            duration: b.duration,
+            max_duration: b.max_duration.max(b.duration),
+            multiplier: b.multiplier,
+            weight_rate_limited: b.weights.rate_limited,
+            weight_waf_blocked: b.weights.waf_blocked,
+            weight_login_failed: b.weights.login_failed,
+        };
+        let unmatched_limits: Vec<Arc<Policy>> = policies
+            .iter()
+            .filter(|(_, routes)| routes.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
 
         errs.into_result(())?;
         Ok(Runtime {
@@ -394,6 +619,9 @@ impl Runtime {
             dev_cert,
             data_dir: cfg.resolve(&raw.server.data_dir),
             events,
+            ip,
+            bans,
+            unmatched_limits,
         })
     }
 }

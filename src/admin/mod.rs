@@ -30,6 +30,7 @@ use crate::runtime::AdminSettings;
 
 pub mod client;
 mod events_api;
+mod security_api;
 
 #[derive(Clone)]
 struct AdminState {
@@ -135,6 +136,7 @@ pub async fn serve(
         .route("/reload", post(reload))
         .route("/status", get(status))
         .merge(events_api::routes())
+        .merge(security_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(events_api::openapi));
     let app = Router::new()

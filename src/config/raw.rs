@@ -28,6 +28,135 @@ pub struct RawConfig {
     pub events: EventsSection,
     #[serde(default)]
     pub performance: PerformanceSection,
+    #[serde(default)]
+    pub ip_rules: IpRulesSection,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    #[serde(default)]
+    pub bans: BansSection,
+}
+
+/// IP access rules: first match (by priority) wins.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesSection {
+    /// What happens when no rule matches.
+    #[serde(default)]
+    pub default: crate::ip_rules::Action,
+    /// Trusted admin networks.
+    #[serde(default)]
+    pub admin_networks: Vec<String>,
+    /// Requests from `admin_networks` are never denied by a rule (and never banned
+    /// automatically).
+    #[serde(default)]
+    pub bypass_admin: bool,
+    #[serde(default)]
+    pub rules: Vec<IpRuleEntry>,
+}
+
+/// One `[[ip_rules.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRuleEntry {
+    pub name: String,
+    pub action: crate::ip_rules::Action,
+    pub cidr: String,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// One `[[rate_limits]]` policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub name: String,
+    /// `"ip"`, `"route"` or `"header:<name>"`.
+    #[serde(default = "default_rate_key")]
+    pub key: String,
+    pub limits: Vec<RateWindowEntry>,
+    /// Routes it applies to; empty: every route without its own `rate_limits` list.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Most keys tracked per window; beyond it new keys share one bucket.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateWindowEntry {
+    pub requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Requests allowed at once (default: `requests`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Automatic bans.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BansSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Violation score that bans.
+    #[serde(default = "default_ban_threshold")]
+    pub threshold: u32,
+    #[serde(default = "default_ban_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// First ban's length.
+    #[serde(default = "default_ban_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    #[serde(default = "default_ban_max", with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// Each earlier ban (within 7 days) multiplies the duration by this.
+    #[serde(default = "default_ban_multiplier")]
+    pub multiplier: f64,
+    #[serde(default)]
+    pub weights: BanWeights,
+}
+
+impl Default for BansSection {
+    fn default() -> Self {
+        BansSection {
+            enabled: true,
+            threshold: default_ban_threshold(),
+            window: default_ban_window(),
+            duration: default_ban_duration(),
+            max_duration: default_ban_max(),
+            multiplier: default_ban_multiplier(),
+            weights: BanWeights::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanWeights {
+    #[serde(default = "one")]
+    pub rate_limited: u32,
+    #[serde(default = "five")]
+    pub waf_blocked: u32,
+    #[serde(default = "two")]
+    pub login_failed: u32,
+}
+
+impl Default for BanWeights {
+    fn default() -> Self {
+        BanWeights {
+            rate_limited: 1,
+            waf_blocked: 5,
+            login_failed: 2,
+        }
+    }
 }
 
 /// The event store under `data_dir`: queueing, batching, retention, backups.
@@ -244,6 +373,10 @@ pub struct ListenerSection {
     pub proxy_protocol: bool,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The IP policy when no rule matches, for requests on this listener (overrides
+    /// `ip_rules.default`; a route's own setting wins).
+    #[serde(default)]
+    pub ip_default: Option<crate::ip_rules::Action>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -367,6 +500,44 @@ pub struct RouteSection {
     /// Overrides `performance.log_all` for this route.
     #[serde(default)]
     pub log_all: Option<bool>,
+    /// The IP policy when no rule matches, for this route.
+    #[serde(default)]
+    pub ip_default: Option<crate::ip_rules::Action>,
+    /// The rate-limit policies for this route, replacing the ones that would apply
+    /// (`[]`: none).
+    #[serde(default)]
+    pub rate_limits: Option<Vec<String>>,
+}
+
+fn default_rate_key() -> String {
+    "ip".to_string()
+}
+fn default_max_keys() -> usize {
+    200_000
+}
+fn default_ban_threshold() -> u32 {
+    50
+}
+fn default_ban_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_ban_duration() -> Duration {
+    Duration::from_secs(900)
+}
+fn default_ban_max() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_ban_multiplier() -> f64 {
+    2.0
+}
+fn one() -> u32 {
+    1
+}
+fn two() -> u32 {
+    2
+}
+fn five() -> u32 {
+    5
 }
 
 fn default_store_file() -> PathBuf {

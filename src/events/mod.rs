@@ -18,6 +18,7 @@
 pub mod archive;
 pub mod backup;
 pub mod model;
+pub mod sampler;
 pub mod sink;
 pub mod store;
 pub mod trends;
@@ -128,6 +129,31 @@ impl Events {
             return Err(CommandError::Busy);
         }
         rx.await.map_err(|_| CommandError::Busy)
+    }
+
+    /// Runs `f` on the writer thread (the one place that writes the store).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        let run = Box::new(move |s: &Store| {
+            let _ = tx.send(f(s));
+        });
+        if !self.sink.command(Command::Run(run)) {
+            return Err(CommandError::Busy);
+        }
+        rx.await.map_err(|_| CommandError::Busy)
+    }
+
+    /// Queues `f` for the writer thread without waiting (from the request path). False when
+    /// the queue is full: the write is logged and dropped.
+    pub fn write_detached(&self, f: impl FnOnce(&Store) + Send + 'static) -> bool {
+        let sent = self.sink.command(Command::Run(Box::new(f)));
+        if !sent {
+            tracing::error!("event queue full: a store write (ban or rule) was not queued");
+        }
+        sent
     }
 
     /// Waits until every record queued before this call is committed.

@@ -51,6 +51,8 @@ pub(crate) enum Command {
         std::path::PathBuf,
         oneshot::Sender<Result<RestoreReport, StoreError>>,
     ),
+    /// Any other write (IP rules, bans), run on the writer thread between batches.
+    Run(Box<dyn FnOnce(&Store) + Send>),
     Stop,
 }
 
@@ -269,6 +271,7 @@ impl Writer {
                 }
                 let _ = reply.send(r);
             }
+            Command::Run(f) => f(&self.store),
             Command::Stop => {}
         }
     }

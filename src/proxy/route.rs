@@ -18,4 +18,6 @@ pub struct Route {
     pub slow_threshold: Duration,
     /// Record every request as a performance event.
     pub log_all: bool,
+    /// Rate-limit policies applied to this route, in order.
+    pub rate_limits: Vec<Arc<crate::rate_limit::Policy>>,
 }

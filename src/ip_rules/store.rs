@@ -1,0 +1,47 @@
+//! Rules added through the admin API, kept in the event store's redb file (table
+//! `ip_rules`, keyed by rule id; ids are time-ordered, so key order is creation order).
+//! Written only through the event writer thread.
+
+use redb::{ReadableTable, TableDefinition};
+
+use super::RuleSpec;
+use crate::events::store::{Store, StoreError};
+
+const IP_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("ip_rules");
+
+/// Every API rule, in creation order.
+pub fn load_dynamic(store: &Store) -> Result<Vec<RuleSpec>, StoreError> {
+    let tx = store.begin_read()?;
+    let table = match tx.open_table(IP_RULES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (_, v) = row?;
+        out.push(
+            serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Invalid(format!("corrupt IP rule: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Inserts or replaces an API rule.
+pub fn save_dynamic(store: &Store, rule: &RuleSpec) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let tx = store.begin_write()?;
+    tx.open_table(IP_RULES)?
+        .insert(rule.id.as_str(), bytes.as_slice())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Deletes an API rule; false when there was none.
+pub fn remove_dynamic(store: &Store, id: &str) -> Result<bool, StoreError> {
+    let tx = store.begin_write()?;
+    let existed = tx.open_table(IP_RULES)?.remove(id)?.is_some();
+    tx.commit()?;
+    Ok(existed)
+}
