@@ -8,5 +8,6 @@ mod events;
 mod forwarding;
 mod hardening;
 mod lifecycle;
+mod security;
 mod timeouts;
 mod upstreams;

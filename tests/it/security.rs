@@ -1,0 +1,348 @@
+//! IP rules, rate limits and bans through the running gateway, with clients whose address
+//! comes from `X-Forwarded-For` set by a trusted proxy (the test client on 127.0.0.1).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The base config with 127.0.0.1 as a trusted proxy, plus `extra`.
+fn trusted_config(up: &Upstream, extra: &str) -> String {
+    base_config(&[up.url()], extra).replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+}
+
+/// A GET from `client` (through the trusted proxy header) to `path`, with extra headers.
+async fn get_as(s: &mut Sender, client: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .header("x-forwarded-for", client);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Reply::from(s.send(req.body(full("")).unwrap()).await.unwrap()).await
+}
+
+async fn api(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) -> Reply {
+    let mut s = Sender::plain(gw.admin()).await;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    Reply::from(s.send(req).await.unwrap()).await
+}
+
+async fn events_of(gw: &TestGateway, kind: &str) -> Vec<Value> {
+    gw.gw().shared().events.flush().await.unwrap();
+    let r = api(gw, "GET", &format!("/api/v1/events?type={kind}"), None).await;
+    assert_eq!(r.status, 200);
+    r.json()["items"].as_array().unwrap().clone()
+}
+
+const RULES: &str = r#"
+[[routes]]
+name = "private"
+path_prefix = "/private"
+upstream = "app"
+ip_default = "deny"
+
+[ip_rules]
+default = "allow"
+
+[[ip_rules.rules]]
+name = "ten-deny"
+action = "deny"
+cidr = "10.0.0.0/8"
+priority = 20
+
+[[ip_rules.rules]]
+name = "office-allow"
+action = "allow"
+cidr = "10.1.0.0/16"
+priority = 10
+
+[[ip_rules.rules]]
+name = "doc-v6-deny"
+action = "deny"
+cidr = "2001:db8::/32"
+
+[[ip_rules.rules]]
+name = "admin-paths"
+action = "deny"
+cidr = "192.0.2.0/24"
+path_prefixes = ["/admin"]
+"#;
+
+#[tokio::test]
+async fn first_match_by_priority_ipv6_scopes_and_defaults_agree_with_the_test_endpoint() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let gw = TestGateway::start(&trusted_config(&up, RULES)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    let cases = [
+        ("10.1.2.3", "/", 200, "office-allow"),
+        ("10.2.0.1", "/", 403, "ten-deny"),
+        ("2001:db8::5", "/", 403, "doc-v6-deny"),
+        ("2001:db9::1", "/", 200, ""),
+        ("192.0.2.1", "/admin/users", 403, "admin-paths"),
+        ("192.0.2.1", "/public", 200, ""),
+        ("8.8.8.8", "/private/x", 403, ""),
+        ("10.1.2.3", "/private/x", 200, "office-allow"),
+    ];
+    for (ip, path, status, rule) in cases {
+        let r = get_as(&mut s, ip, path, &[]).await;
+        assert_eq!(r.status, status, "{ip} {path}");
+        if status == 403 {
+            assert_eq!(r.json()["request_id"], r.headers["x-request-id"].to_str().unwrap());
+        }
+        let t = api(
+            &gw,
+            "POST",
+            "/api/v1/ip-rules/test",
+            Some(json!({"ip": ip, "host": "localhost", "path": path})),
+        )
+        .await;
+        assert_eq!(t.status, 200, "{}", t.text());
+        let t = t.json();
+        let expected = if status == 200 { "allow" } else { "deny" };
+        assert_eq!(t["decision"], expected, "{ip} {path}: {t}");
+        let decided_rule = t["rule"]["id"].as_str().unwrap_or("");
+        assert_eq!(decided_rule, rule, "{ip} {path}");
+    }
+    // Refused requests never reached the upstream: 4 of 8 got through.
+    assert_eq!(up.hits(), 4);
+
+    let blocked = events_of(&gw, "ip_blocked").await;
+    assert_eq!(blocked.len(), 4);
+    let by_ten = blocked.iter().find(|e| e["client_ip"] == "10.2.0.1").unwrap();
+    assert_eq!(by_ten["rule_ids"][0], "ten-deny");
+    assert_eq!(by_ten["risk"], "medium");
+
+    let rules = api(&gw, "GET", "/api/v1/ip-rules", None).await.json();
+    let ten = rules["rules"].as_array().unwrap().iter().find(|r| r["id"] == "ten-deny").unwrap().clone();
+    assert_eq!(ten["requests"], 1);
+    assert_eq!(ten["source"], "config");
+    let mut m = Sender::plain(gw.admin()).await;
+    let metrics = m.get("/metrics").await.text();
+    assert!(
+        metrics.contains("gateway_ip_rule_requests_total{action=\"deny\",rule=\"ten-deny\"} 1"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let extra = r#"
+[[ip_rules.rules]]
+name = "loopback-local"
+action = "deny"
+cidr = "127.0.0.1"
+path_prefixes = ["/local"]
+
+[[ip_rules.rules]]
+name = "doc-net"
+action = "deny"
+cidr = "203.0.113.0/24"
+"#;
+    // No trusted proxies: the TCP peer (127.0.0.1) is the client, whatever the header says.
+    let gw = TestGateway::start(&base_config(&[up.url()], extra)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    assert_eq!(get_as(&mut s, "8.8.8.8", "/local", &[]).await.status, 403);
+    assert_eq!(get_as(&mut s, "203.0.113.5", "/other", &[]).await.status, 200);
+    gw.shutdown().await;
+
+    // Trusted: the header is believed.
+    let gw = TestGateway::start(&trusted_config(&up, extra)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    assert_eq!(get_as(&mut s, "8.8.8.8", "/local", &[]).await.status, 200);
+    assert_eq!(get_as(&mut s, "203.0.113.5", "/other", &[]).await.status, 403);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_rules_merge_with_config_rules_and_survive_a_restart() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let gw = TestGateway::start(&trusted_config(&up, RULES)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    assert_eq!(get_as(&mut s, "198.51.100.7", "/", &[]).await.status, 200);
+
+    let r = api(
+        &gw,
+        "POST",
+        "/api/v1/ip-rules",
+        Some(json!({"action": "deny", "cidr": "198.51.100.0/24", "comment": "scanner"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("api-"));
+    assert_eq!(get_as(&mut s, "198.51.100.7", "/", &[]).await.status, 403);
+    // An API rule at priority 15 sits between the config's 10 and 20.
+    let r = api(
+        &gw,
+        "POST",
+        "/api/v1/ip-rules",
+        Some(json!({"action": "deny", "cidr": "10.1.9.0/24", "priority": 5})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(get_as(&mut s, "10.1.9.9", "/", &[]).await.status, 403);
+    assert_eq!(get_as(&mut s, "10.1.8.9", "/", &[]).await.status, 200);
+
+    // Invalid input is refused with the reason; config rules are not the API's to change.
+    let r = api(&gw, "POST", "/api/v1/ip-rules", Some(json!({"action": "deny", "cidr": "10.0.0.1/8"}))).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("10.0.0.0/8"));
+    let r = api(&gw, "PATCH", "/api/v1/ip-rules/ten-deny", Some(json!({"action": "allow"}))).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(api(&gw, "DELETE", "/api/v1/ip-rules/nope", None).await.status, 404);
+
+    let r = api(&gw, "PATCH", &format!("/api/v1/ip-rules/{id}"), Some(json!({"action": "allow"}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get_as(&mut s, "198.51.100.7", "/", &[]).await.status, 200);
+    assert_eq!(events_of(&gw, "ip_rule_created").await.len(), 2);
+    assert_eq!(events_of(&gw, "ip_rule_modified").await.len(), 1);
+
+    // Restart: the API rules are still there and still decide.
+    drop(s);
+    let gw = TestGateway::restart(gw.stop_keeping_files().await).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    assert_eq!(get_as(&mut s, "10.1.9.9", "/", &[]).await.status, 403);
+    let r = api(&gw, "DELETE", &format!("/api/v1/ip-rules/{id}"), None).await;
+    assert_eq!(r.status, 200);
+    let deleted = events_of(&gw, "ip_rule_deleted").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["risk"], "high");
+    // A reload keeps the API rules.
+    assert_eq!(api(&gw, "POST", "/api/v1/reload", None).await.status, 200);
+    assert_eq!(get_as(&mut s, "10.1.9.9", "/", &[]).await.status, 403);
+    gw.shutdown().await;
+}
+
+const LIMITS: &str = r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "app"
+rate_limits = ["per-key"]
+
+[[rate_limits]]
+name = "per-ip"
+key = "ip"
+limits = [{ requests = 5, per = "1m" }, { requests = 100, per = "1h" }]
+
+[[rate_limits]]
+name = "per-key"
+key = "header:x-api-key"
+limits = [{ requests = 2, per = "1m" }]
+routes = ["api"]
+
+[bans]
+enabled = false
+"#;
+
+#[tokio::test]
+async fn a_burst_gets_exactly_its_allowance_then_429_with_headers() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let gw = TestGateway::start(&trusted_config(&up, LIMITS)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..8 {
+        let r = get_as(&mut s, "192.0.2.50", "/", &[]).await;
+        statuses.push(r.status);
+        last = Some(r);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let r = last.unwrap();
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "{retry}");
+    assert_eq!(
+        r.headers["ratelimit-policy"],
+        "\"per-ip-1m\";q=5;w=60, \"per-ip-1h\";q=100;w=3600"
+    );
+    assert_eq!(
+        r.headers["ratelimit"].to_str().unwrap(),
+        format!("\"per-ip-1m\";r=0;t={retry}")
+    );
+    assert_eq!(r.json()["status"], 429);
+    // Another client is not affected.
+    assert_eq!(get_as(&mut s, "192.0.2.51", "/", &[]).await.status, 200);
+    // The /api route has its own policy, keyed by API key.
+    for (key, want) in [("k1", 200), ("k1", 200), ("k1", 429), ("k2", 200)] {
+        let r = get_as(&mut s, "192.0.2.50", "/api/x", &[("x-api-key", key)]).await;
+        assert_eq!(r.status, want, "{key}");
+    }
+    // One sampled event per key, not one per refusal.
+    let limited = events_of(&gw, "rate_limited").await;
+    assert_eq!(limited.len(), 2, "{limited:?}");
+    assert!(limited.iter().all(|e| e["risk"] == "medium"));
+    // The API key itself is not stored.
+    assert!(!limited.iter().any(|e| e.to_string().contains("k1")));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn violations_ban_then_the_ban_expires_and_manual_bans_survive_restart() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let extra = r#"
+[[rate_limits]]
+name = "tight"
+limits = [{ requests = 1, per = "1h" }]
+
+[bans]
+threshold = 3
+window = "1m"
+duration = "2s"
+"#;
+    let gw = TestGateway::start(&trusted_config(&up, extra)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get_as(&mut s, "192.0.2.77", "/", &[]).await.status);
+    }
+    // One allowed, three 429s (the third is the third violation), then banned.
+    assert_eq!(statuses, [200, 429, 429, 429, 403, 403]);
+    let banned = events_of(&gw, "ip_banned").await;
+    assert_eq!(banned.len(), 1);
+    assert_eq!(banned[0]["client_ip"], "192.0.2.77");
+    assert_eq!(banned[0]["risk"], "high");
+    let list = api(&gw, "GET", "/api/v1/bans", None).await.json();
+    assert_eq!(list["items"][0]["ip"], "192.0.2.77");
+    assert_eq!(list["items"][0]["manual"], false);
+    let t = api(&gw, "POST", "/api/v1/ip-rules/test", Some(json!({"ip": "192.0.2.77"}))).await.json();
+    assert_eq!(t["decided_by"], "ban");
+    // Expiry: after 2 s the ban is gone (the rate limit still applies).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(get_as(&mut s, "192.0.2.77", "/", &[]).await.status, 429);
+
+    // A manual ban, kept across a restart, lifted through the API.
+    let r = api(
+        &gw,
+        "POST",
+        "/api/v1/bans",
+        Some(json!({"ip": "2001:db8::66", "duration": "1h", "reason": "abuse report 4711"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(get_as(&mut s, "2001:db8::66", "/", &[]).await.status, 403);
+    let bad = api(&gw, "POST", "/api/v1/bans", Some(json!({"ip": "1.2.3.4", "duration": "0s", "reason": "x"}))).await;
+    assert_eq!(bad.status, 422);
+    drop(s);
+    let gw = TestGateway::restart(gw.stop_keeping_files().await).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    assert_eq!(get_as(&mut s, "2001:db8::66", "/", &[]).await.status, 403);
+    assert_eq!(api(&gw, "DELETE", "/api/v1/bans/2001:db8::66", None).await.status, 200);
+    assert_eq!(get_as(&mut s, "2001:db8::66", "/", &[]).await.status, 200);
+    assert_eq!(api(&gw, "DELETE", "/api/v1/bans/2001:db8::66", None).await.status, 404);
+    assert_eq!(events_of(&gw, "ip_unbanned").await.len(), 1);
+    gw.shutdown().await;
+}
