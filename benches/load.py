@@ -18,6 +18,8 @@ Scenarios:
 
 Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
 Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
+"gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
+limit on, to measure what those phases cost against plain "gateway" in the same run.
 All traffic stays on 127.0.0.1.
 """
 
@@ -35,7 +37,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
-PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445}
+PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446}
 
 
 def sh(cmd, **kw):
@@ -198,12 +200,24 @@ servers = ["http://127.0.0.1:{BACKEND_PORT}"]
 name = "all"
 upstream = "backend"
 """)
+    # The same gateway with the IP-rule and rate-limit phases on: 10,000 deny rules that do
+    # not match loopback, and a three-window per-IP policy too generous to refuse anything.
+    with open(f"{d}/gateway.toml") as f:
+        base = f.read()
+    rules = "".join(
+        f'[[ip_rules.rules]]\nname = "r{i}"\naction = "deny"\ncidr = "{10 + i // 65536 % 200}.{i // 256 % 256}.{i % 256}.0/24"\n'
+        for i in range(10000))
+    with open(f"{d}/gateway-secure.toml", "w") as f:
+        f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-secure']}")
+                + '\n[[rate_limits]]\nname = "per-ip"\nlimits = [{ requests = 1000000000, per = "1m" }, '
+                  '{ requests = 1000000000, per = "1h" }, { requests = 1000000000, per = "1d" }]\n'
+                + rules)
 
 
 def start(name, d, gateway_bin):
     pin = ["taskset", "-c", "0"]
-    if name == "gateway":
-        cmd = pin + [gateway_bin, "run", "--config", f"{d}/gateway.toml"]
+    if name.startswith("gateway"):
+        cmd = pin + [gateway_bin, "run", "--config", f"{d}/{name}.toml"]
     elif name == "nginx":
         cmd = pin + ["nginx", "-c", f"{d}/nginx.conf", "-g", "daemon off;"]
     else:
@@ -337,6 +351,9 @@ def main():
             rs = results[(sc, proxy)]
             m = {k: med(rs, k) for k in rs[0] if rs[0][k] is not None}
             ratio = f"  {m['cpu_us_per_req'] / base:.2f}x nginx CPU" if base else ""
+            plain = med(results.get((sc, "gateway"), []), "cpu_us_per_req")
+            if proxy == "gateway-secure" and plain:
+                ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
             print(f"{sc:13} {proxy:8} {fmt(m)}{ratio}")
     base = med(results.get(("peak-rss", "nginx"), []), "rss_kib")
     for proxy in proxies:

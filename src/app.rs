@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, ConfigErrors, KeyPath};
 use crate::bans::Bans;
+use crate::config::{self, ConfigErrors, KeyPath};
 use crate::events::sampler::EventSampler;
 use crate::events::{AuditEvent, EventType, Events, StoreError};
 use crate::ip_rules::IpRules;
@@ -439,7 +439,9 @@ async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<boo
             (keys, forgotten)
         })
         .await;
-        let Ok((keys, forgotten)) = swept else { continue };
+        let Ok((keys, forgotten)) = swept else {
+            continue;
+        };
         shared.metrics.rate_limit_keys.set(keys as i64);
         shared
             .metrics

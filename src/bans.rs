@@ -64,7 +64,10 @@ impl BanSettings {
 
     /// The duration of an address's `offense`-th ban (1-based).
     pub fn duration_for(&self, offense: u32) -> Duration {
-        let factor = self.multiplier.max(1.0).powi(offense.saturating_sub(1).min(30) as i32);
+        let factor = self
+            .multiplier
+            .max(1.0)
+            .powi(offense.saturating_sub(1).min(30) as i32);
         self.duration.mul_f64(factor).min(self.max_duration)
     }
 }
@@ -218,7 +221,10 @@ impl Bans {
             offenses,
             manual,
         };
-        let was_active = self.records.insert(ip, ban.clone()).is_some_and(|b| b.active(now));
+        let was_active = self
+            .records
+            .insert(ip, ban.clone())
+            .is_some_and(|b| b.active(now));
         if !was_active {
             self.active_hint.fetch_add(1, Ordering::Relaxed);
         }
@@ -272,7 +278,8 @@ impl Bans {
 pub fn save(store: &Store, ban: &Ban) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(ban).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let tx = store.begin_write()?;
-    tx.open_table(BANS)?.insert(ip_key(ban.ip), bytes.as_slice())?;
+    tx.open_table(BANS)?
+        .insert(ip_key(ban.ip), bytes.as_slice())?;
     tx.commit()?;
     Ok(())
 }

@@ -7,15 +7,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod bans;
 pub mod client_ip;
 pub mod config;
-pub mod bans;
 pub mod events;
 pub mod ip_rules;
 pub mod metrics;
 pub mod pipeline;
-pub mod rate_limit;
 pub mod proxy;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;

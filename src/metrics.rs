@@ -193,8 +193,8 @@ impl Metrics {
             "Keys tracked by all rate-limit windows after the last sweep.",
         )
         .expect("metric");
-        let bans_active = IntGauge::new("gateway_bans_active", "Addresses banned right now.")
-            .expect("metric");
+        let bans_active =
+            IntGauge::new("gateway_bans_active", "Addresses banned right now.").expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),

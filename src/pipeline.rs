@@ -26,15 +26,15 @@ use hyper::body::Incoming;
 
 use crate::app::Shared;
 use crate::bans::{until_text, Ban, Violation};
-use crate::ip_rules::{Action, IpRuleSet, RequestView};
-use crate::rate_limit::{ip_bits, Policy, Rejection};
 use crate::events::model::{bounded_str, now_micros, MAX_PATH_CHARS};
 use crate::events::{AuditEvent, EventId, EventType, PerfEvent, Severity};
+use crate::ip_rules::{Action, IpRuleSet, RequestView};
 use crate::proxy::body::{ByteCount, Completion};
 use crate::proxy::error::error_response;
 use crate::proxy::forward::forward;
 use crate::proxy::route::Route;
 use crate::proxy::ResponseBody;
+use crate::rate_limit::{ip_bits, Policy, Rejection};
 use crate::request_id;
 use crate::runtime::Runtime;
 use crate::server::ConnInfo;
@@ -153,7 +153,10 @@ async fn run_phases(
         path: req.uri().path(),
     });
     if decision.action == Action::Deny {
-        if let Some(n) = shared.sampler.sample(SAMPLE_IP_BLOCKED, ip_bits(ctx.client_ip)) {
+        if let Some(n) = shared
+            .sampler
+            .sample(SAMPLE_IP_BLOCKED, ip_bits(ctx.client_ip))
+        {
             let rule = decision.rule.map_or("(default)", |r| r.spec.id.as_str());
             let mut e = request_event(
                 EventType::IpBlocked,

@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bans::BanSettings;
 use crate::client_ip::{parse_net, TrustedProxies};
 use crate::config::{ConfigErrors, KeyPath, LimitsSection, LoadedConfig};
 use crate::events::backup::BackupSources;
-use crate::bans::BanSettings;
 use crate::events::{BackupSchedule, EventSettings, RetentionPolicy};
 use crate::ip_rules::{Defaults, IpRuleSet, RuleSpec};
-use crate::rate_limit::{KeySource, Policy, WindowSpec};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Route;
 use crate::proxy::upstream::{Pool, Target};
+use crate::rate_limit::{KeySource, Policy, WindowSpec};
 use crate::routing::Router;
 use crate::server::{ConnBuilders, ListenerRuntime};
 use crate::tls::{self, CertStore, NamedCert, SniResolver};
@@ -86,7 +86,11 @@ pub struct IpConfig {
 
 impl IpConfig {
     /// Compiles these rules together with the API's.
-    pub fn build(&self, api: &[RuleSpec], metrics: &Metrics) -> Result<IpRuleSet, Vec<crate::ip_rules::RuleError>> {
+    pub fn build(
+        &self,
+        api: &[RuleSpec],
+        metrics: &Metrics,
+    ) -> Result<IpRuleSet, Vec<crate::ip_rules::RuleError>> {
         IpRuleSet::build(
             &self.rules,
             api,
@@ -110,7 +114,10 @@ fn compile_ip_rules(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErro
         }
     }
     if s.bypass_admin && s.admin_networks.is_empty() {
-        errs.push(cfg.error(&at.key("bypass_admin"), "needs at least one entry in `admin_networks`"));
+        errs.push(cfg.error(
+            &at.key("bypass_admin"),
+            "needs at least one entry in `admin_networks`",
+        ));
     }
     let mut names = HashSet::new();
     let rules: Vec<RuleSpec> = s
@@ -119,13 +126,22 @@ fn compile_ip_rules(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErro
         .enumerate()
         .map(|(i, r)| {
             if r.name.is_empty() || r.name.starts_with("api-") {
-                errs.push(cfg.error(&at.key("rules").index(i).key("name"), "must not be empty or start with `api-`"));
+                errs.push(cfg.error(
+                    &at.key("rules").index(i).key("name"),
+                    "must not be empty or start with `api-`",
+                ));
             } else if !names.insert(r.name.as_str()) {
-                errs.push(cfg.error(&at.key("rules").index(i).key("name"), format!("rule `{}` is defined twice", r.name)));
+                errs.push(cfg.error(
+                    &at.key("rules").index(i).key("name"),
+                    format!("rule `{}` is defined twice", r.name),
+                ));
             }
             for (j, route) in r.routes.iter().enumerate() {
                 if !raw.routes.iter().any(|x| &x.name == route) {
-                    errs.push(cfg.error(&at.key("rules").index(i).key("routes").index(j), format!("no route named `{route}`")));
+                    errs.push(cfg.error(
+                        &at.key("rules").index(i).key("routes").index(j),
+                        format!("no route named `{route}`"),
+                    ));
                 }
             }
             RuleSpec {
@@ -169,17 +185,27 @@ fn compile_ip_rules(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErro
 /// Each policy with the routes it is scoped to.
 type ScopedPolicy = (Arc<Policy>, Vec<String>);
 
-fn compile_rate_limits(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigErrors) -> Vec<ScopedPolicy> {
+fn compile_rate_limits(
+    cfg: &LoadedConfig,
+    metrics: &Metrics,
+    errs: &mut ConfigErrors,
+) -> Vec<ScopedPolicy> {
     let raw = &cfg.raw;
     let mut out = Vec::new();
     let mut names = HashSet::new();
     for (i, p) in raw.rate_limits.iter().enumerate() {
         let at = KeyPath::root().key("rate_limits").index(i);
         if p.name.is_empty() || p.name.contains(['"', ',', ';', ' ']) {
-            errs.push(cfg.error(&at.key("name"), "must be non-empty, without spaces, quotes, commas or semicolons"));
+            errs.push(cfg.error(
+                &at.key("name"),
+                "must be non-empty, without spaces, quotes, commas or semicolons",
+            ));
             continue;
         } else if !names.insert(p.name.as_str()) {
-            errs.push(cfg.error(&at.key("name"), format!("policy `{}` is defined twice", p.name)));
+            errs.push(cfg.error(
+                &at.key("name"),
+                format!("policy `{}` is defined twice", p.name),
+            ));
         }
         let key = match KeySource::parse(&p.key) {
             Ok(k) => k,
@@ -217,7 +243,10 @@ fn compile_rate_limits(cfg: &LoadedConfig, metrics: &Metrics, errs: &mut ConfigE
         }
         for (j, route) in p.routes.iter().enumerate() {
             if !raw.routes.iter().any(|r| &r.name == route) {
-                errs.push(cfg.error(&at.key("routes").index(j), format!("no route named `{route}`")));
+                errs.push(cfg.error(
+                    &at.key("routes").index(j),
+                    format!("no route named `{route}`"),
+                ));
             }
         }
         let policy = metrics.rate_limiters.policy(
@@ -572,13 +601,20 @@ impl Runtime {
         if b.threshold == 0 {
             errs.push(cfg.error(&KeyPath::of(&["bans", "threshold"]), "must be at least 1"));
         }
-        for (key, d) in [("window", b.window), ("duration", b.duration), ("max_duration", b.max_duration)] {
+        for (key, d) in [
+            ("window", b.window),
+            ("duration", b.duration),
+            ("max_duration", b.max_duration),
+        ] {
             if d.is_zero() {
                 errs.push(cfg.error(&KeyPath::of(&["bans", key]), "must be greater than zero"));
             }
         }
         if !(b.multiplier >= 1.0 && b.multiplier <= 100.0) {
-            errs.push(cfg.error(&KeyPath::of(&["bans", "multiplier"]), "must be between 1 and 100"));
+            errs.push(cfg.error(
+                &KeyPath::of(&["bans", "multiplier"]),
+                "must be between 1 and 100",
+            ));
         }
         let bans = BanSettings {
             enabled: b.enabled,

@@ -104,7 +104,12 @@ async fn apply(
 fn rule_event(kind: EventType, verb: &str, r: &RuleSpec) -> AuditEvent {
     let mut e = AuditEvent::new(
         kind,
-        format!("IP rule `{}` {verb}: {} {}", r.id, r.action.as_str(), r.cidr),
+        format!(
+            "IP rule `{}` {verb}: {} {}",
+            r.id,
+            r.action.as_str(),
+            r.cidr
+        ),
     )
     .detail("action", r.action.as_str())
     .detail("cidr", r.cidr.clone());
@@ -270,7 +275,11 @@ async fn test_rule(State(st): State<AdminState>, b: JsonBody<TestRequest>) -> Ap
         listener: &t.listener,
         path: &t.path,
     });
-    let action = if banned.is_some() { Action::Deny } else { d.action };
+    let action = if banned.is_some() {
+        Action::Deny
+    } else {
+        d.action
+    };
     Ok(Json(json!({
         "decision": action,
         "decided_by": if banned.is_some() { json!("ban") } else { json!(d.by) },
@@ -303,7 +312,10 @@ async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> Ap
         ));
     }
     if req.reason.trim().is_empty() {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "`reason` is required"));
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`reason` is required",
+        ));
     }
     let rt = st.shared.runtime.load();
     let ban = st.shared.bans.ban(
@@ -336,9 +348,12 @@ async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> Ap
 }
 
 async fn delete_ban(State(st): State<AdminState>, Path(ip): Path<String>) -> ApiResult {
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("`{ip}` is not an IP address")))?;
+    let ip: IpAddr = ip.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("`{ip}` is not an IP address"),
+        )
+    })?;
     let Some(ban) = st.shared.bans.unban(ip) else {
         return Err(error(StatusCode::NOT_FOUND, format!("{ip} is not banned")));
     };

@@ -45,6 +45,8 @@ pub(crate) const HOLDS: TableDefinition<u128, u64> = TableDefinition::new("reten
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const SCHEMA_VERSION: u64 = 1;
+/// redb's page cache (its default is 1 GiB): bounds the store's share of resident memory.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Most rows one list or export call examines before answering with a cursor.
 pub const SCAN_BUDGET: usize = 200_000;
 
@@ -181,7 +183,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(StoreError::io(format!("creating {}", dir.display())))?;
         }
-        let db = match Database::create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(path.to_path_buf()))

@@ -129,7 +129,10 @@ impl Policy {
             .unwrap_or_else(|_| HeaderValue::from_static("r=0"));
         [
             (http::header::RETRY_AFTER, HeaderValue::from(r.retry_after)),
-            (HeaderName::from_static("ratelimit-policy"), self.policy_header.clone()),
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                self.policy_header.clone(),
+            ),
             (HeaderName::from_static("ratelimit"), ratelimit),
         ]
     }
@@ -180,7 +183,9 @@ impl Registry {
         for w in windows {
             let label = format!(
                 "{name}-{}",
-                humantime::format_duration(w.per).to_string().replace(' ', "")
+                humantime::format_duration(w.per)
+                    .to_string()
+                    .replace(' ', "")
             );
             let id = format!(
                 "{name}|{key_id}|{}|{:?}|{}|{max_keys}",
