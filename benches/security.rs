@@ -110,5 +110,20 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// For comparison: governor's own DashMap-backed keyed limiter, one window.
+fn reference(c: &mut Criterion) {
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    let l: governor::DefaultKeyedRateLimiter<u128> =
+        RateLimiter::keyed(Quota::per_hour(NonZeroU32::new(1_000_000_000).unwrap()));
+    let mut j = 0u128;
+    c.bench_function("reference: governor default keyed limiter, 1 window", |b| {
+        b.iter(|| {
+            j = (j + 1) & 4095;
+            black_box(l.check_key(&j).is_ok())
+        })
+    });
+}
+
+criterion_group!(benches, bench, reference);
 criterion_main!(benches);

@@ -214,8 +214,11 @@ fn compile_rate_limits(
                 continue;
             }
         };
-        if p.limits.is_empty() {
-            errs.push(cfg.error(&at.key("limits"), "at least one window is required"));
+        if p.limits.is_empty() || p.limits.len() > crate::rate_limit::MAX_WINDOWS {
+            errs.push(cfg.error(
+                &at.key("limits"),
+                format!("between 1 and {} windows", crate::rate_limit::MAX_WINDOWS),
+            ));
         }
         if p.max_keys == 0 {
             errs.push(cfg.error(&at.key("max_keys"), "must be at least 1"));

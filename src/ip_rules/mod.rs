@@ -5,13 +5,15 @@
 //! [`IpRuleSet`]. Order is by `priority` (lower first), then config rules in file order, then
 //! API rules in creation order.
 //!
-//! Cost: the set holds one prefix trie per address family (prefix-trie's tree bitmap),
-//! each prefix holding the indexes of its rules in order. A decision walks the prefixes
-//! that cover the address (at most 33 for IPv4, 129 for IPv6, usually a handful) and takes
-//! the first rule in order whose scope (hosts, routes, path prefixes) matches: its cost
-//! depends on the address's covering prefixes, not on how many rules exist. No allocation.
-//! Memory: about 100 bytes per rule plus the trie. Compiled once per config load or API
-//! change and swapped in whole; the request path only reads it.
+//! Cost: the set holds one prefix trie per address family (prefix-trie's tree bitmap). At
+//! compile time every prefix gets the answer for its whole chain of covering prefixes: the
+//! first unscoped rule (in order) among it and its ancestors, and the scoped rules that come
+//! before that one. A decision is then one longest-prefix-match lookup (a walk of at most
+//! 32 or 128 bits, in strides) plus a scope check for each scoped rule ahead of the winner
+//! (usually none): its cost depends on the prefix length, not on how many rules exist, and
+//! it allocates nothing. Memory: about 100 bytes per rule plus the trie (a prefix with
+//! scoped ancestors also lists those). Compiled once per config load or API change and
+//! swapped in whole; the request path only reads it.
 
 mod store;
 
@@ -89,6 +91,12 @@ pub struct Rule {
 }
 
 impl Rule {
+    fn is_scoped(&self) -> bool {
+        !(self.hosts.is_empty()
+            && self.spec.routes.is_empty()
+            && self.spec.path_prefixes.is_empty())
+    }
+
     fn scope_matches(&self, req: &RequestView<'_>) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| host_matches(h, req.host)))
             && (self.spec.routes.is_empty()
@@ -163,10 +171,19 @@ pub struct Defaults {
     pub routes: Vec<(String, Action)>,
 }
 
+/// The decision material for one prefix and all prefixes covering it.
+#[derive(Clone, Default)]
+struct Chain {
+    /// The first unscoped rule in order (an index into `rules`), `u32::MAX` for none.
+    first_unscoped: u32,
+    /// Scoped rules ordered before `first_unscoped`, in order.
+    scoped: Box<[u32]>,
+}
+
 /// All rules, compiled.
 pub struct IpRuleSet {
-    v4: PrefixMap<Ipv4Net, Vec<u32>>,
-    v6: PrefixMap<Ipv6Net, Vec<u32>>,
+    v4: PrefixMap<Ipv4Net, Chain>,
+    v6: PrefixMap<Ipv6Net, Chain>,
     rules: Vec<Rule>,
     defaults: Defaults,
     admin_networks: Vec<IpNet>,
@@ -264,8 +281,8 @@ impl IpRuleSet {
             }
         }
         Ok(IpRuleSet {
-            v4,
-            v6,
+            v4: chains(v4, &rules, |n| n.supernet()),
+            v6: chains(v6, &rules, |n| n.supernet()),
             rules,
             defaults,
             admin_networks,
@@ -290,10 +307,11 @@ impl IpRuleSet {
     /// Decides without counting (the test endpoint).
     pub fn evaluate(&self, req: &RequestView<'_>) -> Decision<'_> {
         let ip = canonical(req.ip);
-        let best = match ip {
-            IpAddr::V4(a) => self.first_match(self.v4.cover_values(&Ipv4Net::from(a)), req),
-            IpAddr::V6(a) => self.first_match(self.v6.cover_values(&Ipv6Net::from(a)), req),
+        let chain = match ip {
+            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, c)| c),
+            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, c)| c),
         };
+        let best = chain.and_then(|c| self.first_match(c, req));
         if let Some(rule) = best {
             if rule.spec.action == Action::Deny && self.bypasses(ip) {
                 return Decision {
@@ -321,24 +339,14 @@ impl IpRuleSet {
         }
     }
 
-    fn first_match<'a>(
-        &'a self,
-        covering: impl Iterator<Item = &'a Vec<u32>>,
-        req: &RequestView<'_>,
-    ) -> Option<&'a Rule> {
-        let mut best: Option<u32> = None;
-        for idxs in covering {
-            for &i in idxs {
-                if best.is_some_and(|b| b <= i) {
-                    break;
-                }
-                if self.rules[i as usize].scope_matches(req) {
-                    best = Some(i);
-                    break;
-                }
+    fn first_match(&self, chain: &Chain, req: &RequestView<'_>) -> Option<&Rule> {
+        for &i in chain.scoped.iter() {
+            let r = &self.rules[i as usize];
+            if r.scope_matches(req) {
+                return Some(r);
             }
         }
-        best.map(|i| &self.rules[i as usize])
+        self.rules.get(chain.first_unscoped as usize)
     }
 
     /// Every rule, in evaluation order.
@@ -354,6 +362,55 @@ impl IpRuleSet {
             self.admin_networks.iter().any(|n| n.contains(&ip))
         }
     }
+}
+
+/// Gives every prefix its [`Chain`]: processed shortest first, each prefix starts from the
+/// chain of its nearest present ancestor.
+fn chains<P>(
+    groups: PrefixMap<P, Vec<u32>>,
+    rules: &[Rule],
+    supernet: impl Fn(&P) -> Option<P>,
+) -> PrefixMap<P, Chain>
+where
+    P: prefix_trie::Prefix + Clone,
+{
+    let mut entries: Vec<(P, Vec<u32>)> = groups.iter().map(|(p, v)| (p, v.clone())).collect();
+    entries.sort_by_key(|(p, _)| p.prefix_len());
+    let mut out: PrefixMap<P, Chain> = PrefixMap::new();
+    for (p, own) in entries {
+        let parent = supernet(&p)
+            .and_then(|sp| out.get_lpm(&sp).map(|(_, c)| c.clone()))
+            .unwrap_or(Chain {
+                first_unscoped: u32::MAX,
+                scoped: Box::new([]),
+            });
+        let own_unscoped = own
+            .iter()
+            .copied()
+            .find(|&i| !rules[i as usize].is_scoped())
+            .unwrap_or(u32::MAX);
+        let first_unscoped = parent.first_unscoped.min(own_unscoped);
+        let mut scoped: Vec<u32> = parent
+            .scoped
+            .iter()
+            .copied()
+            .chain(
+                own.iter()
+                    .copied()
+                    .filter(|&i| rules[i as usize].is_scoped()),
+            )
+            .filter(|&i| i < first_unscoped)
+            .collect();
+        scoped.sort_unstable();
+        out.insert(
+            p,
+            Chain {
+                first_unscoped,
+                scoped: scoped.into_boxed_slice(),
+            },
+        );
+    }
+    out
 }
 
 /// IPv4-mapped IPv6 addresses are treated as IPv4.
@@ -454,6 +511,35 @@ mod tests {
         assert_eq!(set.evaluate(&view("11.0.0.1")).by, DecidedBy::Default);
         // IPv4-mapped IPv6 is IPv4.
         assert_eq!(set.evaluate(&view("::ffff:10.9.9.9")).action, Action::Deny);
+    }
+
+    #[test]
+    fn scoped_rules_on_ancestors_come_before_later_unscoped_ones() {
+        let mut admin = spec("admin", Action::Deny, "10.0.0.0/8", Some(1));
+        admin.path_prefixes = vec!["/admin".into()];
+        let set = IpRuleSet::build(
+            &[
+                spec("narrow", Action::Deny, "10.1.2.0/24", Some(5)),
+                admin,
+                spec("wide", Action::Allow, "10.0.0.0/8", Some(30)),
+            ],
+            &[],
+            Defaults::default(),
+            vec![],
+            false,
+            &counters(),
+        )
+        .unwrap();
+        let at = |ip: &str, path: &'static str| {
+            let mut v = view(ip);
+            v.path = path;
+            set.evaluate(&v).rule.map(|r| r.spec.id.clone())
+        };
+        assert_eq!(at("10.1.2.3", "/admin/x").as_deref(), Some("admin"));
+        assert_eq!(at("10.1.2.3", "/x").as_deref(), Some("narrow"));
+        assert_eq!(at("10.9.9.9", "/admin").as_deref(), Some("admin"));
+        assert_eq!(at("10.9.9.9", "/x").as_deref(), Some("wide"));
+        assert_eq!(at("11.0.0.1", "/admin"), None);
     }
 
     #[test]

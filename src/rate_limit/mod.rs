@@ -7,10 +7,11 @@
 //! long as the policy and window are unchanged. A request passes when every window has a
 //! token; the first window without one decides the 429 and its `Retry-After`.
 //!
-//! Cost: one hash-map lookup and one compare-and-swap per window (no allocation).
-//! Memory: at most `max_keys` tracked keys per window ([`store::BYTES_PER_KEY`] each); past
-//! that, new keys share one overflow bucket. A sweeper drops keys whose bucket is full again
-//! (indistinguishable from a new client), never a key that is still being throttled.
+//! Cost: one hash-map lookup per policy, then governor's check (a clock read and a
+//! compare-and-swap) per window; no allocation. Memory: at most `max_keys` tracked keys per
+//! policy ([`store::BYTES_PER_KEY`] each); past that, new keys share one overflow bucket. A
+//! sweeper drops keys whose buckets are all full again (indistinguishable from a new
+//! client), never a key that is still being throttled.
 
 pub mod store;
 
@@ -26,9 +27,14 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
-use store::CappedStore;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-pub type Limiter = RateLimiter<u128, CappedStore, DefaultClock>;
+use store::{Entries, Slot, SlotStore};
+
+pub use store::MAX_WINDOWS;
+
+/// One window's limiter: governor's GCRA over the policy's shared entries.
+pub type Limiter = RateLimiter<Slot, SlotStore, DefaultClock>;
 
 /// What a policy counts requests by.
 #[derive(Debug, Clone)]
@@ -71,10 +77,17 @@ struct Window {
     limiter: Arc<Limiter>,
 }
 
+/// A policy's buckets and limiters, kept by the registry across reloads.
+struct PolicyState {
+    entries: Entries,
+    limiters: Vec<(Arc<Limiter>, Arc<AtomicU64>)>,
+}
+
 /// A compiled rate-limit policy.
 pub struct Policy {
     pub name: Arc<str>,
     key: KeySource,
+    state: Arc<PolicyState>,
     windows: Vec<Window>,
     /// `RateLimit-Policy` field value, built once.
     policy_header: HeaderValue,
@@ -107,8 +120,10 @@ impl Policy {
 
     /// Takes one token from every window, or says which window is empty.
     pub fn check(&self, key: u128) -> Result<(), Rejection> {
+        let mut slot = self.state.entries.slot(key);
         for (i, w) in self.windows.iter().enumerate() {
-            if let Err(not_until) = w.limiter.check_key(&key) {
+            slot.window = i;
+            if let Err(not_until) = w.limiter.check_key(&slot) {
                 self.rejected.inc();
                 let wait = not_until.wait_time_from(self.clock.now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -147,23 +162,24 @@ pub fn ip_bits(ip: IpAddr) -> u128 {
     crate::events::store::ip_key(ip)
 }
 
-/// The limiters in use, kept across reloads.
+/// The policies' buckets, kept across reloads.
 pub struct Registry {
-    limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+    policies: Mutex<HashMap<String, Arc<PolicyState>>>,
     hasher: std::hash::RandomState,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            limiters: Mutex::new(HashMap::new()),
+            policies: Mutex::new(HashMap::new()),
             hasher: std::hash::RandomState::new(),
         }
     }
 }
 
 impl Registry {
-    /// Builds a policy, reusing the limiters of an unchanged policy and window.
+    /// Builds a policy, reusing the buckets of an unchanged policy (same name, key, windows
+    /// and `max_keys`). At most [`MAX_WINDOWS`] windows are used.
     pub fn policy(
         &self,
         name: &str,
@@ -172,51 +188,65 @@ impl Registry {
         max_keys: usize,
         rejected: IntCounter,
     ) -> Policy {
-        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let windows = &windows[..windows.len().min(MAX_WINDOWS)];
         let key_id = match &key {
             KeySource::Ip => "ip".to_string(),
             KeySource::Route => "route".to_string(),
             KeySource::Header(h) => format!("header:{h}"),
         };
+        let id = format!("{name}|{key_id}|{windows:?}|{max_keys}");
+        let state = {
+            let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id)
+                .or_insert_with(|| {
+                    let limiters = windows
+                        .iter()
+                        .map(|w| {
+                            let per_token = w.per / w.requests.max(1);
+                            let quota = Quota::with_period(per_token.max(Duration::from_nanos(1)))
+                                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                                .allow_burst(NonZeroU32::new(w.burst).unwrap_or(NonZeroU32::MIN));
+                            let drop_below = Arc::new(AtomicU64::new(0));
+                            let limiter = RateLimiter::new(
+                                quota,
+                                SlotStore::new(drop_below.clone()),
+                                DefaultClock::default(),
+                            );
+                            (Arc::new(limiter), drop_below)
+                        })
+                        .collect();
+                    Arc::new(PolicyState {
+                        entries: Entries::new(max_keys),
+                        limiters,
+                    })
+                })
+                .clone()
+        };
         let mut built = Vec::new();
         let mut policy_items = Vec::new();
-        for w in windows {
+        for (w, (limiter, _)) in windows.iter().zip(&state.limiters) {
             let label = format!(
                 "{name}-{}",
                 humantime::format_duration(w.per)
                     .to_string()
                     .replace(' ', "")
             );
-            let id = format!(
-                "{name}|{key_id}|{}|{:?}|{}|{max_keys}",
-                w.requests, w.per, w.burst
-            );
-            let limiter = map
-                .entry(id)
-                .or_insert_with(|| {
-                    let per_token = w.per / w.requests.max(1);
-                    let quota = Quota::with_period(per_token.max(Duration::from_nanos(1)))
-                        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                        .allow_burst(NonZeroU32::new(w.burst).unwrap_or(NonZeroU32::MIN));
-                    Arc::new(RateLimiter::new(
-                        quota,
-                        CappedStore::new(max_keys),
-                        DefaultClock::default(),
-                    ))
-                })
-                .clone();
             policy_items.push(format!(
                 "\"{label}\";q={};w={}",
                 w.requests,
                 w.per.as_secs().max(1)
             ));
-            built.push(Window { label, limiter });
+            built.push(Window {
+                label,
+                limiter: limiter.clone(),
+            });
         }
         let policy_header = HeaderValue::from_str(&policy_items.join(", "))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         Policy {
             name: name.into(),
             key,
+            state,
             windows: built,
             policy_header,
             hasher: self.hasher.clone(),
@@ -225,19 +255,25 @@ impl Registry {
         }
     }
 
-    /// Drops keys whose buckets are full again and limiters no policy uses; returns the
-    /// number of keys still tracked.
+    /// Drops keys whose buckets are all full again, and policies no config uses; returns
+    /// the number of keys still tracked.
     pub fn sweep(&self) -> usize {
-        let limiters: Vec<Arc<Limiter>> = {
-            let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, l| Arc::strong_count(l) > 1);
+        let states: Vec<Arc<PolicyState>> = {
+            let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, s| Arc::strong_count(s) > 1);
             map.values().cloned().collect()
         };
         let mut total = 0;
-        for l in limiters {
-            l.retain_recent();
-            l.shrink_to_fit();
-            total += l.len();
+        for s in states {
+            let below: Vec<u64> = s
+                .limiters
+                .iter()
+                .map(|(l, drop_below)| {
+                    l.retain_recent();
+                    drop_below.load(Ordering::Relaxed)
+                })
+                .collect();
+            total += s.entries.sweep(&below);
         }
         total
     }
@@ -291,7 +327,8 @@ mod tests {
         assert!(p.check(1).is_ok());
         assert!(p.check(1).is_err());
         assert!(p.check(2).is_ok());
-        // Keys 3, 4, 5 share the overflow bucket: two tokens between them.
+        // Keys 3, 4, 5 share the overflow bucket: two tokens between them (the cap of 2 is
+        // reached by keys 1 and 2).
         assert!(p.check(3).is_ok());
         assert!(p.check(4).is_ok());
         assert!(p.check(5).is_err());
