@@ -37,6 +37,29 @@ fn body<T>(b: JsonBody<T>) -> Result<T, ApiError> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
+/// Runs a store write on the writer thread; its failure becomes the API's error.
+async fn store_write<T: Send + 'static>(
+    st: &AdminState,
+    f: impl FnOnce(&crate::events::Store) -> Result<T, crate::events::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    st.shared
+        .events
+        .write(f)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A copy of the API's rules as they stand.
+fn api_rules(st: &AdminState) -> Vec<RuleSpec> {
+    st.shared
+        .ip_rules
+        .api_rules
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 fn rule_json(r: &Rule) -> serde_json::Value {
     let mut v = serde_json::to_value(&r.spec).unwrap_or_default();
     v["priority"] = json!(r.priority);
@@ -77,21 +100,16 @@ async fn apply(
             .join("; ");
         error(StatusCode::UNPROCESSABLE_ENTITY, msg)
     })?;
-    let stored = st
-        .shared
-        .events
-        .write(move |store| {
-            if let Some(r) = &changed {
-                ip_rules::save_dynamic(store, r)?;
-            }
-            if let Some(id) = &removed {
-                ip_rules::remove_dynamic(store, id)?;
-            }
-            Ok::<_, crate::events::StoreError>(())
-        })
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    stored.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    store_write(st, move |store| {
+        if let Some(r) = &changed {
+            ip_rules::save_dynamic(store, r)?;
+        }
+        if let Some(id) = &removed {
+            ip_rules::remove_dynamic(store, id)?;
+        }
+        Ok(())
+    })
+    .await?;
     *st.shared
         .ip_rules
         .api_rules
@@ -127,13 +145,7 @@ async fn create_rule(State(st): State<AdminState>, b: JsonBody<RuleSpec>) -> Api
     }
     spec.id = format!("api-{}", EventId::new(now_micros()));
     let _serial = st.shared.ip_rules.changes.lock().await;
-    let mut api = st
-        .shared
-        .ip_rules
-        .api_rules
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut api = api_rules(&st);
     api.push(spec.clone());
     apply(&st, api, Some(spec.clone()), None).await?;
     st.shared
@@ -178,13 +190,7 @@ async fn modify_rule(
 ) -> ApiResult {
     let c = body(b)?;
     let _serial = st.shared.ip_rules.changes.lock().await;
-    let mut api = st
-        .shared
-        .ip_rules
-        .api_rules
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut api = api_rules(&st);
     let i = find_api_rule(&st, &api, &id)?;
     let r = &mut api[i];
     if let Some(v) = c.action {
@@ -221,13 +227,7 @@ async fn modify_rule(
 
 async fn delete_rule(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let _serial = st.shared.ip_rules.changes.lock().await;
-    let mut api = st
-        .shared
-        .ip_rules
-        .api_rules
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut api = api_rules(&st);
     let i = find_api_rule(&st, &api, &id)?;
     let spec = api.remove(i);
     apply(&st, api, None, Some(id)).await?;
@@ -326,12 +326,7 @@ async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> Ap
         true,
     );
     let stored = ban.clone();
-    st.shared
-        .events
-        .write(move |store| crate::bans::save(store, &stored))
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    store_write(&st, move |store| crate::bans::save(store, &stored)).await?;
     st.shared.events.sink.audit(
         AuditEvent::new(
             EventType::IpBanned,
@@ -357,12 +352,7 @@ async fn delete_ban(State(st): State<AdminState>, Path(ip): Path<String>) -> Api
     let Some(ban) = st.shared.bans.unban(ip) else {
         return Err(error(StatusCode::NOT_FOUND, format!("{ip} is not banned")));
     };
-    st.shared
-        .events
-        .write(move |store| crate::bans::remove(store, &[ip]))
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    store_write(&st, move |store| crate::bans::remove(store, &[ip])).await?;
     st.shared
         .events
         .sink

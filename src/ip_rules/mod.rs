@@ -332,6 +332,13 @@ impl IpRuleSet {
             .and_then(|r| d.routes.iter().find(|(n, _)| n == r))
             .or_else(|| d.listeners.iter().find(|(n, _)| n == req.listener))
             .map_or(d.global, |(_, a)| *a);
+        if action == Action::Deny && self.bypasses(ip) {
+            return Decision {
+                action: Action::Allow,
+                by: DecidedBy::AdminBypass,
+                rule: None,
+            };
+        }
         Decision {
             action,
             by: DecidedBy::Default,
@@ -355,7 +362,7 @@ impl IpRuleSet {
     }
 
     /// Whether `ip` is in a trusted admin network and `bypass_admin` is on (never denied by
-    /// a rule, never banned automatically).
+    /// a rule or a default policy, never banned automatically).
     pub fn bypasses(&self, ip: IpAddr) -> bool {
         self.bypass_admin && {
             let ip = canonical(ip);

@@ -8,20 +8,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// An admin API call with the test token and an optional JSON body.
-async fn api(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let mut s = Sender::plain(gw.admin()).await;
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    Reply::from(s.send(req).await.unwrap()).await
-}
-
 /// Waits until every event emitted so far is committed.
 async fn flush(gw: &TestGateway) {
     gw.gw().shared().events.flush().await.unwrap();
@@ -635,6 +621,11 @@ async fn openapi_document_lists_every_endpoint() {
         "/archive/restore",
         "/reload",
         "/status",
+        "/ip-rules",
+        "/ip-rules/{id}",
+        "/ip-rules/test",
+        "/bans",
+        "/bans/{ip}",
     ] {
         assert!(
             doc["paths"][format!("/api/v1{p}")].is_object(),

@@ -26,19 +26,6 @@ async fn get_as(s: &mut Sender, client: &str, path: &str, headers: &[(&str, &str
     Reply::from(s.send(req.body(full("")).unwrap()).await.unwrap()).await
 }
 
-async fn api(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let mut s = Sender::plain(gw.admin()).await;
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    Reply::from(s.send(req).await.unwrap()).await
-}
-
 async fn events_of(gw: &TestGateway, kind: &str) -> Vec<Value> {
     gw.gw().shared().events.flush().await.unwrap();
     let r = api(gw, "GET", &format!("/api/v1/events?type={kind}"), None).await;

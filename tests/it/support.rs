@@ -408,6 +408,25 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, boo
     }
 }
 
+/// An admin API call with the test token and an optional JSON body.
+pub async fn api(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut s = Sender::plain(gw.admin()).await;
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    Reply::from(s.send(req).await.unwrap()).await
+}
+
 /// An admin API call with the test token.
 pub async fn admin(gw: &TestGateway, method: &str, path: &str, token: Option<&str>) -> Reply {
     let mut s = Sender::plain(gw.admin()).await;
