@@ -222,6 +222,10 @@ async fn patch_event(
         }
         Err(PatchOutcome::Refused(e)) => fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(PatchOutcome::Failed(e)) => store_error(e).into_response(),
+        Err(PatchOutcome::Busy) => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the event writer is busy; try again",
+        ),
     }
 }
 

@@ -165,11 +165,7 @@ impl Events {
     pub async fn patch(&self, id: EventId, patch: Patch) -> Result<Investigation, PatchOutcome> {
         self.ask(|reply| Command::Patch { id, patch, reply })
             .await
-            .map_err(|_| {
-                PatchOutcome::Failed(StoreError::Invalid(
-                    "the event writer is busy; try again".into(),
-                ))
-            })?
+            .map_err(|_| PatchOutcome::Busy)?
     }
 
     /// Archives every expired record now.

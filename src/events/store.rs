@@ -536,11 +536,14 @@ impl Store {
     }
 }
 
-/// A patch that did not apply: refused (the operator's input) or failed (the store).
+/// A patch that did not apply: refused (the operator's input), failed (the store), or not
+/// attempted (the writer was busy).
 #[derive(Debug)]
 pub enum PatchOutcome {
     Refused(PatchError),
     Failed(StoreError),
+    /// The writer's queue was full; nothing changed.
+    Busy,
 }
 
 impl<E: Into<StoreError>> From<E> for PatchOutcome {

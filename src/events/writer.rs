@@ -138,21 +138,30 @@ impl Writer {
                 }
             }
             self.commit(&mut batch, &mut buf);
-            for c in cmds.drain(..) {
+            // A command may take more messages off the queue (an archive run keeps ingesting
+            // between chunks); commands among them join the end of this list.
+            while !cmds.is_empty() {
+                let c = cmds.remove(0);
                 match c {
                     Command::Stop => stop = true,
-                    other => self.command(other, &mut batch, &mut buf),
+                    other => self.command(other, &mut batch, &mut buf, &mut cmds),
                 }
             }
             if stop {
-                // Everything queued before the stop, then the partial trend minute.
+                // Everything queued before the stop (records and writes such as bans), then
+                // the partial trend minute.
                 while let Ok(m) = self.rx.try_recv() {
-                    self.take(m, &mut batch, &mut Vec::new());
+                    self.take(m, &mut batch, &mut cmds);
                     if batch.len() >= s.batch_max_events {
                         self.commit(&mut batch, &mut buf);
                     }
                 }
                 self.commit(&mut batch, &mut buf);
+                for c in cmds.drain(..) {
+                    if let Command::Run(f) = c {
+                        f(&self.store);
+                    }
+                }
                 self.roll_trends(current_minute());
                 return;
             }
@@ -224,7 +233,13 @@ impl Writer {
         }
     }
 
-    fn command(&self, c: Command, batch: &mut Vec<Record>, buf: &mut Vec<u8>) {
+    fn command(
+        &self,
+        c: Command,
+        batch: &mut Vec<Record>,
+        buf: &mut Vec<u8>,
+        later: &mut Vec<Command>,
+    ) {
         match c {
             Command::Patch { id, patch, reply } => {
                 let _ = reply.send(self.store.patch(id, &patch));
@@ -245,9 +260,9 @@ impl Writer {
                         Ok(Some(r)) => {
                             batch.push(Record::Audit(archived_event(&r)));
                             reports.push(r);
-                            // Keep up with new events between chunks.
+                            // Keep up with new events between chunks; commands wait.
                             while let Ok(m) = self.rx.try_recv() {
-                                self.take(m, batch, &mut Vec::new());
+                                self.take(m, batch, later);
                             }
                             self.commit(batch, buf);
                         }

@@ -484,34 +484,25 @@ mod tests {
         IntCounterVec::new(prometheus::Opts::new("t", "t"), &["rule", "action"]).unwrap()
     }
 
+    /// Config rules only, default allow, no admin networks.
+    fn build(rules: &[RuleSpec]) -> Result<IpRuleSet, Vec<RuleError>> {
+        IpRuleSet::build(rules, &[], Defaults::default(), vec![], false, &counters())
+    }
+
     #[test]
     fn first_match_by_priority_not_by_prefix_length() {
-        let set = IpRuleSet::build(
-            &[
-                spec("wide-deny", Action::Deny, "10.0.0.0/8", None),
-                spec("narrow-allow", Action::Allow, "10.1.2.0/24", None),
-            ],
-            &[],
-            Defaults::default(),
-            vec![],
-            false,
-            &counters(),
-        )
+        let set = build(&[
+            spec("wide-deny", Action::Deny, "10.0.0.0/8", None),
+            spec("narrow-allow", Action::Allow, "10.1.2.0/24", None),
+        ])
         .unwrap();
         let d = set.evaluate(&view("10.1.2.3"));
         assert_eq!(d.rule.unwrap().spec.id, "wide-deny");
         assert_eq!(d.action, Action::Deny);
-        let set = IpRuleSet::build(
-            &[
-                spec("wide-deny", Action::Deny, "10.0.0.0/8", Some(20)),
-                spec("narrow-allow", Action::Allow, "10.1.2.0/24", Some(10)),
-            ],
-            &[],
-            Defaults::default(),
-            vec![],
-            false,
-            &counters(),
-        )
+        let set = build(&[
+            spec("wide-deny", Action::Deny, "10.0.0.0/8", Some(20)),
+            spec("narrow-allow", Action::Allow, "10.1.2.0/24", Some(10)),
+        ])
         .unwrap();
         assert_eq!(set.evaluate(&view("10.1.2.3")).action, Action::Allow);
         assert_eq!(set.evaluate(&view("10.9.9.9")).action, Action::Deny);
@@ -524,18 +515,11 @@ mod tests {
     fn scoped_rules_on_ancestors_come_before_later_unscoped_ones() {
         let mut admin = spec("admin", Action::Deny, "10.0.0.0/8", Some(1));
         admin.path_prefixes = vec!["/admin".into()];
-        let set = IpRuleSet::build(
-            &[
-                spec("narrow", Action::Deny, "10.1.2.0/24", Some(5)),
-                admin,
-                spec("wide", Action::Allow, "10.0.0.0/8", Some(30)),
-            ],
-            &[],
-            Defaults::default(),
-            vec![],
-            false,
-            &counters(),
-        )
+        let set = build(&[
+            spec("narrow", Action::Deny, "10.1.2.0/24", Some(5)),
+            admin,
+            spec("wide", Action::Allow, "10.0.0.0/8", Some(30)),
+        ])
         .unwrap();
         let at = |ip: &str, path: &'static str| {
             let mut v = view(ip);
@@ -551,17 +535,10 @@ mod tests {
 
     #[test]
     fn host_bits_and_garbage_are_refused() {
-        let errs = IpRuleSet::build(
-            &[
-                spec("a", Action::Deny, "10.0.0.1/8", None),
-                spec("b", Action::Deny, "nope", None),
-            ],
-            &[],
-            Defaults::default(),
-            vec![],
-            false,
-            &counters(),
-        )
+        let errs = build(&[
+            spec("a", Action::Deny, "10.0.0.1/8", None),
+            spec("b", Action::Deny, "nope", None),
+        ])
         .err()
         .unwrap();
         assert_eq!(errs.len(), 2);

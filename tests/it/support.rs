@@ -465,6 +465,17 @@ pub fn binary_config(servers: &[String], port: u16, access_log: bool) -> String 
         .replace("[admin]\n", "[admin]\nenabled = false\n")
 }
 
+/// Resident memory of a process (`"self"` or a pid), in KiB.
+pub fn rss_kib(process: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
