@@ -25,6 +25,7 @@ use crate::ip_rules::IpRules;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::spawn_health_checks;
 use crate::runtime::{CompileMode, Runtime};
+use crate::session::Sessions;
 use crate::tls::{dev_cert, SniResolver};
 
 /// State shared by listeners, the request path and the admin port.
@@ -40,6 +41,8 @@ pub struct Shared {
     /// Config IP rules merged with the API's, compiled; swapped on reload and API change.
     pub ip_rules: IpRules,
     pub bans: Bans,
+    /// Sessions of protected apps, failed-login windows and user locks.
+    pub sessions: Sessions,
     /// Keeps floods of refusals from flooding the event store.
     pub sampler: EventSampler,
     /// Reloads run one at a time.
@@ -60,8 +63,9 @@ pub enum StartError {
     DevCert(#[from] dev_cert::DevCertError),
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("admin token file {path}: {source}")]
-    TokenFile {
+    #[error("{what} file {path}: {source}")]
+    SecretFile {
+        what: &'static str,
         path: String,
         source: std::io::Error,
     },
@@ -270,6 +274,25 @@ impl Gateway {
             }
         };
         let ip_rules = IpRules::new(ip_set, api_rules);
+        let sessions = {
+            let key_file = rt.sessions.key_file.clone();
+            let secret = crate::secrets::read_or_create(&key_file).map_err(|source| {
+                StartError::SecretFile {
+                    what: "session key",
+                    path: key_file.display().to_string(),
+                    source,
+                }
+            })?;
+            let sessions = Sessions::new(secret.as_bytes());
+            let store = events.store.clone();
+            let now = sessions.clock.now();
+            let stored =
+                tokio::task::spawn_blocking(move || crate::session::store::load(&store, now))
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("loading sessions: {e}")))??;
+            sessions.table.restore(stored);
+            sessions
+        };
 
         let mut bound = Vec::new();
         for b in &rt.listener_binds {
@@ -311,6 +334,7 @@ impl Gateway {
             events,
             ip_rules,
             bans,
+            sessions,
             sampler: EventSampler::new(std::time::Duration::from_secs(10)),
             reload_lock: tokio::sync::Mutex::new(()),
         });
@@ -345,6 +369,7 @@ impl Gateway {
         }
         tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe()));
         tokio::spawn(sweep_security_state(shared.clone(), stop.subscribe()));
+        tokio::spawn(session_housekeeping(shared.clone(), stop.subscribe()));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(Gateway {
             shared,
@@ -398,7 +423,9 @@ impl Gateway {
         if let Some(t) = self.admin_task {
             let _ = t.await;
         }
-        // Commit every queued event and the partial trend minute.
+        // Last-activity times not yet written, then every queued event and the partial
+        // trend minute.
+        crate::session::phase::persist(&self.shared, self.shared.sessions.table.take_dirty());
         let events = self.shared.events.clone();
         let _ = tokio::task::spawn_blocking(move || events.stop()).await;
         drained
@@ -455,6 +482,74 @@ async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<boo
             });
         }
     }
+}
+
+/// Sessions: every `persist_every`, writes changed sessions in one transaction and updates
+/// the gauges; every `cleanup_every`, closes expired sessions (`session_closed` events),
+/// forgets old failed-login windows, and deletes ended sessions past retention from the
+/// store (suspicious ones are kept).
+async fn session_housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut last_cleanup = std::time::Instant::now();
+    loop {
+        let (persist_every, cleanup_every) = {
+            let rt = shared.runtime.load();
+            (rt.sessions.persist_every, rt.sessions.cleanup_every)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(persist_every.min(cleanup_every)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cleanup = last_cleanup.elapsed() >= cleanup_every;
+        if cleanup {
+            last_cleanup = std::time::Instant::now();
+        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || session_pass(&s, cleanup)).await;
+    }
+}
+
+/// One housekeeping pass (see [`session_housekeeping`]); public for tests.
+pub fn session_pass(shared: &Shared, cleanup: bool) {
+    use crate::events::EventType;
+    use crate::session::phase::session_event;
+    let sessions = &shared.sessions;
+    let now = sessions.clock.now();
+    let rt = shared.runtime.load();
+    if cleanup {
+        let closed = sessions.table.sweep(now, |app| rt.app(app));
+        for s in &closed {
+            let reason = s.end_reason.as_deref().unwrap_or("expired");
+            shared.events.sink.audit(
+                session_event(
+                    EventType::SessionClosed,
+                    format!("session closed: {reason}"),
+                    s,
+                )
+                .detail("reason", reason),
+            );
+        }
+        let window = rt
+            .apps
+            .iter()
+            .map(|a| a.brute_force.window_micros)
+            .max()
+            .unwrap_or(0);
+        sessions.brute_force.sweep(now, window);
+        let cutoff = now.saturating_sub(rt.sessions.retention.as_micros() as u64);
+        shared.events.write_detached(move |store| {
+            if let Err(e) = crate::session::store::purge(store, cutoff) {
+                tracing::error!(error = %e, "removing old sessions from the store failed");
+            }
+        });
+    }
+    crate::session::phase::persist(shared, sessions.table.take_dirty());
+    let (active, suspicious, _) = sessions.table.stats();
+    shared.metrics.sessions_active.set(active as i64);
+    shared.metrics.sessions_suspicious.set(suspicious as i64);
+    shared
+        .metrics
+        .login_locks_active
+        .set(sessions.brute_force.locks(now).len() as i64);
 }
 
 /// Writes a backup every `events.backup.every` (re-read after each one, so a reload applies).

@@ -77,9 +77,9 @@ impl BanSettings {
 pub struct Ban {
     pub ip: IpAddr,
     /// Unix microseconds.
-    #[serde(with = "micros_time")]
+    #[serde(with = "crate::events::model::time_field")]
     pub since: u64,
-    #[serde(with = "micros_time")]
+    #[serde(with = "crate::events::model::time_field")]
     pub until: u64,
     pub reason: String,
     /// How many times this address has been banned within the history window.
@@ -90,17 +90,6 @@ pub struct Ban {
 impl Ban {
     pub fn active(&self, now: u64) -> bool {
         self.until > now
-    }
-}
-
-mod micros_time {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(t: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&crate::events::model::format_time(*t))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        crate::events::model::parse_time(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -19,7 +19,9 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
+pub mod session;
 pub mod tls;
 
 pub use app::{check_config, compile_config, Gateway, StartError};

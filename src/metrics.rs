@@ -36,6 +36,14 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_keys: IntGauge,
     pub bans_active: IntGauge,
+    pub sessions_active: IntGauge,
+    pub sessions_suspicious: IntGauge,
+    pub sessions_created: IntCounter,
+    pub sessions_untracked: IntCounter,
+    pub session_rejections: IntCounterVec,
+    pub logins: IntCounterVec,
+    pub brute_force_detections: IntCounterVec,
+    pub login_locks_active: IntGauge,
     /// Rate-limit buckets, kept across reloads.
     pub rate_limiters: crate::rate_limit::Registry,
     /// Per-route latency trends (not Prometheus metrics; shown by `/api/v1/perf/trends`).
@@ -195,6 +203,53 @@ impl Metrics {
         .expect("metric");
         let bans_active =
             IntGauge::new("gateway_bans_active", "Addresses banned right now.").expect("metric");
+        let sessions_active = IntGauge::new(
+            "gateway_sessions_active",
+            "Active sessions of protected apps (at the last housekeeping pass).",
+        )
+        .expect("metric");
+        let sessions_suspicious = IntGauge::new(
+            "gateway_sessions_suspicious",
+            "Active sessions marked suspicious (at the last housekeeping pass).",
+        )
+        .expect("metric");
+        let sessions_created =
+            IntCounter::new("gateway_sessions_created_total", "Sessions registered.")
+                .expect("metric");
+        let sessions_untracked = IntCounter::new(
+            "gateway_sessions_untracked_total",
+            "New sessions not tracked because the table was full (sessions.max_sessions).",
+        )
+        .expect("metric");
+        let session_rejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_session_rejections_total",
+                "Requests whose session was not valid, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "gateway_logins_total",
+                "Login attempts by outcome (succeeded, failed, locked, limited, unknown).",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let brute_force_detections = IntCounterVec::new(
+            Opts::new(
+                "gateway_brute_force_detections_total",
+                "Brute-force detections by kind (user, address, credential_stuffing).",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let login_locks_active = IntGauge::new(
+            "gateway_login_locks_active",
+            "User names locked after repeated failed logins.",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -217,6 +272,14 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(rate_limit_keys.clone()),
             Box::new(bans_active.clone()),
+            Box::new(sessions_active.clone()),
+            Box::new(sessions_suspicious.clone()),
+            Box::new(sessions_created.clone()),
+            Box::new(sessions_untracked.clone()),
+            Box::new(session_rejections.clone()),
+            Box::new(logins.clone()),
+            Box::new(brute_force_detections.clone()),
+            Box::new(login_locks_active.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -244,6 +307,14 @@ impl Metrics {
             rate_limited,
             rate_limit_keys,
             bans_active,
+            sessions_active,
+            sessions_suspicious,
+            sessions_created,
+            sessions_untracked,
+            session_rejections,
+            logins,
+            brute_force_detections,
+            login_locks_active,
             rate_limiters: crate::rate_limit::Registry::default(),
         }
     }

@@ -5,10 +5,10 @@
 //! 2. client IP (trusted-proxy aware);
 //! 3. bans, then IP rules (403);
 //! 4. rate limits (429; each rejection counts towards a ban);
-//! 5. session checks;      (not built yet)
+//! 5. session checks (login lock 429, invalid session 401 / redirect / strip);
 //! 6. WAF;                 (not built yet)
 //! 7. route and forward upstream;
-//! 8. response phases;     (login outcome, session binding: not built yet)
+//! 8. response phases: login outcome, sessions the application created, rotated or ended;
 //! 9. metrics, latency trend, performance event and the access log, reached exactly once on
 //!    every exit path: metrics when the response head is ready, the rest when its body ends
 //!    or is dropped.
@@ -26,10 +26,10 @@ use hyper::body::Incoming;
 
 use crate::app::Shared;
 use crate::bans::{until_text, Ban, Violation};
-use crate::events::model::{bounded_str, now_micros, MAX_PATH_CHARS};
+use crate::events::model::{bounded, bounded_str, now_micros, MAX_PATH_CHARS, MAX_TEXT_CHARS};
 use crate::events::{AuditEvent, EventId, EventType, PerfEvent, Severity};
 use crate::ip_rules::{Action, IpRuleSet, RequestView};
-use crate::proxy::body::{ByteCount, Completion};
+use crate::proxy::body::{ByteCount, ClientBody, Completion};
 use crate::proxy::error::error_response;
 use crate::proxy::forward::forward;
 use crate::proxy::route::Route;
@@ -38,6 +38,7 @@ use crate::rate_limit::{ip_bits, Policy, Rejection};
 use crate::request_id;
 use crate::runtime::Runtime;
 use crate::server::ConnInfo;
+use crate::session::phase::SessionCtx;
 
 /// What the phases learn about a request as it passes.
 pub struct RequestCtx {
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<str>>,
     pub upstream_duration: Option<Duration>,
     pub bytes_in: Option<Arc<ByteCount>>,
+    /// Set by phase 5 for routes of a protected app; read by phase 8.
+    pub session: Option<SessionCtx>,
 }
 
 /// Handles one request from start to response head.
@@ -78,6 +81,7 @@ pub async fn handle(
         upstream: None,
         upstream_duration: None,
         bytes_in: None,
+        session: None,
     };
     // Created before any phase runs: if this future is dropped (client gone, HTTP/2 reset),
     // the guard's drop still releases the connection and logs the request, as 499.
@@ -192,18 +196,36 @@ async fn run_phases(
     }
     drop(rules);
 
-    // 5-6. Sessions, WAF: later issues add their phases here.
-
-    // 7. Forward.
     let Some(route) = route else {
         return error_response(StatusCode::NOT_FOUND, "no route", &ctx.request_id);
     };
-    forward(ctx, conn, &route, req).await
-    // 8. Response phases: later issues add them here.
+    let mut req = req.map(ClientBody::Streaming);
+
+    // 5. Sessions.
+    if let Some(app) = &route.app {
+        req = match crate::session::phase::on_request(shared, app, ctx, req).await {
+            Ok(req) => req,
+            Err(resp) => return resp,
+        };
+    }
+
+    // 6. WAF: a later issue adds its phase here.
+
+    // 7. Forward.
+    let mut resp = forward(ctx, conn, &route, req).await;
+
+    // 8. Response phases.
+    if let Some(sctx) = ctx.session.take() {
+        crate::session::phase::on_response(shared, rt, &sctx, ctx, &mut resp);
+    }
+    resp
 }
 
+/// Sampling kinds (see [`crate::events::sampler`]).
 const SAMPLE_IP_BLOCKED: u8 = 1;
 const SAMPLE_RATE_LIMITED: u8 = 2;
+pub(crate) const SAMPLE_SESSION_INVALID: u8 = 3;
+pub(crate) const SAMPLE_LOGIN_LOCKED: u8 = 4;
 
 /// An audit event about the request being handled.
 fn request_event<B>(
@@ -258,15 +280,21 @@ fn rate_limited<B>(
 
 /// Records a new automatic ban: event, and the store (without waiting).
 fn banned<B>(shared: &Shared, ctx: &RequestCtx, req: &Request<B>, ban: Ban) {
-    shared.events.sink.audit(
-        request_event(
-            EventType::IpBanned,
-            format!("banned {}: {}", until_text(&ban), ban.reason),
-            ctx,
-            req,
-        )
-        .detail("offenses", ban.offenses.to_string()),
+    let base = request_event(EventType::IpBanned, String::new(), ctx, req);
+    record_ban(shared, base, ban);
+}
+
+/// Emits `base` (an `ip_banned` event about the request) for a new automatic ban and
+/// stores the ban without waiting.
+pub(crate) fn record_ban(shared: &Shared, mut base: AuditEvent, ban: Ban) {
+    base.message = bounded(
+        format!("banned {}: {}", until_text(&ban), ban.reason),
+        MAX_TEXT_CHARS,
     );
+    shared
+        .events
+        .sink
+        .audit(base.detail("offenses", ban.offenses.to_string()));
     shared.events.write_detached(move |store| {
         if let Err(e) = crate::bans::save(store, &ban) {
             tracing::error!(error = %e, "storing a ban failed");

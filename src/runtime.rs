@@ -24,6 +24,7 @@ use crate::proxy::upstream::{Pool, Target};
 use crate::rate_limit::{KeySource, Policy, WindowSpec};
 use crate::routing::Router;
 use crate::server::{ConnBuilders, ListenerRuntime};
+use crate::session::{AppPolicy, SessionSettings};
 use crate::tls::{self, CertStore, NamedCert, SniResolver};
 
 /// Whether missing development certificates are acceptable (they are generated at start).
@@ -73,6 +74,17 @@ pub struct Runtime {
     pub bans: BanSettings,
     /// Rate limits for requests that match no route (the policies without a route scope).
     pub unmatched_limits: Vec<Arc<Policy>>,
+    /// `[sessions]`.
+    pub sessions: SessionSettings,
+    /// `[[apps]]`.
+    pub apps: Vec<Arc<AppPolicy>>,
+}
+
+impl Runtime {
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppPolicy> {
+        self.apps.iter().find(|a| &*a.name == name).map(|a| &**a)
+    }
 }
 
 /// The `[ip_rules]` section, validated.
@@ -512,6 +524,10 @@ impl Runtime {
             }
         }
 
+        // Protected apps (before routes, which point to them).
+        let apps = crate::session::policy::compile(cfg, &mut errs);
+        let session_settings = crate::session::compile_settings(cfg, &mut errs);
+
         // Routes.
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
@@ -558,6 +574,10 @@ impl Runtime {
                     slow_threshold: r.slow_threshold.unwrap_or(raw.performance.slow_threshold),
                     log_all: r.log_all.unwrap_or(raw.performance.log_all),
                     rate_limits: route_policies(&policies, r),
+                    app: apps
+                        .iter()
+                        .find(|(_, routes)| routes.contains(&r.name))
+                        .map(|(a, _)| a.clone()),
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(
@@ -661,6 +681,8 @@ impl Runtime {
             ip,
             bans,
             unmatched_limits,
+            sessions: session_settings,
+            apps: apps.into_iter().map(|(a, _)| a).collect(),
         })
     }
 }

@@ -85,39 +85,16 @@ pub fn resolve_token(admin: &AdminSettings) -> Result<Option<Arc<str>>, StartErr
 }
 
 fn read_or_create_token(path: &Path) -> Result<String, StartError> {
-    let err = |source| StartError::TokenFile {
+    let existed = path.exists();
+    let token = crate::secrets::read_or_create(path).map_err(|source| StartError::SecretFile {
+        what: "admin token",
         path: path.display().to_string(),
         source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+    })?;
+    if !existed {
+        tracing::warn!(path = %path.display(), "generated an admin API token");
     }
-    let mut bytes = [0u8; 32];
-    aws_lc_rs_fill(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(token.as_bytes()).map_err(err)?;
-    tracing::warn!(path = %path.display(), "generated an admin API token");
     Ok(token)
-}
-
-fn aws_lc_rs_fill(buf: &mut [u8]) {
-    use rustls::crypto::aws_lc_rs::default_provider;
-    let _ = default_provider().secure_random.fill(buf);
 }
 
 /// Serves the admin port until `stop` turns true.

@@ -34,6 +34,255 @@ pub struct RawConfig {
     pub rate_limits: Vec<RateLimitSection>,
     #[serde(default)]
     pub bans: BansSection,
+    #[serde(default)]
+    pub sessions: SessionsSection,
+    /// Protected applications: session cookie, login endpoint, brute-force defence.
+    #[serde(default)]
+    pub apps: Vec<AppSection>,
+}
+
+/// `[sessions]`: the session table itself (shared by every app).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSection {
+    /// The secret that keys session-cookie hashes, under `server.data_dir` (created when
+    /// missing, mode 0600).
+    #[serde(default = "default_session_key_file")]
+    pub key_file: PathBuf,
+    #[serde(default = "default_session_cleanup", with = "humantime_serde")]
+    pub cleanup_every: Duration,
+    /// How often last-activity times are written to the store.
+    #[serde(default = "default_session_persist", with = "humantime_serde")]
+    pub persist_every: Duration,
+    /// Ended sessions are kept in the store this long (suspicious ones until deleted by hand).
+    #[serde(default = "default_session_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Most sessions tracked at once; past it new sessions are not tracked (and counted).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            key_file: default_session_key_file(),
+            cleanup_every: default_session_cleanup(),
+            persist_every: default_session_persist(),
+            retention: default_session_retention(),
+            max_sessions: default_max_sessions(),
+        }
+    }
+}
+
+/// One `[[apps]]` entry: an application behind some routes whose sessions and logins the
+/// gateway protects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub name: String,
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub session: Option<AppSessionSection>,
+    #[serde(default)]
+    pub login: Option<LoginSection>,
+    #[serde(default)]
+    pub logout: Option<EndpointSection>,
+    #[serde(default)]
+    pub brute_force: BruteForceSection,
+}
+
+/// `[apps.session]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSessionSection {
+    /// `upstream`: the app's own cookie; `signed`: a `__Host-` cookie the gateway issues.
+    #[serde(default)]
+    pub mode: crate::session::Mode,
+    /// The cookie name (required in upstream mode; `__Host-gw_session` when signed).
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_absolute_timeout", with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+    #[serde(default = "five_usize")]
+    pub max_per_user: usize,
+    #[serde(default)]
+    pub on_limit: crate::session::OnLimit,
+    /// IP changes (and User-Agent changes, when counted) that make a session suspicious;
+    /// 0 turns the check off.
+    #[serde(default = "three")]
+    pub ip_change_threshold: u32,
+    #[serde(default = "yes")]
+    pub user_agent_change_counts: bool,
+    #[serde(default)]
+    pub revoke_suspicious: bool,
+    /// A cookie for a session the gateway never saw created: `reject` or `adopt`.
+    #[serde(default)]
+    pub unknown: crate::session::Unknown,
+    /// What an invalid session gets: `reject` (401), `redirect` (to `login_page`), `strip`.
+    #[serde(default)]
+    pub invalid: crate::session::InvalidAction,
+    #[serde(default)]
+    pub login_page: Option<String>,
+    /// Path prefixes that need a valid session.
+    #[serde(default)]
+    pub require_paths: Vec<String>,
+    /// Signed mode: signing keys, newest first (the first signs, all verify).
+    #[serde(default)]
+    pub keys: Vec<SigningKeySection>,
+    /// Signed mode: a request header that carries the session's user to the upstream
+    /// (always removed from what the client sent).
+    #[serde(default)]
+    pub user_header: Option<String>,
+}
+
+impl Default for AppSessionSection {
+    fn default() -> Self {
+        AppSessionSection {
+            mode: Default::default(),
+            cookie: None,
+            idle_timeout: default_idle_timeout(),
+            absolute_timeout: default_absolute_timeout(),
+            max_per_user: 5,
+            on_limit: Default::default(),
+            ip_change_threshold: 3,
+            user_agent_change_counts: true,
+            revoke_suspicious: false,
+            unknown: Default::default(),
+            invalid: Default::default(),
+            login_page: None,
+            require_paths: Vec::new(),
+            keys: Vec::new(),
+            user_header: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeySection {
+    pub id: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `[apps.login]`: how the gateway recognises a login and reads its outcome.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginSection {
+    #[serde(default = "default_login_method")]
+    pub method: String,
+    pub path: String,
+    /// A form field or JSON member (dotted for nested) of the login request naming the user.
+    #[serde(default)]
+    pub user_field: Option<String>,
+    /// A response header from the upstream naming the user (removed before the client).
+    #[serde(default)]
+    pub user_header: Option<String>,
+    #[serde(default = "default_success_status")]
+    pub success_status: Vec<u16>,
+    /// When set, a success must redirect to a location starting with this.
+    #[serde(default)]
+    pub success_location: Option<String>,
+    /// When set, a success must carry this response header.
+    #[serde(default)]
+    pub success_header: Option<String>,
+    /// Largest login body read for the user name (bigger: 413).
+    #[serde(default = "default_login_body")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    #[serde(default = "default_login_method")]
+    pub method: String,
+    pub path: String,
+}
+
+/// `[apps.brute_force]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BruteForceSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failed logins per user name within `window`.
+    #[serde(default = "five")]
+    pub max_failures: u32,
+    /// Failed logins per client address within `window`.
+    #[serde(default = "five")]
+    pub ip_max_failures: u32,
+    /// Distinct user names failing from one address within `window` (credential stuffing).
+    #[serde(default = "four")]
+    pub stuffing_users: u32,
+    #[serde(default = "default_login_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a user name is locked after `max_failures` (0s: not locked).
+    #[serde(default = "default_login_window", with = "humantime_serde")]
+    pub lock_for: Duration,
+    /// Ban the address through the ban list on detection.
+    #[serde(default = "yes")]
+    pub ban_ip: bool,
+}
+
+impl Default for BruteForceSection {
+    fn default() -> Self {
+        BruteForceSection {
+            enabled: true,
+            max_failures: 5,
+            ip_max_failures: 5,
+            stuffing_users: 4,
+            window: default_login_window(),
+            lock_for: default_login_window(),
+            ban_ip: true,
+        }
+    }
+}
+
+fn default_login_window() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_session_key_file() -> PathBuf {
+    PathBuf::from("session.key")
+}
+fn default_session_cleanup() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_session_persist() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_session_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+fn default_max_sessions() -> usize {
+    1_000_000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_absolute_timeout() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn five_usize() -> usize {
+    5
+}
+fn three() -> u32 {
+    3
+}
+fn four() -> u32 {
+    4
+}
+fn default_login_method() -> String {
+    "POST".into()
+}
+fn default_success_status() -> Vec<u16> {
+    vec![200, 302, 303]
+}
+fn default_login_body() -> usize {
+    64 * 1024
 }
 
 /// IP access rules: first match (by priority) wins.

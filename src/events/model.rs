@@ -32,9 +32,7 @@ impl EventId {
     pub fn new(time_micros: u64) -> EventId {
         let nonce = *NONCE.get_or_init(|| {
             let mut b = [0u8; 4];
-            let _ = rustls::crypto::aws_lc_rs::default_provider()
-                .secure_random
-                .fill(&mut b);
+            crate::secrets::fill_random(&mut b);
             u32::from_le_bytes(b)
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +177,7 @@ event_types! {
     RateLimited = "rate_limited": Medium / Medium,
     SessionTimeout = "session_timeout": Medium / Medium,
     SessionRevoked = "session_revoked": Medium / Medium,
+    SessionLimitReached = "session_limit_reached": Medium / Medium,
     WafDetected = "waf_detected": Medium / Medium,
     SessionCreated = "session_created": Low / Low,
     SessionClosed = "session_closed": Low / Low,
@@ -563,7 +562,8 @@ impl Investigation {
     }
 }
 
-mod time_field {
+/// Serde for Unix-microsecond times as RFC 3339 text.
+pub mod time_field {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -576,7 +576,8 @@ mod time_field {
     }
 }
 
-mod opt_time_field {
+/// Serde for optional Unix-microsecond times as RFC 3339 text.
+pub mod opt_time_field {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {

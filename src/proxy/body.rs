@@ -45,14 +45,23 @@ impl ByteCount {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-    fn add(&self, n: u64) {
+    pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// A request body as the phases hand it to forwarding: still streaming from the client,
+/// or already read by a phase that had to look at it (a login form).
+pub enum ClientBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
 }
 
 /// What is sent upstream.
 pub enum RequestBody {
     Empty,
+    /// Read by a phase before forwarding.
+    Buffered(Option<Bytes>),
     Limited {
         inner: Incoming,
         seen: u64,
@@ -82,6 +91,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Limited {
                 inner,
                 seen,
@@ -108,6 +118,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Buffered(b) => b.is_none(),
             RequestBody::Limited { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -115,6 +126,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Buffered(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestBody::Limited { inner, .. } => inner.size_hint(),
         }
     }

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{ByteCount, RequestBody, RequestBodyError};
+use super::body::{ByteCount, ClientBody, RequestBody, RequestBodyError};
 use super::error::error_response;
 use super::headers::{is_upgrade_request, set_forwarded, strip_hop_by_hop};
 use super::route::Route;
@@ -33,7 +33,7 @@ pub async fn forward(
     ctx: &mut RequestCtx,
     conn: &ConnInfo,
     route: &Arc<Route>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     let limit = route.max_body_bytes;
@@ -86,13 +86,20 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
 
-    let mut body = if body_is_empty(&body) {
-        drop(body);
-        Some(RequestBody::Empty)
-    } else {
-        let count = Arc::new(ByteCount::default());
-        ctx.bytes_in = Some(count.clone());
-        Some(RequestBody::limited(body, limit, count))
+    let mut body = match body {
+        ClientBody::Streaming(body) if body_is_empty(&body) => Some(RequestBody::Empty),
+        ClientBody::Streaming(body) => {
+            let count = Arc::new(ByteCount::default());
+            ctx.bytes_in = Some(count.clone());
+            Some(RequestBody::limited(body, limit, count))
+        }
+        ClientBody::Buffered(b) if b.is_empty() => Some(RequestBody::Empty),
+        ClientBody::Buffered(b) => {
+            let count = Arc::new(ByteCount::default());
+            count.add(b.len() as u64);
+            ctx.bytes_in = Some(count);
+            Some(RequestBody::Buffered(Some(b)))
+        }
     };
     // Only a request with no body can be sent again after a failed connect.
     let may_retry = pool.retries > 0

@@ -20,4 +20,6 @@ pub struct Route {
     pub log_all: bool,
     /// Rate-limit policies applied to this route, in order.
     pub rate_limits: Vec<Arc<crate::rate_limit::Policy>>,
+    /// The protected application this route belongs to (sessions, logins).
+    pub app: Option<Arc<crate::session::AppPolicy>>,
 }

@@ -1,0 +1,208 @@
+//! Reading and rewriting the cookies the session phases care about: the session cookie
+//! in a request's `Cookie` headers, and in a response's `Set-Cookie` headers.
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+/// The value of cookie `name` in the request (first occurrence), without allocating.
+pub fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    for h in headers.get_all(COOKIE) {
+        for pair in h.as_bytes().split(|&b| b == b';') {
+            let pair = trim(pair);
+            if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
+                if let Some(value) = rest.strip_prefix(b"=") {
+                    return Some(unquote(trim(value)));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a `name=value` pair (already trimmed) is cookie `name`.
+fn names(pair: &[u8], name: &str) -> bool {
+    pair.strip_prefix(name.as_bytes())
+        .is_some_and(|r| r.first() == Some(&b'='))
+}
+
+/// Removes cookie `name` from the request's `Cookie` headers (dropping a header left empty).
+pub fn strip_request_cookie(headers: &mut HeaderMap, name: &str) {
+    if request_cookie(headers, name).is_none() {
+        return;
+    }
+    let kept: Vec<Vec<u8>> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|h| {
+            let pairs: Vec<&[u8]> = h
+                .as_bytes()
+                .split(|&b| b == b';')
+                .map(trim)
+                .filter(|p| !p.is_empty() && !names(p, name))
+                .collect();
+            pairs.join(&b"; "[..])
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    headers.remove(COOKIE);
+    for v in kept {
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            headers.append(COOKIE, v);
+        }
+    }
+}
+
+/// What a response's `Set-Cookie` does to cookie `name`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetCookie<'a> {
+    /// Sets it to this value.
+    Set(&'a [u8]),
+    /// Clears it (empty value, `Max-Age` ≤ 0, or an `Expires` in the past).
+    Cleared,
+}
+
+/// The last `Set-Cookie` for `name` in a response.
+pub fn response_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<SetCookie<'a>> {
+    let mut found = None;
+    for h in headers.get_all(SET_COOKIE) {
+        let mut parts = h.as_bytes().split(|&b| b == b';');
+        let Some(first) = parts.next() else { continue };
+        let first = trim(first);
+        let Some(value) = first
+            .strip_prefix(name.as_bytes())
+            .and_then(|r| r.strip_prefix(b"="))
+        else {
+            continue;
+        };
+        let value = unquote(trim(value));
+        let mut cleared = value.is_empty();
+        for attr in parts {
+            let attr = trim(attr);
+            let lower = attr.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix(b"max-age=") {
+                let v = std::str::from_utf8(v).unwrap_or("1").trim();
+                if v.parse::<i64>().is_ok_and(|n| n <= 0) {
+                    cleared = true;
+                }
+            } else if let Some(v) = attr.get(8..).filter(|_| lower.starts_with(b"expires=")) {
+                if let Ok(t) = httpdate(v) {
+                    if t <= std::time::SystemTime::now() {
+                        cleared = true;
+                    }
+                }
+            }
+        }
+        found = Some(if cleared {
+            SetCookie::Cleared
+        } else {
+            SetCookie::Set(value)
+        });
+    }
+    found
+}
+
+/// Removes every `Set-Cookie` for `name` from a response.
+pub fn strip_response_cookie(headers: &mut HeaderMap, name: &str) {
+    if response_cookie(headers, name).is_none() {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|h| !names(trim(h.as_bytes()), name))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for v in kept {
+        headers.append(SET_COOKIE, v);
+    }
+}
+
+fn httpdate(v: &[u8]) -> Result<std::time::SystemTime, ()> {
+    let s = std::str::from_utf8(v).map_err(|_| ())?;
+    humantime::parse_rfc3339_weak(s.trim())
+        .or_else(|_| parse_imf_fixdate(s.trim()))
+        .map_err(|_| ())
+}
+
+/// `Thu, 01 Jan 1970 00:00:00 GMT` (the form cookies use).
+fn parse_imf_fixdate(s: &str) -> Result<std::time::SystemTime, ()> {
+    let mut it = s.split([' ', ',', ':', '-']).filter(|p| !p.is_empty());
+    let _weekday = it.next().ok_or(())?;
+    let day: u64 = it.next().ok_or(())?.parse().map_err(|_| ())?;
+    let month = it.next().ok_or(())?;
+    let month = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|m| month.eq_ignore_ascii_case(m))
+    .ok_or(())? as u64
+        + 1;
+    let mut year: u64 = it.next().ok_or(())?.parse().map_err(|_| ())?;
+    if year < 100 {
+        year += if year < 70 { 2000 } else { 1900 };
+    }
+    let h: u64 = it.next().ok_or(())?.parse().map_err(|_| ())?;
+    let m: u64 = it.next().ok_or(())?.parse().map_err(|_| ())?;
+    let sec: u64 = it.next().ok_or(())?.parse().map_err(|_| ())?;
+    let text = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}Z");
+    humantime::parse_rfc3339(&text).map_err(|_| ())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+fn unquote(b: &[u8]) -> &[u8] {
+    if b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' {
+        &b[1..b.len() - 1]
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_strips_and_reads_set_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; sid=abc; sidx=2"));
+        h.append(COOKIE, HeaderValue::from_static("sid=later"));
+        assert_eq!(request_cookie(&h, "sid"), Some(&b"abc"[..]));
+        assert_eq!(request_cookie(&h, "si"), None);
+        strip_request_cookie(&mut h, "sid");
+        let left: Vec<_> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(left, vec!["a=1; sidx=2"]);
+
+        let mut r = HeaderMap::new();
+        r.append(SET_COOKIE, HeaderValue::from_static("other=1; Path=/"));
+        assert_eq!(response_cookie(&r, "sid"), None);
+        r.append(
+            SET_COOKIE,
+            HeaderValue::from_static("sid=\"xyz\"; Path=/; HttpOnly"),
+        );
+        assert_eq!(response_cookie(&r, "sid"), Some(SetCookie::Set(b"xyz")));
+        for cleared in [
+            "sid=; Path=/",
+            "sid=x; Max-Age=0",
+            "sid=x; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        ] {
+            let mut r = HeaderMap::new();
+            r.append(SET_COOKIE, HeaderValue::from_static(cleared));
+            assert_eq!(
+                response_cookie(&r, "sid"),
+                Some(SetCookie::Cleared),
+                "{cleared}"
+            );
+        }
+        let mut r2 = r.clone();
+        strip_response_cookie(&mut r2, "sid");
+        assert_eq!(r2.get_all(SET_COOKIE).iter().count(), 1);
+    }
+}
