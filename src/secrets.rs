@@ -11,6 +11,18 @@ pub fn fill_random(buf: &mut [u8]) {
         .fill(buf);
 }
 
+/// `N` random bytes as lowercase hex.
+pub fn random_hex<const N: usize>() -> String {
+    use std::fmt::Write as _;
+    let mut bytes = [0u8; N];
+    fill_random(&mut bytes);
+    let mut out = String::with_capacity(2 * N);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// The trimmed content of `path`; when missing or empty, 32 random bytes as hex are
 /// written there first (created with mode 0600, its directory as needed).
 pub fn read_or_create(path: &Path) -> std::io::Result<String> {
@@ -20,9 +32,7 @@ pub fn read_or_create(path: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut bytes = [0u8; 32];
-    fill_random(&mut bytes);
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_hex::<32>();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -66,7 +66,7 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 /// Runs a store query on a blocking thread.
-async fn query<T: Send + 'static>(
+pub(super) async fn query<T: Send + 'static>(
     st: &AdminState,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -31,6 +31,7 @@ use crate::runtime::AdminSettings;
 pub mod client;
 mod events_api;
 mod security_api;
+mod sessions_api;
 
 #[derive(Clone)]
 struct AdminState {
@@ -114,6 +115,7 @@ pub async fn serve(
         .route("/status", get(status))
         .merge(events_api::routes())
         .merge(security_api::routes())
+        .merge(sessions_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(events_api::openapi));
     let app = Router::new()

@@ -187,6 +187,7 @@ event_types! {
     IpRuleCreated = "ip_rule_created": Low / Low,
     IpRuleModified = "ip_rule_modified": Low / Low,
     IpUnbanned = "ip_unbanned": Low / Low,
+    LoginUnlocked = "login_unlocked": Low / Low,
     BackupCreated = "backup_created": Low / Low,
     DataArchived = "data_archived": Low / Low,
     DataRestored = "data_restored": Low / Low,

@@ -11,28 +11,11 @@ const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
 
 /// Sessions to keep in memory at start: active ones, and those ended within a day.
 pub fn load(store: &Store, now: u64) -> Result<Vec<Session>, StoreError> {
-    let tx = store.begin_read()?;
-    let table = match tx.open_table(SESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for row in table.iter()? {
-        let (_, v) = row?;
-        match serde_json::from_slice::<Session>(v.value()) {
-            Ok(s)
-                if s.active()
-                    || s.ended
-                        .is_some_and(|e| now.saturating_sub(e) < ENDED_KEPT_MICROS) =>
-            {
-                out.push(s)
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable stored session"),
-        }
-    }
-    Ok(out)
+    scan(store, |s| {
+        s.active()
+            || s.ended
+                .is_some_and(|e| now.saturating_sub(e) < ENDED_KEPT_MICROS)
+    })
 }
 
 /// One stored session (also those no longer in memory).
@@ -46,6 +29,26 @@ pub fn get(store: &Store, id: u128) -> Result<Option<Session>, StoreError> {
     Ok(table
         .get(id)?
         .and_then(|v| serde_json::from_slice(v.value()).ok()))
+}
+
+/// Stored sessions matching `keep` (a full scan: for the admin API, not the request path).
+pub fn scan(store: &Store, keep: impl Fn(&Session) -> bool) -> Result<Vec<Session>, StoreError> {
+    let tx = store.begin_read()?;
+    let table = match tx.open_table(SESSIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (_, v) = row?;
+        match serde_json::from_slice::<Session>(v.value()) {
+            Ok(s) if keep(&s) => out.push(s),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable stored session"),
+        }
+    }
+    Ok(out)
 }
 
 /// Writes sessions in one transaction.

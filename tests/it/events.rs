@@ -626,6 +626,12 @@ async fn openapi_document_lists_every_endpoint() {
         "/ip-rules/test",
         "/bans",
         "/bans/{ip}",
+        "/sessions",
+        "/sessions/stats",
+        "/sessions/{id}",
+        "/users/{user}/sessions",
+        "/login-locks",
+        "/users/{user}/lock",
     ] {
         assert!(
             doc["paths"][format!("/api/v1{p}")].is_object(),
