@@ -9,5 +9,6 @@ mod forwarding;
 mod hardening;
 mod lifecycle;
 mod security;
+mod sessions;
 mod timeouts;
 mod upstreams;

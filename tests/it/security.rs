@@ -3,17 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::*;
-
-/// The base config with 127.0.0.1 as a trusted proxy, plus `extra`.
-fn trusted_config(up: &Upstream, extra: &str) -> String {
-    base_config(&[up.url()], extra).replace(
-        "[server]\n",
-        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-    )
-}
 
 /// A GET from `client` (through the trusted proxy header) to `path`, with extra headers.
 async fn get_as(s: &mut Sender, client: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -24,13 +16,6 @@ async fn get_as(s: &mut Sender, client: &str, path: &str, headers: &[(&str, &str
         req = req.header(*k, *v);
     }
     Reply::from(s.send(req.body(full("")).unwrap()).await.unwrap()).await
-}
-
-async fn events_of(gw: &TestGateway, kind: &str) -> Vec<Value> {
-    gw.gw().shared().events.flush().await.unwrap();
-    let r = api(gw, "GET", &format!("/api/v1/events?type={kind}"), None).await;
-    assert_eq!(r.status, 200);
-    r.json()["items"].as_array().unwrap().clone()
 }
 
 const RULES: &str = r#"

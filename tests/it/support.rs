@@ -76,6 +76,55 @@ where
     Upstream { addr, hits }
 }
 
+/// A small app with its own login, as a legacy app behind the gateway would have:
+/// `POST …/login` with form fields `user` and `password`: password `secret` answers 302 to
+/// `/home` with a new `sid` cookie, anything else 401. `POST …/logout` clears `sid`.
+/// Any other request: 200 with JSON of the `cookie` and `x-user` headers it received.
+pub async fn login_app() -> Upstream {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    upstream(|req: Request<Incoming>| async move {
+        let post = req.method() == hyper::Method::POST;
+        let path = req.uri().path().to_string();
+        let seen = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let page = serde_json::json!({
+            "path": path,
+            "cookie": seen("cookie"),
+            "x-user": seen("x-user"),
+        });
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let answer = |status: u16| Response::builder().status(status);
+        if post && path.ends_with("/login") {
+            let password = form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "password")
+                .map(|(_, v)| v.into_owned());
+            if password.as_deref() != Some("secret") {
+                return answer(401).body(full("wrong password")).unwrap();
+            }
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            return answer(302)
+                .header("location", "/home")
+                .header(
+                    "set-cookie",
+                    format!("sid=s{n}-{:08x}; Path=/; HttpOnly", std::process::id()),
+                )
+                .body(full(""))
+                .unwrap();
+        }
+        if post && path.ends_with("/logout") {
+            return answer(200)
+                .header("set-cookie", "sid=; Path=/; Max-Age=0")
+                .body(full("bye"))
+                .unwrap();
+        }
+        answer(200).body(full(page.to_string())).unwrap()
+    })
+    .await
+}
+
 /// An upstream that answers every request, after `delay`, with an empty 200 carrying
 /// `x-server: name` (to see which server a request reached).
 pub async fn named_upstream(name: &'static str, delay: Duration) -> Upstream {
@@ -406,6 +455,22 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, boo
             Err(_) => return (String::from_utf8_lossy(&out).into(), false),
         }
     }
+}
+
+/// The base config with 127.0.0.1 as a trusted proxy, plus `extra`.
+pub fn trusted_config(up: &Upstream, extra: &str) -> String {
+    base_config(&[up.url()], extra).replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+}
+
+/// The audit events of type `kind` (newest first), after flushing the event queue.
+pub async fn events_of(gw: &TestGateway, kind: &str) -> Vec<serde_json::Value> {
+    gw.gw().shared().events.flush().await.unwrap();
+    let r = api(gw, "GET", &format!("/api/v1/events?type={kind}"), None).await;
+    assert_eq!(r.status, 200);
+    r.json()["items"].as_array().unwrap().clone()
 }
 
 /// An admin API call with the test token and an optional JSON body.
