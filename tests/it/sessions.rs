@@ -658,3 +658,43 @@ stuffing_users = 3
     assert_eq!(events_of(&gw, "ip_banned").await.len(), 2);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_config_protects_the_demo_apps_sessions_and_logins() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let text = std::fs::read_to_string(&shipped)
+        .unwrap()
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let gw = TestGateway::start(&text).await;
+    let mut b = Browser::tls(&gw, "ignored: no trusted proxy").await;
+
+    let r = b.get("/account").await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.headers["location"], "/login");
+    assert!(b.get("/login").await.text().contains("<form"));
+    let r = b
+        .request("POST", "/login", "username=alice&password=demo")
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(b.jar.contains_key("demo_session"));
+    let r = b.get("/account").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["upstream"], "builtin:echo");
+
+    let mut attacker = Browser::tls(&gw, "ignored").await;
+    for _ in 0..5 {
+        let r = attacker
+            .request("POST", "/login", "username=alice&password=guess")
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = attacker
+        .request("POST", "/login", "username=alice&password=demo")
+        .await;
+    assert_eq!(r.status, 429, "the user name is locked");
+    // The signed-in session is not affected by the lock.
+    assert_eq!(b.get("/account").await.status, 200);
+    gw.shutdown().await;
+}
