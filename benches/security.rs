@@ -111,6 +111,128 @@ fn bench(c: &mut Criterion) {
 }
 
 /// For comparison: governor's own DashMap-backed keyed limiter, one window.
+/// Phase 5's per-request work for a session cookie, with 100,000 active sessions: find
+/// the cookie among others, derive the session id (keyed hash, or signature check in
+/// signed mode), validate (lookup, timeouts, address and User-Agent comparison,
+/// last-activity update). Each iteration presents a random one of the 100,000 sessions (so
+/// its record is cold, as with real traffic) in a `Cookie` header built just before, in
+/// batches of 16 outside the timing (hot, as hyper has just parsed it).
+/// `BENCH_SESSIONS=1000` measures the same with every record in cache.
+fn sessions(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use gateway::session::table::Session;
+    use gateway::session::{cookies, Sessions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[listeners]]
+name = "http"
+bind = "127.0.0.1:0"
+[[upstreams]]
+name = "app"
+servers = ["builtin:echo"]
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+[[routes]]
+name = "other"
+path_prefix = "/other/"
+upstream = "app"
+[[apps]]
+name = "shop"
+routes = ["app"]
+login = { path = "/login", user_field = "user" }
+[apps.session]
+cookie = "sid"
+[[apps]]
+name = "signed"
+routes = ["other"]
+login = { path = "/other/login", user_field = "user" }
+[apps.session]
+mode = "signed"
+keys = [{ id = "k1", secret = "bench-signing-key-of-32-bytes-at-least" }]
+"#,
+    )
+    .unwrap();
+    let rt = gateway::compile_config(&path).unwrap();
+    let ip: IpAddr = "198.51.100.7".parse().unwrap();
+    let ua = b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let n: usize = std::env::var("BENCH_SESSIONS").map_or(100_000, |v| v.parse().unwrap());
+    let mut rng = Lcg(7);
+    let header = |name: &str, value: &str| {
+        let mut h = HeaderMap::new();
+        let v = format!("theme=dark; {name}={value}; lang=en-GB");
+        h.insert("cookie", v.parse().unwrap());
+        h
+    };
+
+    // The application's own cookie.
+    let app = rt.app("shop").unwrap();
+    let sessions = Sessions::new(b"bench-session-key-of-32-bytes-at-least");
+    let now = sessions.clock.now();
+    let values: Vec<String> = (0..n)
+        .map(|_| {
+            let w = [rng.next(), rng.next(), rng.next(), rng.next()];
+            format!("{:08x}{:08x}{:08x}{:08x}", w[0], w[1], w[2], w[3])
+        })
+        .collect();
+    for (i, v) in values.iter().enumerate() {
+        let id = sessions.id_for(app, v.as_bytes());
+        let s = Session::new(id, app, Some(format!("user{i}").into()), ip, ua, now);
+        sessions.table.register(app, s, usize::MAX);
+    }
+    assert_eq!(sessions.table.len(), n);
+    c.bench_function(
+        &format!("session check, app cookie ({n} active sessions)"),
+        |b| {
+            b.iter_batched_ref(
+                || header("sid", &values[rng.next() as usize % n]),
+                |h| {
+                    let value = cookies::request_cookie(h, "sid").unwrap();
+                    let id = sessions.id_for(app, value);
+                    black_box(sessions.table.validate(app, id, ip, ua, now))
+                },
+                BatchSize::NumIterations(16),
+            )
+        },
+    );
+
+    // Gateway-issued signed cookies: signature first, then the revocation check.
+    let signed = rt.app("signed").unwrap();
+    let issued = Sessions::new(b"unused");
+    let cookies_signed: Vec<String> = (0..n)
+        .map(|i| {
+            let id = Sessions::new_id();
+            let s = Session::new(id, signed, Some(format!("user{i}").into()), ip, ua, now);
+            issued.table.register(signed, s, usize::MAX);
+            signed.keys.sign(id).unwrap()
+        })
+        .collect();
+    c.bench_function(
+        &format!("session check, signed cookie ({n} active sessions)"),
+        |b| {
+            b.iter_batched_ref(
+                || {
+                    header(
+                        "__Host-gw_session",
+                        &cookies_signed[rng.next() as usize % n],
+                    )
+                },
+                |h| {
+                    let value = cookies::request_cookie(h, "__Host-gw_session").unwrap();
+                    let id = signed.keys.verify(value).unwrap();
+                    black_box(issued.table.validate(signed, id, ip, ua, now))
+                },
+                BatchSize::NumIterations(16),
+            )
+        },
+    );
+}
+
 fn reference(c: &mut Criterion) {
     use governor::{Quota, RateLimiter};
     use std::num::NonZeroU32;
@@ -125,5 +247,5 @@ fn reference(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, reference);
+criterion_group!(benches, bench, sessions, reference);
 criterion_main!(benches);

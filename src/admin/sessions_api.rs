@@ -184,7 +184,7 @@ async fn revoke_user(State(st): State<AdminState>, Path(user): Path<String>) -> 
 async fn list_locks(State(st): State<AdminState>) -> Response {
     let now = st.shared.sessions.clock.now();
     let mut locks = st.shared.sessions.brute_force.locks(now);
-    locks.sort_by(|a, b| a.2.cmp(&b.2));
+    locks.sort_by_key(|l| l.2);
     let items: Vec<_> = locks
         .iter()
         .map(

@@ -4,12 +4,16 @@
 //! The gateway learns sessions from the application's own cookie (or issues a signed
 //! `__Host-` cookie itself, [`signed`]) and its login endpoint ([`login`]), validates them on
 //! every request ([`table`]) and lets the operator see and end them (admin API). Session
-//! ids are a keyed hash (HMAC-SHA256, first 128 bits, key in `[sessions] key_file`) of the
-//! app name and cookie value: the raw cookie is never kept, logged or stored.
+//! ids are a keyed hash (SipHash-1-3 with 128-bit output, as Rust's own `HashMap` uses, a PRF keyed by 128 bits derived
+//! from `[sessions] key_file`) of the app name and cookie value: the raw cookie is never
+//! kept, logged or stored, and without the key a stored id reveals nothing about it.
+//! SipHash rather than HMAC-SHA256 because it costs ~25 ns here against ~195 ns (two
+//! SHA-256 blocks) and the id is never shown to the client, so nothing is gained by a MAC.
 //!
 //! Cost on the request path for a request carrying a session cookie: finding the cookie
-//! (a scan of the `Cookie` header), one HMAC over it, one sharded-map lookup and a few
-//! field updates under that shard's lock; no allocation and no I/O. Last-activity times
+//! (a scan of the `Cookie` header), one SipHash over it, one sharded-map lookup and a few
+//! field updates under that shard's lock; no allocation and no I/O. Measured with 100,000
+//! active sessions: see `benches/security.rs`. Last-activity times
 //! reach the store in batches every `persist_every`; new, ended and suspicious sessions at
 //! once. Failed logins are counted in [`brute_force`].
 //!
@@ -28,8 +32,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 pub use policy::{AppPolicy, InvalidAction, Mode, OnLimit, Unknown};
 pub use table::{Session, SessionTable, State};
@@ -69,7 +73,8 @@ pub struct Sessions {
     pub table: SessionTable,
     pub brute_force: brute_force::BruteForce,
     pub clock: Clock,
-    cookie_key: Hmac<Sha256>,
+    /// SipHash keys for session ids.
+    cookie_key: (u64, u64),
 }
 
 impl Sessions {
@@ -79,20 +84,25 @@ impl Sessions {
             table: SessionTable::default(),
             brute_force: Default::default(),
             clock: Clock::default(),
-            cookie_key: Hmac::new_from_slice(secret).expect("HMAC takes any key length"),
+            cookie_key: {
+                let d = Sha256::new_with_prefix(b"gateway session id key\0")
+                    .chain_update(secret)
+                    .finalize();
+                let half =
+                    |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap_or_default());
+                (half(0), half(8))
+            },
         }
     }
 
     /// The session id for an application's cookie value.
     pub fn id_for(&self, app: &AppPolicy, cookie: &[u8]) -> u128 {
-        let mut m = self.cookie_key.clone();
-        m.update(app.name.as_bytes());
-        m.update(&[0]);
-        m.update(cookie);
-        let out = m.finalize().into_bytes();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&out[..16]);
-        u128::from_be_bytes(b)
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.cookie_key.0, self.cookie_key.1);
+        h.write(app.name.as_bytes());
+        h.write_u8(0);
+        h.write(cookie);
+        h.finish128().as_u128()
     }
 
     /// A fresh random session id (signed mode).

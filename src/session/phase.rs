@@ -37,6 +37,7 @@ pub struct SessionCtx {
     pub app: Arc<AppPolicy>,
     /// The valid session the request carried.
     pub session: Option<u128>,
+    /// The session's user, when the app forwards it in a header.
     pub user: Option<Arc<str>>,
     /// This request is a login, with the user name it names (when readable).
     pub login: Option<Option<String>>,
@@ -396,7 +397,8 @@ pub fn on_response(
                     // The same cookie set again.
                 } else {
                     // A rotated cookie keeps the user of the session it replaces.
-                    let user = login_user.or_else(|| sctx.user.clone());
+                    let user = login_user
+                        .or_else(|| sctx.session.and_then(|old| sessions.table.user_of(old)));
                     let who = named(&user);
                     let s = Session::new(id, app, user, ctx.client_ip, ua, now);
                     let reg = sessions.table.register(app, s, max);
@@ -429,7 +431,7 @@ pub fn on_response(
             None => {
                 // A login that kept the session the client already had: it now has a user.
                 if let (Some(id), Some(user)) = (sctx.session, login_user) {
-                    if sctx.user.is_none() {
+                    if sessions.table.user_of(id).is_none() {
                         let who = Some(user.to_string());
                         let s = Session::new(id, app, Some(user), ctx.client_ip, ua, now);
                         let reg = sessions.table.register(app, s, max);
@@ -592,7 +594,7 @@ fn login_failed(
         .detail("user_failures", f.user_failures.to_string())
         .detail("ip_failures", f.ip_failures.to_string());
     e.user = user.map(str::to_string);
-    if f.user_failures >= 3 || f.ip_failures >= 3 {
+    if f.user_failures >= 5 || f.ip_failures >= 5 {
         e = e.escalated();
     }
     shared.events.sink.audit(e);

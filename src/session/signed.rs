@@ -7,6 +7,8 @@
 //! check; tampered values and retired keys fail. Cost: one HMAC (two SHA-256 blocks with
 //! the key's inner and outer states precomputed) and a constant-time comparison.
 
+use std::fmt::Write as _;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -103,7 +105,7 @@ impl SigningKeys {
         let mut value = format!("{kid}.{id:032x}.");
         let mac = mac(key, value.as_bytes()[..value.len() - 1].as_ref());
         for b in mac {
-            value.push_str(&format!("{b:02x}"));
+            let _ = write!(value, "{b:02x}");
         }
         Some(value)
     }
@@ -122,17 +124,8 @@ impl SigningKeys {
         if id_hex.len() != 32 || sig.len() != 32 {
             return Err(SignedError::Malformed);
         }
-        let id = std::str::from_utf8(id_hex)
-            .ok()
-            .and_then(|s| u128::from_str_radix(s, 16).ok())
-            .ok_or(SignedError::Malformed)?;
-        let mut given = [0u8; 16];
-        for (i, pair) in sig.chunks(2).enumerate() {
-            given[i] = std::str::from_utf8(pair)
-                .ok()
-                .and_then(|s| u8::from_str_radix(s, 16).ok())
-                .ok_or(SignedError::Malformed)?;
-        }
+        let id = u128::from_be_bytes(hex16(id_hex).ok_or(SignedError::Malformed)?);
+        let given = hex16(sig).ok_or(SignedError::Malformed)?;
         let key = self
             .keys
             .iter()
@@ -146,6 +139,23 @@ impl SigningKeys {
             Err(SignedError::BadSignature)
         }
     }
+}
+
+/// 32 lowercase or uppercase hex digits as 16 bytes.
+fn hex16(hex: &[u8]) -> Option<[u8; 16]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 fn key(secret: &[u8]) -> HmacSha256 {

@@ -35,28 +35,38 @@ pub enum State {
 
 /// One session, as kept and stored. The id is the keyed hash of the cookie value (or the
 /// random id of a signed cookie); the cookie itself is never kept.
+///
+/// `repr(C)` with the fields a request reads first: with 100,000 sessions the record is
+/// usually not in cache, and keeping what [`SessionTable::validate`] touches within the
+/// first 48 bytes (64 with the map's key) saves a memory access per request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Session {
-    #[serde(with = "hex_id")]
-    pub id: u128,
-    pub app: Arc<str>,
-    #[serde(default)]
-    pub user: Option<Arc<str>>,
     #[serde(with = "time_field")]
     pub created: u64,
     #[serde(with = "time_field")]
     pub last_activity: u64,
+    /// Hash of `user_agent` as received, compared on each request instead of the text;
+    /// recomputed from the text when loaded.
+    #[serde(skip)]
+    pub user_agent_hash: u64,
+    #[serde(default)]
+    pub ip_changes: u16,
+    #[serde(default)]
+    pub user_agent_changes: u16,
     pub client_ip: IpAddr,
+    pub state: State,
+    #[serde(default)]
+    pub suspicious: bool,
+    /// Changed since last written to the store.
+    #[serde(skip)]
+    pub dirty: bool,
+    pub app: Arc<str>,
+    #[serde(default)]
+    pub user: Option<Arc<str>>,
     pub first_ip: IpAddr,
     #[serde(default)]
     pub user_agent: String,
-    #[serde(default)]
-    pub ip_changes: u32,
-    #[serde(default)]
-    pub user_agent_changes: u32,
-    #[serde(default)]
-    pub suspicious: bool,
-    pub state: State,
     #[serde(
         default,
         with = "opt_time_field",
@@ -65,9 +75,9 @@ pub struct Session {
     pub ended: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
-    /// Changed since last written to the store.
-    #[serde(skip)]
-    pub dirty: bool,
+    /// Also the map's key: kept out of the first cache line.
+    #[serde(with = "hex_id")]
+    pub id: u128,
 }
 
 impl Session {
@@ -88,6 +98,7 @@ impl Session {
             client_ip: ip,
             first_ip: ip,
             user_agent: user_agent(ua),
+            user_agent_hash: user_agent_hash(ua),
             ip_changes: 0,
             user_agent_changes: 0,
             suspicious: false,
@@ -110,9 +121,18 @@ impl Session {
     }
 }
 
+/// The User-Agent as kept: its first [`MAX_USER_AGENT`] bytes, as text.
 pub fn user_agent(ua: &[u8]) -> String {
     let cut = &ua[..ua.len().min(MAX_USER_AGENT)];
     String::from_utf8_lossy(cut).into_owned()
+}
+
+/// The hash a session's User-Agent is compared by (of the bytes [`user_agent`] keeps; a
+/// fixed seed, so equal after a restart for any UTF-8 User-Agent).
+pub fn user_agent_hash(ua: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    const SEED: u64 = 0x5e55_10a6_e47a_9e17;
+    foldhash::fast::FixedState::with_seed(SEED).hash_one(&ua[..ua.len().min(MAX_USER_AGENT)])
 }
 
 /// Why a presented session is not valid.
@@ -157,6 +177,7 @@ impl Invalid {
 #[derive(Debug)]
 pub enum Checked {
     Valid {
+        /// The session's user, only when the app forwards it in a header.
         user: Option<Arc<str>>,
         /// It crossed the change threshold on this request (a snapshot for the event).
         became_suspicious: Option<Box<Session>>,
@@ -237,14 +258,15 @@ impl SessionTable {
         let mut changed = false;
         if s.client_ip != ip {
             s.client_ip = ip;
-            s.ip_changes += 1;
+            s.ip_changes = s.ip_changes.saturating_add(1);
             changed = true;
         }
         if app.user_agent_counts {
-            let cut = &ua[..ua.len().min(MAX_USER_AGENT)];
-            if s.user_agent.as_bytes() != cut {
+            let hash = user_agent_hash(ua);
+            if s.user_agent_hash != hash {
                 s.user_agent = user_agent(ua);
-                s.user_agent_changes += 1;
+                s.user_agent_hash = hash;
+                s.user_agent_changes = s.user_agent_changes.saturating_add(1);
                 changed = true;
             }
         }
@@ -252,7 +274,7 @@ impl SessionTable {
         if changed
             && app.change_threshold > 0
             && !s.suspicious
-            && s.ip_changes + s.user_agent_changes >= app.change_threshold
+            && u32::from(s.ip_changes) + u32::from(s.user_agent_changes) >= app.change_threshold
         {
             s.suspicious = true;
             if app.revoke_suspicious {
@@ -270,7 +292,8 @@ impl SessionTable {
         s.last_activity = now;
         s.dirty = true;
         Checked::Valid {
-            user: s.user.clone(),
+            // Only when the app forwards it: cloning the `Arc` touches another cache line.
+            user: app.user_header.as_ref().and(s.user.clone()),
             became_suspicious,
         }
     }
@@ -358,6 +381,11 @@ impl SessionTable {
         Some(snapshot)
     }
 
+    /// The user of a session, if it has one.
+    pub fn user_of(&self, id: u128) -> Option<Arc<str>> {
+        self.map.get(&id).and_then(|s| s.user.clone())
+    }
+
     /// Active session ids of `user` in any app.
     pub fn of_user(&self, user: &str) -> Vec<u128> {
         let index = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,6 +435,7 @@ impl SessionTable {
         let mut index = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
         for mut s in sessions {
             s.dirty = false;
+            s.user_agent_hash = user_agent_hash(s.user_agent.as_bytes());
             if s.active() {
                 if let Some(u) = &s.user {
                     index
