@@ -116,10 +116,8 @@ impl Bans {
     pub fn load(store: &Store) -> Result<Bans, StoreError> {
         let bans = Bans::default();
         let tx = store.begin_read()?;
-        let table = match tx.open_table(BANS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(bans),
-            Err(e) => return Err(e.into()),
+        let Some(table) = crate::events::store::open_if_exists(&tx, BANS)? else {
+            return Ok(bans);
         };
         let now = now_micros();
         for row in table.iter()? {

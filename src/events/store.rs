@@ -92,6 +92,19 @@ impl StoreError {
     }
 }
 
+/// Opens `def` in a read transaction; `None` when nothing was ever written to it (a
+/// table only exists after its first write).
+pub fn open_if_exists<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// An IP address as an index key (IPv4 as IPv4-mapped IPv6).
 pub(crate) fn ip_key(ip: IpAddr) -> u128 {
     let v6: Ipv6Addr = match ip {

@@ -12,10 +12,8 @@ const IP_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("ip_rules");
 /// Every API rule, in creation order.
 pub fn load_dynamic(store: &Store) -> Result<Vec<RuleSpec>, StoreError> {
     let tx = store.begin_read()?;
-    let table = match tx.open_table(IP_RULES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = crate::events::store::open_if_exists(&tx, IP_RULES)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in table.iter()? {

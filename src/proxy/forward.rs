@@ -37,7 +37,12 @@ pub async fn forward(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     let limit = route.max_body_bytes;
-    if let Some(len) = content_length(&parts) {
+    let declared = match &body {
+        // Read by a phase (a login form) under its own limit: the route's still applies.
+        ClientBody::Buffered(b) => Some(b.len() as u64),
+        ClientBody::Streaming(_) => content_length(&parts),
+    };
+    if let Some(len) = declared {
         if len > limit {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,

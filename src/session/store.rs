@@ -5,7 +5,7 @@
 use redb::{ReadableTable, TableDefinition};
 
 use super::table::{Session, ENDED_KEPT_MICROS};
-use crate::events::store::{Store, StoreError};
+use crate::events::store::{open_if_exists, Store, StoreError};
 
 const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
 
@@ -21,10 +21,8 @@ pub fn load(store: &Store, now: u64) -> Result<Vec<Session>, StoreError> {
 /// One stored session (also those no longer in memory).
 pub fn get(store: &Store, id: u128) -> Result<Option<Session>, StoreError> {
     let tx = store.begin_read()?;
-    let table = match tx.open_table(SESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_exists(&tx, SESSIONS)? else {
+        return Ok(None);
     };
     Ok(table
         .get(id)?
@@ -34,10 +32,8 @@ pub fn get(store: &Store, id: u128) -> Result<Option<Session>, StoreError> {
 /// Stored sessions matching `keep` (a full scan: for the admin API, not the request path).
 pub fn scan(store: &Store, keep: impl Fn(&Session) -> bool) -> Result<Vec<Session>, StoreError> {
     let tx = store.begin_read()?;
-    let table = match tx.open_table(SESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_exists(&tx, SESSIONS)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in table.iter()? {
