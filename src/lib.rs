@@ -23,5 +23,6 @@ pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod waf;
 
 pub use app::{check_config, compile_config, Gateway, StartError};

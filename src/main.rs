@@ -44,6 +44,22 @@ enum Command {
         #[command(subcommand)]
         action: BackupAction,
     },
+    /// The web application firewall's tools.
+    Waf {
+        #[command(subcommand)]
+        action: WafAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WafAction {
+    /// Run raw HTTP/1.1 requests (files, or one from stdin) through the config's WAF and
+    /// print one JSON line per request. Exit 0 when every request could be judged.
+    Test {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,7 +116,49 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Archive { action } => archive(action),
         Command::Backup { action } => backup(action),
+        Command::Waf {
+            action: WafAction::Test { config, files },
+        } => waf_test(&config, &files),
     }
+}
+
+fn waf_test(config: &std::path::Path, files: &[PathBuf]) -> ExitCode {
+    use gateway::waf::tester;
+    let rt = match settings(config) {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    let Some(waf) = rt.waf.clone() else {
+        eprintln!(
+            "error: {} configures no WAF rules (waf.rules)",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let mut inputs: Vec<(String, std::io::Result<Vec<u8>>)> = Vec::new();
+    if files.is_empty() {
+        let mut buf = Vec::new();
+        let r = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf);
+        inputs.push(("-".to_string(), r));
+    } else {
+        for f in files {
+            inputs.push((f.display().to_string(), std::fs::read(f)));
+        }
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (name, bytes) in inputs {
+        let parsed = bytes
+            .map_err(|e| e.to_string())
+            .and_then(|b| tester::parse_raw(&b));
+        match parsed {
+            Ok(raw) => println!("{}", tester::judge(&rt, &waf, &name, &raw)),
+            Err(e) => {
+                println!("{}", serde_json::json!({ "file": name, "error": e }));
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
 }
 
 /// The config's compiled settings, or exit code 2 with its errors.

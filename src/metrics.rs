@@ -42,6 +42,10 @@ pub struct Metrics {
     pub sessions_untracked: IntCounter,
     pub session_rejections: IntCounterVec,
     pub logins: IntCounterVec,
+    /// WAF inspections by result: `blocked`, `detected`, `clean`, `passed`, `too_large`.
+    pub waf_inspections: IntCounterVec,
+    /// WAF rule matches by rule id (rules that matched at least once).
+    pub waf_rule_matches: IntCounterVec,
     pub brute_force_detections: IntCounterVec,
     pub login_locks_active: IntGauge,
     /// Rate-limit buckets, kept across reloads.
@@ -237,6 +241,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric");
+        let waf_inspections = IntCounterVec::new(
+            Opts::new(
+                "gateway_waf_inspections_total",
+                "Requests the WAF inspected, by result (blocked, detected, clean, passed, too_large).",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let waf_rule_matches = IntCounterVec::new(
+            Opts::new(
+                "gateway_waf_rule_matches_total",
+                "WAF rule matches by rule id.",
+            ),
+            &["rule"],
+        )
+        .expect("metric");
         let brute_force_detections = IntCounterVec::new(
             Opts::new(
                 "gateway_brute_force_detections_total",
@@ -278,6 +298,8 @@ impl Metrics {
             Box::new(sessions_untracked.clone()),
             Box::new(session_rejections.clone()),
             Box::new(logins.clone()),
+            Box::new(waf_inspections.clone()),
+            Box::new(waf_rule_matches.clone()),
             Box::new(brute_force_detections.clone()),
             Box::new(login_locks_active.clone()),
         ] {
@@ -313,6 +335,8 @@ impl Metrics {
             sessions_untracked,
             session_rejections,
             logins,
+            waf_inspections,
+            waf_rule_matches,
             brute_force_detections,
             login_locks_active,
             rate_limiters: crate::rate_limit::Registry::default(),

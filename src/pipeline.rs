@@ -6,7 +6,7 @@
 //! 3. bans, then IP rules (403);
 //! 4. rate limits (429; each rejection counts towards a ban);
 //! 5. session checks (login lock 429, invalid session 401 / redirect / strip);
-//! 6. WAF;                 (not built yet)
+//! 6. WAF (body read when a rule needs it; 403 at the anomaly threshold, or report only);
 //! 7. route and forward upstream;
 //! 8. response phases: login outcome, sessions the application created, rotated or ended;
 //! 9. metrics, latency trend, performance event and the access log, reached exactly once on
@@ -209,7 +209,17 @@ async fn run_phases(
         };
     }
 
-    // 6. WAF: a later issue adds its phase here.
+    // 6. WAF.
+    if let Some(waf) = rt
+        .waf
+        .as_ref()
+        .filter(|_| route.waf.mode != crate::waf::Mode::Off)
+    {
+        req = match crate::waf::phase::on_request(shared, rt, waf, &route, ctx, req).await {
+            Ok(req) => req,
+            Err(resp) => return resp,
+        };
+    }
 
     // 7. Forward.
     let mut resp = forward(ctx, conn, &route, req).await;
@@ -226,9 +236,10 @@ const SAMPLE_IP_BLOCKED: u8 = 1;
 const SAMPLE_RATE_LIMITED: u8 = 2;
 pub(crate) const SAMPLE_SESSION_INVALID: u8 = 3;
 pub(crate) const SAMPLE_LOGIN_LOCKED: u8 = 4;
+pub(crate) const SAMPLE_WAF: u8 = 5;
 
 /// An audit event about the request being handled.
-fn request_event<B>(
+pub(crate) fn request_event<B>(
     kind: EventType,
     message: String,
     ctx: &RequestCtx,

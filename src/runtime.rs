@@ -78,6 +78,8 @@ pub struct Runtime {
     pub sessions: SessionSettings,
     /// `[[apps]]`.
     pub apps: Vec<Arc<AppPolicy>>,
+    /// The compiled WAF (`None`: no rule files configured).
+    pub waf: Option<Arc<crate::waf::Waf>>,
 }
 
 impl Runtime {
@@ -524,6 +526,9 @@ impl Runtime {
             }
         }
 
+        // The WAF (rule files are read and compiled here, once per load).
+        let waf = crate::waf::config::compile(cfg, &mut errs);
+
         // Protected apps (before routes, which point to them).
         let apps = crate::session::policy::compile(cfg, &mut errs);
         let session_settings = crate::session::compile_settings(cfg, &mut errs);
@@ -578,6 +583,7 @@ impl Runtime {
                         .iter()
                         .find(|(_, routes)| routes.contains(&r.name))
                         .map(|(a, _)| a.clone()),
+                    waf: crate::waf::config::route_policy(cfg, i),
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(
@@ -683,6 +689,7 @@ impl Runtime {
             unmatched_limits,
             sessions: session_settings,
             apps: apps.into_iter().map(|(a, _)| a).collect(),
+            waf,
         })
     }
 }

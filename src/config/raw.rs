@@ -39,6 +39,83 @@ pub struct RawConfig {
     /// Protected applications: session cookie, login endpoint, brute-force defence.
     #[serde(default)]
     pub apps: Vec<AppSection>,
+    /// The web application firewall.
+    #[serde(default)]
+    pub waf: WafSection,
+}
+
+/// `[waf]`: rule files, scoring, body inspection and argument limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafSection {
+    /// Rule files or `dir/*.toml`; empty: no WAF.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// `off`, `detect` or `block`; routes may override with `waf = "..."`.
+    #[serde(default)]
+    pub mode: crate::waf::Mode,
+    #[serde(default = "default_paranoia")]
+    pub paranoia_level: u8,
+    #[serde(default = "default_inbound_threshold")]
+    pub inbound_threshold: u32,
+    /// Bytes of a request body inspected.
+    #[serde(default = "default_waf_body_limit")]
+    pub body_limit: u64,
+    #[serde(default)]
+    pub over_limit: crate::waf::OverLimit,
+    #[serde(default = "default_waf_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    #[serde(default = "default_max_args")]
+    pub max_args: usize,
+    #[serde(default = "default_max_arg_bytes")]
+    pub max_arg_bytes: usize,
+    #[serde(default = "default_max_total_arg_bytes")]
+    pub max_total_arg_bytes: usize,
+    #[serde(default)]
+    pub exclusions: Vec<WafExclusionSection>,
+}
+
+impl Default for WafSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// `[[waf.exclusions]]`: rules (or one target of them) switched off on some paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafExclusionSection {
+    pub rules: Vec<u32>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Route names; empty: every route.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// e.g. `body_args:comment`; absent: the whole rule.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+fn default_paranoia() -> u8 {
+    1
+}
+fn default_threshold() -> u32 {
+    5
+}
+fn default_waf_body_limit() -> u64 {
+    128 * 1024
+}
+fn default_waf_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_args() -> usize {
+    1000
+}
+fn default_max_arg_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_total_arg_bytes() -> usize {
+    1024 * 1024
 }
 
 /// `[sessions]`: the session table itself (shared by every app).
@@ -756,6 +833,9 @@ pub struct RouteSection {
     /// (`[]`: none).
     #[serde(default)]
     pub rate_limits: Option<Vec<String>>,
+    /// The WAF mode on this route (`off`, `detect`, `block`); default `waf.mode`.
+    #[serde(default)]
+    pub waf: Option<crate::waf::Mode>,
 }
 
 fn default_rate_key() -> String {
@@ -890,7 +970,7 @@ fn default_health_interval() -> Duration {
 fn default_health_timeout() -> Duration {
     Duration::from_secs(2)
 }
-fn default_threshold() -> u32 {
+fn default_inbound_threshold() -> u32 {
     2
 }
 fn default_path_prefix() -> String {

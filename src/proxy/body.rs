@@ -55,6 +55,8 @@ impl ByteCount {
 pub enum ClientBody {
     Streaming(Incoming),
     Buffered(Bytes),
+    /// A beginning already read (the WAF inspected it), the rest still streaming.
+    Partial(Bytes, Incoming),
 }
 
 /// What is sent upstream.
@@ -63,6 +65,8 @@ pub enum RequestBody {
     /// Read by a phase before forwarding.
     Buffered(Option<Bytes>),
     Limited {
+        /// Sent before anything from `inner` (a beginning a phase already read).
+        head: Option<Bytes>,
         inner: Incoming,
         seen: u64,
         limit: u64,
@@ -72,7 +76,18 @@ pub enum RequestBody {
 
 impl RequestBody {
     pub fn limited(inner: Incoming, limit: u64, count: Arc<ByteCount>) -> RequestBody {
+        RequestBody::limited_after(None, inner, limit, count)
+    }
+
+    /// `head`, then `inner`; both count towards `limit`.
+    pub fn limited_after(
+        head: Option<Bytes>,
+        inner: Incoming,
+        limit: u64,
+        count: Arc<ByteCount>,
+    ) -> RequestBody {
         RequestBody::Limited {
+            head,
             inner,
             seen: 0,
             limit,
@@ -93,25 +108,35 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Limited {
+                head,
                 inner,
                 seen,
                 limit,
                 count,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        *seen += data.len() as u64;
-                        count.add(data.len() as u64);
-                        if *seen > *limit {
-                            return Poll::Ready(Some(Err(BodyTooLarge { limit: *limit }.into())));
-                        }
-                    }
-                    Poll::Ready(Some(Ok(frame)))
+            } => {
+                if let Some(h) = head.take() {
+                    *seen += h.len() as u64;
+                    count.add(h.len() as u64);
+                    return Poll::Ready(Some(Ok(Frame::data(h))));
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            *seen += data.len() as u64;
+                            count.add(data.len() as u64);
+                            if *seen > *limit {
+                                return Poll::Ready(Some(Err(
+                                    BodyTooLarge { limit: *limit }.into()
+                                )));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -119,7 +144,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Buffered(b) => b.is_none(),
-            RequestBody::Limited { inner, .. } => inner.is_end_stream(),
+            RequestBody::Limited { head, inner, .. } => head.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -129,7 +154,16 @@ impl Body for RequestBody {
             RequestBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
-            RequestBody::Limited { inner, .. } => inner.size_hint(),
+            RequestBody::Limited { head, inner, .. } => {
+                let extra = head.as_ref().map_or(0, |h| h.len() as u64);
+                let inner = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(u) = inner.upper() {
+                    hint.set_upper(u + extra);
+                }
+                hint
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ pub async fn forward(
     let declared = match &body {
         // Read by a phase (a login form) under its own limit: the route's still applies.
         ClientBody::Buffered(b) => Some(b.len() as u64),
-        ClientBody::Streaming(_) => content_length(&parts),
+        ClientBody::Streaming(_) | ClientBody::Partial(..) => content_length(&parts),
     };
     if let Some(len) = declared {
         if len > limit {
@@ -97,6 +97,11 @@ pub async fn forward(
             let count = Arc::new(ByteCount::default());
             ctx.bytes_in = Some(count.clone());
             Some(RequestBody::limited(body, limit, count))
+        }
+        ClientBody::Partial(head, rest) => {
+            let count = Arc::new(ByteCount::default());
+            ctx.bytes_in = Some(count.clone());
+            Some(RequestBody::limited_after(Some(head), rest, limit, count))
         }
         ClientBody::Buffered(b) if b.is_empty() => Some(RequestBody::Empty),
         ClientBody::Buffered(b) => {

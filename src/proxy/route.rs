@@ -22,4 +22,6 @@ pub struct Route {
     pub rate_limits: Vec<Arc<crate::rate_limit::Policy>>,
     /// The protected application this route belongs to (sessions, logins).
     pub app: Option<Arc<crate::session::AppPolicy>>,
+    /// WAF mode and exclusions on this route.
+    pub waf: crate::waf::RoutePolicy,
 }

@@ -717,6 +717,13 @@ async fn read_body(body: ClientBody, max: usize) -> Result<Bytes, (StatusCode, &
     let body = match body {
         ClientBody::Buffered(b) => return Ok(b),
         ClientBody::Streaming(b) => b,
+        // Only the WAF makes a partial body, and it runs after this phase.
+        ClientBody::Partial(..) => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "login request body too large",
+            ))
+        }
     };
     let limited = http_body_util::Limited::new(body, max);
     match tokio::time::timeout(LOGIN_BODY_TIMEOUT, limited.collect()).await {

@@ -12,3 +12,4 @@ mod security;
 mod sessions;
 mod timeouts;
 mod upstreams;
+mod waf;

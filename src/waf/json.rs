@@ -1,0 +1,196 @@
+//! A JSON reader that yields each leaf (string, number, boolean) with its dotted key
+//! path, for the WAF: no tree is built, strings are unescaped into a reused buffer.
+//! Nesting deeper than [`MAX_DEPTH`] or trailing garbage is an error (the engine fails
+//! closed on a body it cannot read).
+
+/// Deepest nesting accepted.
+pub const MAX_DEPTH: usize = 64;
+
+/// Calls `leaf(path, value)` for every leaf of `body`.
+pub fn leaves(
+    body: &[u8],
+    path: &mut Vec<u8>,
+    text: &mut Vec<u8>,
+    mut leaf: impl FnMut(&[u8], &[u8]),
+) -> Result<(), &'static str> {
+    path.clear();
+    let mut p = Parser { s: body, i: 0 };
+    p.ws();
+    p.value(path, text, &mut leaf, 0)?;
+    p.ws();
+    if p.i != body.len() {
+        return Err("JSON body has data after its end");
+    }
+    Ok(())
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+const BAD: &str = "JSON body does not parse";
+
+impl Parser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn value(
+        &mut self,
+        path: &mut Vec<u8>,
+        text: &mut Vec<u8>,
+        leaf: &mut impl FnMut(&[u8], &[u8]),
+        depth: usize,
+    ) -> Result<(), &'static str> {
+        if depth > MAX_DEPTH {
+            return Err("JSON body nested too deeply");
+        }
+        match self.peek().ok_or(BAD)? {
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    if self.peek() != Some(b'"') {
+                        return Err(BAD);
+                    }
+                    self.string(text)?;
+                    let keep = path.len();
+                    if !path.is_empty() {
+                        path.push(b'.');
+                    }
+                    path.extend_from_slice(text);
+                    self.ws();
+                    if self.peek() != Some(b':') {
+                        return Err(BAD);
+                    }
+                    self.i += 1;
+                    self.ws();
+                    self.value(path, text, leaf, depth + 1)?;
+                    path.truncate(keep);
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(BAD),
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.value(path, text, leaf, depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(BAD),
+                    }
+                }
+            }
+            b'"' => {
+                self.string(text)?;
+                leaf(path, text);
+                Ok(())
+            }
+            _ => {
+                let start = self.i;
+                while self.i < self.s.len()
+                    && matches!(self.s[self.i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'a'..=b'z')
+                {
+                    self.i += 1;
+                }
+                let tok = &self.s[start..self.i];
+                let ok = matches!(tok, b"true" | b"false" | b"null")
+                    || (!tok.is_empty()
+                        && tok
+                            .iter()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')));
+                if !ok {
+                    return Err(BAD);
+                }
+                if tok != b"null" {
+                    leaf(path, tok);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a string at `self.i` (an opening quote) into `out`, unescaped.
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        out.clear();
+        self.i += 1;
+        loop {
+            let rest = &self.s[self.i..];
+            let Some(p) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err(BAD);
+            };
+            out.extend_from_slice(&rest[..p]);
+            self.i += p;
+            if self.s[self.i] == b'"' {
+                self.i += 1;
+                return Ok(());
+            }
+            let esc = *self.s.get(self.i + 1).ok_or(BAD)?;
+            self.i += 2;
+            match esc {
+                b'u' => {
+                    let hex = self.s.get(self.i..self.i + 4).ok_or(BAD)?;
+                    let mut cp = 0u32;
+                    for &h in hex {
+                        cp = cp * 16 + u32::from(super::transform::hex_val(h).ok_or(BAD)?);
+                    }
+                    self.i += 4;
+                    // Surrogate pairs become one character; a lone surrogate U+FFFD.
+                    if (0xd800..0xdc00).contains(&cp)
+                        && self.s.get(self.i..self.i + 2) == Some(b"\\u")
+                    {
+                        let lo = self.s.get(self.i + 2..self.i + 6).ok_or(BAD)?;
+                        let mut l = 0u32;
+                        for &h in lo {
+                            l = l * 16 + u32::from(super::transform::hex_val(h).ok_or(BAD)?);
+                        }
+                        if (0xdc00..0xe000).contains(&l) {
+                            cp = 0x10000 + ((cp - 0xd800) << 10) + (l - 0xdc00);
+                            self.i += 6;
+                        }
+                    }
+                    let c = char::from_u32(cp).unwrap_or('\u{fffd}');
+                    let mut b = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                }
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'b' => out.push(0x08),
+                b'f' => out.push(0x0c),
+                b'"' | b'\\' | b'/' => out.push(esc),
+                _ => return Err(BAD),
+            }
+        }
+    }
+}

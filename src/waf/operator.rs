@@ -1,0 +1,421 @@
+//! Operators compiled from [`OperatorSpec`]: what runs on a transformed value.
+//!
+//! Regexes are compiled with regex-automata's meta engine on bytes: no Unicode classes,
+//! no UTF-8 requirement, `.` matches newline, `^`/`$` at line ends. Each regex searches
+//! with a cache the caller owns (one per regex per thread, see [`super::engine`]) whose lazy
+//! DFA is capped at [`REGEX_CACHE_BYTES`]; the meta engine's fallbacks (PikeVM, bounded
+//! backtracker) keep every search linear in the input, so no pattern is catastrophic.
+//!
+//! [`required_literals`] finds, for a regex, a set of strings one of which every match
+//! must contain. The engine feeds them to one Aho-Corasick automaton per rule group, so a
+//! regex runs only on values that contain one of its literals.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use regex_automata::meta;
+use regex_automata::util::syntax;
+use regex_syntax::hir::{Class, Hir, HirKind};
+
+use super::rule::OperatorSpec;
+use super::{sqli, xss};
+
+/// Lazy-DFA cache capacity per regex per thread.
+pub const REGEX_CACHE_BYTES: usize = 256 * 1024;
+/// A literal set is used as a prefilter only if every literal is at least this long...
+const MIN_LITERAL: usize = 3;
+/// ...and it has at most this many literals.
+const MAX_LITERALS: usize = 64;
+
+/// A compiled operator.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    Regex(Box<meta::Regex>),
+    /// Matches when one of the phrases occurs (ASCII case-insensitive).
+    Phrases(Vec<Vec<u8>>),
+    Contains(Vec<u8>),
+    BeginsWith(Vec<u8>),
+    EndsWith(Vec<u8>),
+    Equals(Vec<u8>),
+    Within(HashSet<Vec<u8>>),
+    Compare(Cmp, i64),
+    /// `true` for each allowed byte.
+    ByteRange(Box<[bool; 256]>),
+    ValidateUrlEncoding,
+    DetectSqli,
+    DetectXss,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Cmp {
+    Eq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+fn syntax_config() -> syntax::Config {
+    syntax::Config::new()
+        .unicode(false)
+        .utf8(false)
+        .dot_matches_new_line(true)
+        .multi_line(true)
+}
+
+/// Compiles one regex the way every WAF regex is compiled.
+pub fn compile_regex(pattern: &str) -> Result<meta::Regex, String> {
+    compile_regexes(&[pattern])
+}
+
+/// Compiles patterns into one meta regex (one pattern id each).
+pub fn compile_regexes(patterns: &[&str]) -> Result<meta::Regex, String> {
+    meta::Regex::builder()
+        .syntax(syntax_config())
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .hybrid_cache_capacity(REGEX_CACHE_BYTES)
+                .nfa_size_limit(Some(32 << 20)),
+        )
+        .build_many(patterns)
+        .map_err(|e| match e.syntax_error() {
+            Some(se) => se
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => e.to_string(),
+        })
+}
+
+impl Operator {
+    /// Compiles `spec`; `dir` resolves `phrases_file`.
+    pub fn compile(spec: &OperatorSpec, dir: &Path) -> Result<Operator, String> {
+        let lit = |s: &str| s.as_bytes().to_vec();
+        Ok(match spec {
+            OperatorSpec::Regex(p) => Operator::Regex(Box::new(compile_regex(p)?)),
+            OperatorSpec::Phrases(list) => {
+                if list.iter().any(|p| p.is_empty()) || list.is_empty() {
+                    return Err("phrases must be non-empty strings".into());
+                }
+                Operator::Phrases(
+                    list.iter()
+                        .map(|p| p.to_ascii_lowercase().into_bytes())
+                        .collect(),
+                )
+            }
+            OperatorSpec::PhrasesFile(f) => {
+                let path = dir.join(f);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let list: Vec<Vec<u8>> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| l.to_ascii_lowercase().into_bytes())
+                    .collect();
+                if list.is_empty() {
+                    return Err(format!("{} lists no phrase", path.display()));
+                }
+                Operator::Phrases(list)
+            }
+            OperatorSpec::Contains(s) => Operator::Contains(nonempty(s)?),
+            OperatorSpec::BeginsWith(s) => Operator::BeginsWith(nonempty(s)?),
+            OperatorSpec::EndsWith(s) => Operator::EndsWith(nonempty(s)?),
+            OperatorSpec::Equals(s) => Operator::Equals(lit(s)),
+            OperatorSpec::Within(list) => Operator::Within(list.iter().map(|s| lit(s)).collect()),
+            OperatorSpec::Eq(n) => Operator::Compare(Cmp::Eq, *n),
+            OperatorSpec::Gt(n) => Operator::Compare(Cmp::Gt, *n),
+            OperatorSpec::Ge(n) => Operator::Compare(Cmp::Ge, *n),
+            OperatorSpec::Lt(n) => Operator::Compare(Cmp::Lt, *n),
+            OperatorSpec::Le(n) => Operator::Compare(Cmp::Le, *n),
+            OperatorSpec::ByteRange(r) => Operator::ByteRange(Box::new(byte_range(r)?)),
+            OperatorSpec::ValidateUrlEncoding(true) => Operator::ValidateUrlEncoding,
+            OperatorSpec::DetectSqli(true) => Operator::DetectSqli,
+            OperatorSpec::DetectXss(true) => Operator::DetectXss,
+            OperatorSpec::ValidateUrlEncoding(false)
+            | OperatorSpec::DetectSqli(false)
+            | OperatorSpec::DetectXss(false) => {
+                return Err("an operator set to false matches nothing: remove the rule".into())
+            }
+        })
+    }
+
+    /// Literals (lowercase) one of which must occur in a value for this operator to
+    /// match, when such a set is known and selective enough.
+    pub fn literals(&self, pattern: Option<&str>) -> Option<Vec<Vec<u8>>> {
+        match self {
+            Operator::Regex(_) => pattern.and_then(required_literals),
+            Operator::Phrases(p) => Some(p.clone()),
+            Operator::Contains(s) | Operator::BeginsWith(s) | Operator::EndsWith(s) => {
+                Some(vec![s.to_ascii_lowercase()])
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs the operator. `cache` is this regex's cache (ignored by other operators).
+    pub fn is_match(&self, v: &[u8], cache: Option<&mut meta::Cache>) -> bool {
+        match self {
+            Operator::Regex(re) => match cache {
+                Some(c) => re.search_with(c, &regex_automata::Input::new(v)).is_some(),
+                None => re.is_match(v),
+            },
+            Operator::Phrases(list) => list.iter().any(|p| contains_ci(v, p)),
+            Operator::Contains(s) => contains_ci(v, s),
+            Operator::BeginsWith(s) => v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s),
+            Operator::EndsWith(s) => {
+                v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+            Operator::Equals(s) => v == s.as_slice(),
+            Operator::Within(set) => set.contains(v),
+            Operator::Compare(cmp, n) => {
+                let Some(x) = parse_int(v) else { return false };
+                match cmp {
+                    Cmp::Eq => x == *n,
+                    Cmp::Gt => x > *n,
+                    Cmp::Ge => x >= *n,
+                    Cmp::Lt => x < *n,
+                    Cmp::Le => x <= *n,
+                }
+            }
+            Operator::ByteRange(allowed) => v.iter().any(|&b| !allowed[b as usize]),
+            Operator::ValidateUrlEncoding => invalid_url_encoding(v),
+            Operator::DetectSqli => sqli::is_sqli(v),
+            Operator::DetectXss => xss::is_xss(v),
+        }
+    }
+
+    /// True when the result of [`Operator::is_match`] is implied by the presence of one of
+    /// its literals (no confirmation needed after the automaton found one).
+    pub fn literal_is_exact(&self) -> bool {
+        matches!(self, Operator::Phrases(_) | Operator::Contains(_))
+    }
+}
+
+fn nonempty(s: &str) -> Result<Vec<u8>, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.as_bytes().to_vec())
+    }
+}
+
+fn parse_int(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    s.parse().ok()
+}
+
+pub(crate) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.len() > hay.len() {
+        return false;
+    }
+    let first = needle[0].to_ascii_lowercase();
+    let upper = needle[0].to_ascii_uppercase();
+    let mut at = 0;
+    while let Some(p) = memchr::memchr2(first, upper, &hay[at..]) {
+        let i = at + p;
+        if i + needle.len() > hay.len() {
+            return false;
+        }
+        if hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        at = i + 1;
+    }
+    false
+}
+
+/// `"9,10,13,32-126"` into a table of allowed bytes.
+fn byte_range(spec: &str) -> Result<[bool; 256], String> {
+    let mut allowed = [false; 256];
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u8 = lo
+            .parse()
+            .map_err(|_| format!("`{part}`: not a byte (0-255)"))?;
+        let hi: u8 = hi
+            .parse()
+            .map_err(|_| format!("`{part}`: not a byte (0-255)"))?;
+        if lo > hi {
+            return Err(format!("`{part}`: empty range"));
+        }
+        for b in lo..=hi {
+            allowed[b as usize] = true;
+        }
+    }
+    Ok(allowed)
+}
+
+/// A `%` not followed by two hex digits.
+pub fn invalid_url_encoding(v: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(p) = memchr::memchr(b'%', &v[at..]) {
+        let i = at + p;
+        if !(v.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && v.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return true;
+        }
+        at = i + 3;
+    }
+    false
+}
+
+/// Strings (lowercased) one of which every match of `pattern` contains, when the set is
+/// small and its shortest member at least [`MIN_LITERAL`] bytes.
+pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .dot_matches_new_line(true)
+        .multi_line(true)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let set = required(&hir)?;
+    let ok =
+        !set.is_empty() && set.len() <= MAX_LITERALS && set.iter().all(|l| l.len() >= MIN_LITERAL);
+    ok.then_some(set)
+}
+
+/// A byte an HIR node stands for, ignoring ASCII case: a literal byte or a two-byte class
+/// of one letter in both cases.
+fn ci_byte(h: &Hir) -> Option<u8> {
+    match h.kind() {
+        HirKind::Literal(l) if l.0.len() == 1 => Some(l.0[0].to_ascii_lowercase()),
+        HirKind::Class(Class::Bytes(c)) => {
+            let r: Vec<_> = c
+                .ranges()
+                .iter()
+                .flat_map(|r| r.start()..=r.end())
+                .take(3)
+                .collect();
+            match r.as_slice() {
+                [a] => Some(a.to_ascii_lowercase()),
+                [a, b] if a.to_ascii_lowercase() == b.to_ascii_lowercase() => {
+                    Some(a.to_ascii_lowercase())
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Quality of a literal set: a longer shortest member is better, then fewer members.
+fn rank(set: &[Vec<u8>]) -> (usize, std::cmp::Reverse<usize>) {
+    (
+        set.iter().map(Vec::len).min().unwrap_or(0),
+        std::cmp::Reverse(set.len()),
+    )
+}
+
+fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
+    match h.kind() {
+        HirKind::Literal(l) => Some(vec![l.0.to_ascii_lowercase()]),
+        HirKind::Class(_) => ci_byte(h).map(|b| vec![vec![b]]),
+        HirKind::Capture(c) => required(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
+        HirKind::Concat(parts) => {
+            // Runs of literal bytes merge into one literal; otherwise any part's set works.
+            let mut best: Option<Vec<Vec<u8>>> = None;
+            let consider = |cand: Vec<Vec<u8>>, best: &mut Option<Vec<Vec<u8>>>| {
+                if best.as_ref().is_none_or(|b| rank(&cand) > rank(b)) {
+                    *best = Some(cand);
+                }
+            };
+            let mut run: Vec<u8> = Vec::new();
+            for p in parts {
+                let lit: Option<Vec<u8>> = match p.kind() {
+                    HirKind::Literal(l) => Some(l.0.to_ascii_lowercase()),
+                    _ => ci_byte(p).map(|b| vec![b]),
+                };
+                match lit {
+                    Some(bytes) => run.extend_from_slice(&bytes),
+                    None => {
+                        if !run.is_empty() {
+                            consider(vec![std::mem::take(&mut run)], &mut best);
+                        }
+                        if let Some(s) = required(p) {
+                            consider(s, &mut best);
+                        }
+                    }
+                }
+            }
+            if !run.is_empty() {
+                consider(vec![run], &mut best);
+            }
+            best
+        }
+        HirKind::Alternation(alts) => {
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            for a in alts {
+                out.extend(required(a)?);
+                if out.len() > MAX_LITERALS {
+                    return None;
+                }
+            }
+            out.sort();
+            out.dedup();
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lits(p: &str) -> Option<Vec<String>> {
+        required_literals(p).map(|v| {
+            v.into_iter()
+                .map(|l| String::from_utf8(l).unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn literal_extraction() {
+        assert_eq!(lits(r"(?i)union\s+select"), Some(vec!["select".into()]));
+        assert_eq!(
+            lits(r"(?i)(?:etc/passwd|boot\.ini)"),
+            Some(vec!["boot.ini".into(), "etc/passwd".into()])
+        );
+        assert_eq!(lits(r"\$\{jndi:"), Some(vec!["${jndi:".into()]));
+        assert_eq!(lits(r"[a-z]+\d"), None);
+        assert_eq!(lits(r"(?:ab|\w+)"), None);
+        assert_eq!(lits(r"(?:ab)?cdef"), Some(vec!["cdef".into()]));
+    }
+
+    #[test]
+    fn regexes_are_byte_oriented() {
+        let re = compile_regex(r"(?i)a.b").unwrap();
+        assert!(re.is_match(b"A\nB"));
+        let re = compile_regex(r"\xff\x00").unwrap();
+        assert!(re.is_match(b"x\xff\x00"));
+    }
+
+    #[test]
+    fn operators() {
+        let dir = Path::new(".");
+        let op = Operator::compile(&OperatorSpec::ByteRange("32-126".into()), dir).unwrap();
+        assert!(op.is_match(b"a\x01", None));
+        assert!(!op.is_match(b"abc", None));
+        assert!(invalid_url_encoding(b"a%zz"));
+        assert!(!invalid_url_encoding(b"a%20b"));
+        let op = Operator::compile(&OperatorSpec::Gt(10), dir).unwrap();
+        assert!(op.is_match(b"11", None));
+        assert!(!op.is_match(b"x", None));
+    }
+}

@@ -1,0 +1,513 @@
+//! Turns a request into the list of values rules look at: each value with its kind
+//! (query argument, header, JSON leaf…) and name.
+//!
+//! Everything is written into one reused byte buffer with ranges into it, so a request
+//! costs no allocation once the buffers have grown. Query strings and urlencoded forms
+//! are percent-decoded once (as ModSecurity does for ARGS); JSON leaves are unescaped and
+//! named by their dotted key path (`user.address.city`; array elements take their
+//! parent's name); multipart parts give fields, upload file names and part names.
+//! A body that claims a type it does not parse as (broken JSON, multipart without its
+//! closing boundary) is flagged, and the engine fails closed on it.
+
+use std::ops::Range;
+
+use http::HeaderMap;
+
+use super::rule::Kind;
+
+/// The parts of a request the engine reads.
+#[derive(Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query, or absolute form).
+    pub target: &'a str,
+    /// `HTTP/1.1`, `HTTP/2.0`…
+    pub version: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The body (or its inspected beginning), when it was read.
+    pub body: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub kind: Kind,
+    pub name: Range<u32>,
+    pub value: Range<u32>,
+}
+
+/// How the body was parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyParse {
+    None,
+    Ok,
+    /// The body does not parse as its declared type.
+    Failed(&'static str),
+}
+
+/// The values of one request.
+#[derive(Default)]
+pub struct Items {
+    pub buf: Vec<u8>,
+    pub items: Vec<Item>,
+    pub body: Option<BodyParse>,
+    /// Argument count (query and body) and the largest name+value and total sizes.
+    pub args: usize,
+    pub largest_arg: usize,
+    pub arg_bytes: usize,
+    path_buf: Vec<u8>,
+    text_buf: Vec<u8>,
+}
+
+impl Items {
+    pub fn name(&self, it: &Item) -> &[u8] {
+        &self.buf[it.name.start as usize..it.name.end as usize]
+    }
+    pub fn value(&self, it: &Item) -> &[u8] {
+        &self.buf[it.value.start as usize..it.value.end as usize]
+    }
+
+    fn span(&mut self, bytes: &[u8]) -> Range<u32> {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(bytes);
+        start..self.buf.len() as u32
+    }
+
+    fn push(&mut self, kind: Kind, name: Range<u32>, value: &[u8]) {
+        let value = self.span(value);
+        self.items.push(Item { kind, name, value });
+    }
+
+    fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) -> Range<u32> {
+        let start = self.buf.len() as u32;
+        super::transform::url_decode(raw, &mut self.buf, false);
+        let value = start..self.buf.len() as u32;
+        self.items.push(Item {
+            kind,
+            name,
+            value: value.clone(),
+        });
+        value
+    }
+
+    /// Collects the values of `req` of the kinds in `wanted` (a bit set of [`Kind`]s).
+    pub fn collect(&mut self, req: &RequestParts<'_>, wanted: u32) {
+        self.buf.clear();
+        self.items.clear();
+        self.body = None;
+        self.args = 0;
+        self.largest_arg = 0;
+        self.arg_bytes = 0;
+        let want = |k: Kind| wanted & k.bit() != 0;
+        let none = 0..0;
+
+        if want(Kind::Method) {
+            self.push(Kind::Method, none.clone(), req.method.as_bytes());
+        }
+        let (path, query) = match req.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (req.target, None),
+        };
+        if want(Kind::Path) {
+            let start = self.buf.len() as u32;
+            percent_decode(path.as_bytes(), &mut self.buf);
+            let value = start..self.buf.len() as u32;
+            self.items.push(Item {
+                kind: Kind::Path,
+                name: none.clone(),
+                value,
+            });
+        }
+        if want(Kind::Uri) {
+            self.push(Kind::Uri, none.clone(), req.target.as_bytes());
+        }
+        if want(Kind::Protocol) {
+            self.push(Kind::Protocol, none.clone(), req.version.as_bytes());
+        }
+        if want(Kind::RequestLine) {
+            let start = self.buf.len() as u32;
+            self.buf.extend_from_slice(req.method.as_bytes());
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(req.target.as_bytes());
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(req.version.as_bytes());
+            let value = start..self.buf.len() as u32;
+            self.items.push(Item {
+                kind: Kind::RequestLine,
+                name: none.clone(),
+                value,
+            });
+        }
+        if let Some(q) = query {
+            if want(Kind::Query) {
+                self.push(Kind::Query, none.clone(), q.as_bytes());
+            }
+            self.form(q.as_bytes(), Kind::QueryArg, Kind::QueryArgName);
+        }
+        for (name, value) in req.headers {
+            if name == http::header::COOKIE {
+                self.cookies(value.as_bytes());
+            }
+            if want(Kind::Header) || want(Kind::HeaderName) {
+                let n = self.span(name.as_str().as_bytes());
+                if want(Kind::Header) {
+                    self.push(Kind::Header, n.clone(), value.as_bytes());
+                }
+                if want(Kind::HeaderName) {
+                    self.items.push(Item {
+                        kind: Kind::HeaderName,
+                        name: n.clone(),
+                        value: n,
+                    });
+                }
+            }
+        }
+        if let Some(body) = req.body.filter(|b| !b.is_empty()) {
+            if want(Kind::RequestBody) {
+                self.push(Kind::RequestBody, none.clone(), body);
+            }
+            let ctype = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let mime = ctype
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let parsed = if mime == "application/x-www-form-urlencoded" {
+                self.form(body, Kind::BodyArg, Kind::BodyArgName);
+                BodyParse::Ok
+            } else if mime == "application/json" || mime.ends_with("+json") {
+                let mut path = std::mem::take(&mut self.path_buf);
+                let mut text = std::mem::take(&mut self.text_buf);
+                let r = super::json::leaves(body, &mut path, &mut text, |name, value| {
+                    self.arg(Kind::BodyArg, name, value)
+                });
+                self.path_buf = path;
+                self.text_buf = text;
+                match r {
+                    Ok(()) => BodyParse::Ok,
+                    Err(e) => BodyParse::Failed(e),
+                }
+            } else if mime == "multipart/form-data" {
+                match boundary(ctype) {
+                    Some(b) => self.multipart(body, b.as_bytes()),
+                    None => BodyParse::Failed("multipart body without a boundary"),
+                }
+            } else {
+                if want(Kind::Body) {
+                    self.push(Kind::Body, none.clone(), body);
+                }
+                BodyParse::None
+            };
+            self.body = Some(parsed);
+        }
+        // Items nobody asked for are dropped here rather than tested at every push.
+        if wanted != u32::MAX {
+            self.items.retain(|i| wanted & i.kind.bit() != 0);
+        }
+    }
+
+    /// One argument: its name as a `*_names` value and its value.
+    fn arg(&mut self, kind: Kind, name: &[u8], value: &[u8]) {
+        let n = self.span(name);
+        self.count_arg(name.len() + value.len());
+        self.items.push(Item {
+            kind: names_of(kind),
+            name: n.clone(),
+            value: n.clone(),
+        });
+        self.push(kind, n, value);
+    }
+
+    fn count_arg(&mut self, size: usize) {
+        self.args += 1;
+        self.arg_bytes += size;
+        self.largest_arg = self.largest_arg.max(size);
+    }
+
+    /// `a=1&b=2`, percent-decoded.
+    fn form(&mut self, s: &[u8], kind: Kind, names: Kind) {
+        for pair in s.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (n, v) = match memchr::memchr(b'=', pair) {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            self.count_arg(n.len() + v.len());
+            let start = self.buf.len() as u32;
+            super::transform::url_decode(n, &mut self.buf, false);
+            let name = start..self.buf.len() as u32;
+            self.items.push(Item {
+                kind: names,
+                name: name.clone(),
+                value: name.clone(),
+            });
+            self.push_decoded(kind, name, v);
+        }
+    }
+
+    fn cookies(&mut self, header: &[u8]) {
+        for c in header.split(|&b| b == b';') {
+            let c = trim(c);
+            if c.is_empty() {
+                continue;
+            }
+            let (n, v) = match memchr::memchr(b'=', c) {
+                Some(i) => (&c[..i], &c[i + 1..]),
+                None => (c, &b""[..]),
+            };
+            let name = self.span(n);
+            self.items.push(Item {
+                kind: Kind::CookieName,
+                name: name.clone(),
+                value: name.clone(),
+            });
+            self.push(Kind::Cookie, name, v);
+        }
+    }
+
+    fn multipart(&mut self, body: &[u8], boundary: &[u8]) -> BodyParse {
+        let mut delim = Vec::with_capacity(boundary.len() + 4);
+        delim.extend_from_slice(b"--");
+        delim.extend_from_slice(boundary);
+        let finder = memchr::memmem::Finder::new(&delim);
+        let Some(first) = finder.find(body) else {
+            return BodyParse::Failed("multipart body without its boundary");
+        };
+        let mut at = first + delim.len();
+        loop {
+            if body[at..].starts_with(b"--") {
+                return BodyParse::Ok;
+            }
+            // Skip the line end after the delimiter.
+            let Some(nl) = memchr::memchr(b'\n', &body[at..]) else {
+                return BodyParse::Failed("multipart body ends inside a delimiter line");
+            };
+            let part_start = at + nl + 1;
+            let Some(next) = finder.find(&body[part_start..]) else {
+                return BodyParse::Failed("multipart body without its closing boundary");
+            };
+            let part_end = part_start + next;
+            let part = &body[part_start..part_end];
+            let part = part
+                .strip_suffix(b"\r\n")
+                .or_else(|| part.strip_suffix(b"\n"))
+                .unwrap_or(part);
+            let (head, content) = match memchr::memmem::find(part, b"\r\n\r\n") {
+                Some(i) => (&part[..i], &part[i + 4..]),
+                None => match memchr::memmem::find(part, b"\n\n") {
+                    Some(i) => (&part[..i], &part[i + 2..]),
+                    None => return BodyParse::Failed("multipart part without headers"),
+                },
+            };
+            let (mut field, mut filename) = (None, None);
+            for line in head.split(|&b| b == b'\n') {
+                let line = trim(line);
+                if line.len() > 20 && line[..20].eq_ignore_ascii_case(b"content-disposition:") {
+                    field = disposition_param(line, b"name");
+                    filename = disposition_param(line, b"filename");
+                }
+            }
+            let Some(field) = field else {
+                return BodyParse::Failed("multipart part without a field name");
+            };
+            match filename {
+                Some(f) => {
+                    let n = self.span(field);
+                    self.items.push(Item {
+                        kind: Kind::FileName,
+                        name: n.clone(),
+                        value: n.clone(),
+                    });
+                    self.push(Kind::File, n, f);
+                }
+                None => self.arg(Kind::BodyArg, field, content),
+            }
+            at = part_end + delim.len();
+        }
+    }
+}
+
+fn names_of(kind: Kind) -> Kind {
+    match kind {
+        Kind::QueryArg => Kind::QueryArgName,
+        _ => Kind::BodyArgName,
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// `name="x"` (or unquoted) in a `Content-Disposition` line.
+fn disposition_param<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    for param in line.split(|&b| b == b';').skip(1) {
+        let param = trim(param);
+        let Some(eq) = memchr::memchr(b'=', param) else {
+            continue;
+        };
+        if !trim(&param[..eq]).eq_ignore_ascii_case(key) {
+            continue;
+        }
+        let v = trim(&param[eq + 1..]);
+        return Some(
+            v.strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v),
+        );
+    }
+    None
+}
+
+/// The `boundary` parameter of a multipart content type.
+fn boundary(ctype: &str) -> Option<&str> {
+    ctype.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        (!v.is_empty() && v.len() <= 200).then_some(v)
+    })
+}
+
+/// Percent-decoding without `+` (paths).
+fn percent_decode(s: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (
+                super::transform::hex_val(s[i + 1]),
+                super::transform::hex_val(s[i + 2]),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Vec<(Kind, String, String)> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let mut items = Items::default();
+        items.collect(
+            &RequestParts {
+                method: "POST",
+                target,
+                version: "HTTP/1.1",
+                headers: &map,
+                body,
+            },
+            u32::MAX,
+        );
+        items
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.kind,
+                    String::from_utf8_lossy(items.name(i)).into_owned(),
+                    String::from_utf8_lossy(items.value(i)).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn has(v: &[(Kind, String, String)], kind: Kind, name: &str, value: &str) -> bool {
+        v.iter()
+            .any(|(k, n, x)| *k == kind && n == name && x == value)
+    }
+
+    #[test]
+    fn query_headers_cookies() {
+        let v = collect(
+            "/a%20b?q=one+two&x=%27&flag",
+            &[("cookie", "sid=abc; theme=dark"), ("user-agent", "curl/8")],
+            None,
+        );
+        assert!(has(&v, Kind::Path, "", "/a b"));
+        assert!(has(&v, Kind::QueryArg, "q", "one two"));
+        assert!(has(&v, Kind::QueryArg, "x", "'"));
+        assert!(has(&v, Kind::QueryArg, "flag", ""));
+        assert!(has(&v, Kind::QueryArgName, "q", "q"));
+        assert!(has(&v, Kind::Cookie, "theme", "dark"));
+        assert!(has(&v, Kind::Header, "user-agent", "curl/8"));
+        assert!(has(
+            &v,
+            Kind::RequestLine,
+            "",
+            "POST /a%20b?q=one+two&x=%27&flag HTTP/1.1"
+        ));
+    }
+
+    #[test]
+    fn bodies() {
+        let v = collect(
+            "/",
+            &[("content-type", "application/json")],
+            Some(br#"{"user":{"name":"O\u0027Neil","tags":["a","b"]},"n":5}"#),
+        );
+        assert!(has(&v, Kind::BodyArg, "user.name", "O'Neil"));
+        assert!(has(&v, Kind::BodyArg, "user.tags", "b"));
+        assert!(has(&v, Kind::BodyArg, "n", "5"));
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\nhello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"up\"; filename=\"a.php\"\r\nContent-Type: text/plain\r\n\r\n<?php ?>\r\n--XyZ--\r\n";
+        let v = collect(
+            "/",
+            &[("content-type", "multipart/form-data; boundary=XyZ")],
+            Some(body),
+        );
+        assert!(has(&v, Kind::BodyArg, "comment", "hello"));
+        assert!(has(&v, Kind::File, "up", "a.php"));
+        assert!(has(&v, Kind::FileName, "up", "up"));
+        let v = collect("/", &[("content-type", "text/xml")], Some(b"<a/>"));
+        assert!(has(&v, Kind::Body, "", "<a/>"));
+    }
+
+    #[test]
+    fn broken_bodies_are_flagged() {
+        let mut items = Items::default();
+        let mut map = HeaderMap::new();
+        map.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        items.collect(
+            &RequestParts {
+                method: "POST",
+                target: "/",
+                version: "HTTP/1.1",
+                headers: &map,
+                body: Some(b"{\"a\": "),
+            },
+            u32::MAX,
+        );
+        assert!(matches!(items.body, Some(BodyParse::Failed(_))));
+    }
+}

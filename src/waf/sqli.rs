@@ -1,0 +1,415 @@
+//! SQL-injection detection in the manner of libinjection: tokenize the value as SQL, reduce
+//! it to a short fingerprint of token classes, and decide on the fingerprint.
+//!
+//! The value is tokenized three times: as it is, as if it followed an opening `'`, and as
+//! if it followed an opening `"` (an injected value usually closes the string the
+//! application put it in). In a quoted context the first token is a string that only ends
+//! when the value itself contains the closing quote, so prose without quotes can never
+//! look like a break-out. A fingerprint is SQL when it has the shape of an attack:
+//! a closed string followed by a logic operator and a comparison or a constant, a
+//! comment, a statement separator or a `UNION`; `UNION [ALL] SELECT` anywhere; a stacked
+//! statement after `;`; or a call to a function attackers use to probe (`sleep(`,
+//! `benchmark(`, `extractvalue(`…).
+//!
+//! Cost: one pass per context over at most [`MAX_SCAN`] bytes, no allocation (tokens go to
+//! a fixed array of [`MAX_TOKENS`]); a value longer than that is judged on its beginning
+//! (regex rules still see the whole value).
+
+/// Bytes of a value that are tokenized.
+pub const MAX_SCAN: usize = 4096;
+/// Token classes kept per context.
+const MAX_TOKENS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    /// A quoted string.
+    Str,
+    Num,
+    /// A keyword that is not one of the classes below.
+    Key,
+    Union,
+    /// A statement keyword: select, insert, drop, exec…
+    Stmt,
+    /// and, or, xor, &&, ||
+    Logic,
+    /// Comparison or arithmetic operator.
+    Op,
+    /// A known function followed by `(`.
+    Func,
+    /// A probing function (sleep, benchmark…) followed by `(`.
+    Probe,
+    Open,
+    Close,
+    Comma,
+    Semi,
+    Comment,
+    Var,
+    Word,
+}
+
+/// True when `input` looks like an SQL injection.
+pub fn is_sqli(input: &[u8]) -> bool {
+    let input = &input[..input.len().min(MAX_SCAN)];
+    // Cheap reject: every attack shape needs one of these bytes.
+    if !input.iter().any(|b| {
+        matches!(
+            b,
+            b'\''
+                | b'"'
+                | b'('
+                | b';'
+                | b'-'
+                | b'#'
+                | b'/'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'|'
+                | b'&'
+                | b' '
+                | b'\t'
+                | b'\n'
+                | b'+'
+        )
+    }) {
+        return false;
+    }
+    [None, Some(b'\''), Some(b'"')]
+        .into_iter()
+        .any(|q| verdict(&tokens(input, q)))
+}
+
+struct Tokens {
+    t: [Tok; MAX_TOKENS],
+    n: usize,
+    /// The first token closed the context's quote.
+    closed: bool,
+}
+
+impl Tokens {
+    fn get(&self, i: usize) -> Option<Tok> {
+        (i < self.n).then(|| self.t[i])
+    }
+}
+
+fn tokens(s: &[u8], quote: Option<u8>) -> Tokens {
+    let mut out = Tokens {
+        t: [Tok::Word; MAX_TOKENS],
+        n: 0,
+        closed: false,
+    };
+    let mut i = 0;
+    if let Some(q) = quote {
+        match find_quote_end(s, 0, q) {
+            Some(end) => {
+                out.t[0] = Tok::Str;
+                out.n = 1;
+                out.closed = true;
+                i = end + 1;
+            }
+            None => return out,
+        }
+    }
+    while i < s.len() && out.n < MAX_TOKENS {
+        let c = s[i];
+        let (tok, next) = match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0xa0 | 0 => {
+                i += 1;
+                continue;
+            }
+            // U+00A0 in UTF-8.
+            0xc2 if s.get(i + 1) == Some(&0xa0) => {
+                i += 2;
+                continue;
+            }
+            b'\'' | b'"' | b'`' => {
+                let end = find_quote_end(s, i + 1, c).unwrap_or(s.len() - 1);
+                (if c == b'`' { Tok::Word } else { Tok::Str }, end + 1)
+            }
+            b'/' if s.get(i + 1) == Some(&b'*') => {
+                let end =
+                    memchr::memmem::find(&s[i + 2..], b"*/").map_or(s.len(), |e| i + 2 + e + 2);
+                // MySQL's /*! … */ runs its content: not a comment.
+                if s.get(i + 2) == Some(&b'!') {
+                    i += 3;
+                    continue;
+                }
+                (Tok::Comment, end)
+            }
+            b'-' if s.get(i + 1) == Some(&b'-') => (Tok::Comment, s.len()),
+            b'#' => (Tok::Comment, s.len()),
+            b'(' => (Tok::Open, i + 1),
+            b')' => (Tok::Close, i + 1),
+            b',' => (Tok::Comma, i + 1),
+            b';' => (Tok::Semi, i + 1),
+            b'&' if s.get(i + 1) == Some(&b'&') => (Tok::Logic, i + 2),
+            b'|' if s.get(i + 1) == Some(&b'|') => (Tok::Logic, i + 2),
+            b'=' | b'<' | b'>' | b'!' | b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'|' | b'&'
+            | b'~' | b':' => {
+                let mut e = i + 1;
+                while e < s.len() && matches!(s[e], b'=' | b'<' | b'>' | b'!') && e < i + 3 {
+                    e += 1;
+                }
+                (Tok::Op, e)
+            }
+            b'@' => {
+                let mut e = i + 1;
+                while e < s.len() && (s[e] == b'@' || is_word(s[e])) {
+                    e += 1;
+                }
+                (Tok::Var, e)
+            }
+            b'0'..=b'9' | b'.' if c != b'.' || s.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let mut e = i + 1;
+                while e < s.len() && (s[e].is_ascii_alphanumeric() || s[e] == b'.') {
+                    e += 1;
+                }
+                (Tok::Num, e)
+            }
+            c if is_word(c) => {
+                let mut e = i + 1;
+                while e < s.len() && (is_word(s[e]) || s[e] == b'.') {
+                    e += 1;
+                }
+                let word = &s[i..e];
+                // A function is a word directly (or after spaces/comments) followed by '('.
+                let mut k = e;
+                while k < s.len() && matches!(s[k], b' ' | b'\t' | b'\n' | b'\r') {
+                    k += 1;
+                }
+                let call = s.get(k) == Some(&b'(');
+                (classify(word, call), e)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // Comments inside a statement are whitespace to SQL; keep only one in a row.
+        let prev = out.n.checked_sub(1).map(|p| out.t[p]);
+        if !(tok == Tok::Comment && prev == Some(Tok::Comment)) {
+            out.t[out.n] = tok;
+            out.n += 1;
+        }
+        i = next;
+    }
+    out
+}
+
+fn find_quote_end(s: &[u8], from: usize, q: u8) -> Option<usize> {
+    let mut i = from;
+    while i < s.len() {
+        if s[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if s[i] == q {
+            // SQL doubles a quote to escape it.
+            if s.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn classify(word: &[u8], call: bool) -> Tok {
+    let mut buf = [0u8; 24];
+    if word.len() > buf.len() {
+        return Tok::Word;
+    }
+    for (d, s) in buf.iter_mut().zip(word) {
+        *d = s.to_ascii_lowercase();
+    }
+    let w = &buf[..word.len()];
+    if call && PROBES.contains(&w) {
+        return Tok::Probe;
+    }
+    match w {
+        b"union" => Tok::Union,
+        b"select" | b"insert" | b"update" | b"delete" | b"drop" | b"create" | b"alter"
+        | b"exec" | b"execute" | b"declare" | b"truncate" | b"shutdown" | b"grant" | b"waitfor"
+        | b"merge" | b"replace" | b"handler" | b"load" => Tok::Stmt,
+        b"and" | b"or" | b"xor" | b"div" | b"not" => Tok::Logic,
+        b"like" | b"rlike" | b"regexp" | b"is" | b"in" | b"between" | b"sounds" | b"mod" => Tok::Op,
+        b"null" | b"true" | b"false" => Tok::Num,
+        b"from" | b"where" | b"having" | b"order" | b"group" | b"by" | b"limit" | b"into"
+        | b"values" | b"table" | b"all" | b"distinct" | b"case" | b"when" | b"then" | b"else"
+        | b"end" | b"procedure" | b"offset" | b"outfile" | b"dumpfile" => Tok::Key,
+        _ if call && FUNCTIONS.contains(&w) => Tok::Func,
+        _ => Tok::Word,
+    }
+}
+
+/// Functions called to probe for injection (timing, errors, files).
+const PROBES: &[&[u8]] = &[
+    b"sleep",
+    b"benchmark",
+    b"pg_sleep",
+    b"extractvalue",
+    b"updatexml",
+    b"load_file",
+    b"dbms_pipe.receive_message",
+    b"utl_inaddr.get_host_address",
+    b"xp_cmdshell",
+    b"randomblob",
+    b"geometrycollection",
+    b"multipoint",
+    b"polygon",
+    b"exp",
+    b"name_const",
+    b"row_count",
+];
+
+/// Ordinary SQL functions (a call after a break-out is an attack; on its own it is not).
+const FUNCTIONS: &[&[u8]] = &[
+    b"char",
+    b"chr",
+    b"concat",
+    b"concat_ws",
+    b"substring",
+    b"substr",
+    b"mid",
+    b"ascii",
+    b"ord",
+    b"count",
+    b"version",
+    b"database",
+    b"user",
+    b"current_user",
+    b"system_user",
+    b"length",
+    b"len",
+    b"cast",
+    b"convert",
+    b"if",
+    b"ifnull",
+    b"coalesce",
+    b"hex",
+    b"unhex",
+    b"md5",
+    b"group_concat",
+    b"lower",
+    b"upper",
+    b"rand",
+    b"now",
+    b"schema",
+    b"waitfor",
+];
+
+fn verdict(t: &Tokens) -> bool {
+    use Tok::*;
+    let n = t.n;
+    if n == 0 {
+        return false;
+    }
+    // Anywhere: UNION [ALL|DISTINCT] [(] SELECT; a probing call; a stacked statement.
+    for i in 0..n {
+        match t.t[i] {
+            Union => {
+                let mut j = i + 1;
+                while matches!(t.get(j), Some(Key | Open | Comment)) {
+                    j += 1;
+                }
+                if t.get(j) == Some(Stmt) {
+                    return true;
+                }
+            }
+            Probe => return true,
+            _ => {}
+        }
+    }
+    let first = t.t[0];
+    // A value that starts by closing the application's string, or by a number the
+    // application put in an unquoted position.
+    let breaks_out = (first == Str && t.closed) || (first == Num && !t.closed);
+    if !breaks_out {
+        return false;
+    }
+    let rest = |i: usize| t.get(i);
+    match (rest(1), rest(2), rest(3)) {
+        // '-- , '#, '/*
+        (Some(Comment), _, _) if t.closed => true,
+        // ' ; …
+        (Some(Semi), Some(_), _) => true,
+        // ' or 1, ' or 'a'='a, ' and sleep(, 1 or 1=1, ' || 'x
+        (Some(Logic), Some(Num | Str | Var | Open | Func | Probe), after) => {
+            t.closed || matches!(after, Some(Op | Comment))
+        }
+        (Some(Logic), Some(Word), Some(Op)) => true,
+        (Some(Logic), Some(Word), Some(Comment)) => t.closed,
+        // '=' , ' like '…, 1=1--
+        (Some(Op), Some(Str | Num | Var | Func | Open), after) => {
+            t.closed && matches!(after, None | Some(Logic | Comment | Op | Semi))
+                || !t.closed && matches!(after, Some(Comment | Semi))
+        }
+        // ') or ('1'='1
+        (Some(Close), Some(Logic | Semi | Union | Comment), _) => t.closed,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sqli;
+
+    #[test]
+    fn attacks() {
+        for a in [
+            "' or '1'='1",
+            "1' OR 1=1--",
+            "admin'--",
+            "admin' #",
+            "1 or 1=1",
+            "1 union select password from users",
+            "x' UNION/**/SELECT 1,2--",
+            "1;drop table users",
+            "'; exec xp_cmdshell('dir')--",
+            "1 and sleep(5)",
+            "' and extractvalue(1,concat(0x7e,version()))--",
+            "\" or \"\"=\"",
+            "') or ('a'='a",
+            "1' and 1=1 and '1'='1",
+            "-1 UNION ALL SELECT NULL,NULL",
+            "1 AND 1=1",
+            "x' or 1=1 limit 1 -- -",
+        ] {
+            assert!(is_sqli(a.as_bytes()), "missed: {a}");
+        }
+    }
+
+    #[test]
+    fn benign() {
+        for b in [
+            "O'Reilly and friends",
+            "I'm selecting the union rep from our group",
+            "Rock 'n' roll",
+            "1 or 2 items",
+            "select your size from the list",
+            "john.doe@example.com",
+            "10 - 5 = 5",
+            "He said \"hello\" and left",
+            "it's #1 in the charts",
+            "price: 5-10",
+            "Drop me a line; I will answer",
+            "I like it; select the best",
+            "5 < 10 and 10 > 5",
+            "He said: 'select * from life' jokingly",
+            "Union Street 5, Springfield",
+            "Don't stop; believe",
+            "2024-01-01",
+            "SELECT is a word",
+            "a && b",
+            "we're at 50% -- almost done",
+        ] {
+            assert!(!is_sqli(b.as_bytes()), "false positive: {b}");
+        }
+    }
+}
