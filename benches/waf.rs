@@ -1,1 +1,193 @@
-fn main() {}
+//! Criterion benches for the WAF engine with the shipped default rules.
+//! Run: `cargo bench --bench waf` (or a group: `cargo bench --bench waf -- benign`).
+//!
+//! - `benign/<strategy>`: a typical benign request (about 800 B of headers, 10 query
+//!   arguments, a 2 KiB JSON body), per regex-matching strategy;
+//! - `attack/<strategy>`: the same with SQL injection in one query argument;
+//! - `body_scan/<kind>`: throughput over a 64 KiB body (unparsed text, and JSON);
+//! - `scaling/<strategy>/<n>`: the benign request with n extra regex rules (each with its
+//!   own literals, one in ten without a usable literal), n = 0, 200, 400.
+
+use std::path::{Path, PathBuf};
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::waf::engine::{Engine, Strategy};
+use gateway::waf::request::RequestParts;
+use gateway::waf::rule::{self, Loader};
+use gateway::waf::{RoutePolicy, Settings, Waf};
+use http::{HeaderMap, HeaderValue};
+
+const STRATEGIES: [(Strategy, &str); 4] = [
+    (Strategy::Prefilter, "prefilter"),
+    (Strategy::Hybrid, "hybrid"),
+    (Strategy::Set, "set"),
+    (Strategy::PerRule, "per_rule"),
+];
+
+fn rule_files() -> Vec<PathBuf> {
+    rule::expand(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/*.toml")).unwrap()
+}
+
+/// The default rules plus `extra` synthetic regex rules.
+fn waf(strategy: Strategy, extra: usize) -> Waf {
+    let mut loader = Loader::default();
+    for f in rule_files() {
+        loader.add(&f, std::fs::read_to_string(&f).unwrap());
+    }
+    let mut text = String::new();
+    let words = [
+        "exec", "load", "call", "open", "read", "send", "eval", "scan",
+    ];
+    for i in 0..extra {
+        let w = words[i % words.len()];
+        let pattern = if i % 10 == 9 {
+            // No literal of three bytes or more: runs on every value (or in the set).
+            format!(r"[<>|]\s*[a-z]{{2}}{}\d+\s*[({{]", i % 7)
+        } else {
+            format!(r"\b(?:x{i}{w}|{w}q{i}z)\s*\(\s*['\x22]?[a-z0-9_]+")
+        };
+        text.push_str(&format!(
+            "[[rules]]\nid = {}\nmsg = \"synthetic {i}\"\ntargets = [\"args\", \"args_names\", \"cookies\", \"headers:user-agent\", \"headers:referer\"]\ntransforms = [\"url_decode_uni\", \"html_entity_decode\", \"lowercase\"]\nmatch = {{ regex = '''{pattern}''' }}\n\n",
+            100_000 + i
+        ));
+    }
+    loader.add(Path::new("synthetic.toml"), text);
+    let rules = loader.finish().unwrap();
+    let settings = Settings::default();
+    let engine = Engine::compile(&rules, settings.paranoia_level, strategy);
+    Waf::new(engine, settings, vec![])
+}
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in [
+        ("host", "shop.example.com"),
+        ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"),
+        ("accept", "application/json, text/plain, */*"),
+        ("accept-language", "en-GB,en;q=0.9,de;q=0.8"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("referer", "https://shop.example.com/products/shoes?color=red&size=42"),
+        ("content-type", "application/json"),
+        ("origin", "https://shop.example.com"),
+        ("cookie", "session=3f7a9c1e5b2d4f6a8c0e1b3d5f7a9c1e; theme=dark; _ga=GA1.2.1234567890.1700000000; consent=analytics%3Dno%2Cads%3Dno"),
+        ("x-requested-with", "XMLHttpRequest"),
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "cors"),
+        ("sec-ch-ua", "\"Chromium\";v=\"120\", \"Not?A_Brand\";v=\"24\""),
+    ] {
+        h.insert(n, HeaderValue::from_static(v));
+    }
+    h
+}
+
+const TARGET: &str = "/api/v1/orders?page=2&per_page=25&sort=-created_at&status=shipped&q=blue+running+shoes&from=2024-01-01&to=2024-12-31&currency=EUR&lang=en-GB&ref=newsletter";
+
+fn json_body(len: usize) -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut i = 0;
+    while serde_json::to_vec(&items).unwrap().len() < len {
+        items.push(serde_json::json!({
+            "sku": format!("SKU-{i:05}"),
+            "name": "Trail runner, size 42 (blue/grey)",
+            "qty": i % 3 + 1,
+            "price": 89.95,
+            "note": "Please gift-wrap; it's for my sister's birthday -- thanks!",
+        }));
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({"customer": {"name": "Anne-Marie O'Neil", "email": "anne@example.com"}, "items": items})).unwrap()
+}
+
+fn prose(len: usize) -> Vec<u8> {
+    let words = "the quick brown fox jumps over a lazy dog while we're selecting union reps from our group; call me at 555-1234 or email me (not on weekends) & see the docs at https://example.com/docs?page=2 -- thanks! ";
+    words.bytes().cycle().take(len).collect()
+}
+
+fn inspect(waf: &Waf, target: &str, h: &HeaderMap, body: &[u8]) -> u32 {
+    let v = waf.inspect(
+        &RequestParts {
+            method: "POST",
+            target,
+            version: "HTTP/1.1",
+            headers: h,
+            body: Some(body),
+        },
+        &RoutePolicy::default(),
+        false,
+    );
+    v.score
+}
+
+fn bench(c: &mut Criterion) {
+    let h = headers();
+    let body = json_body(2048);
+    let attack = TARGET.replace("q=blue+running+shoes", "q=1%27+OR+%271%27%3D%271");
+    let header_bytes: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    eprintln!(
+        "benign request: {} B of headers, {} query args, {} B JSON body",
+        header_bytes + TARGET.len(),
+        TARGET.matches('&').count() + 1,
+        body.len()
+    );
+
+    let mut g = c.benchmark_group("benign");
+    for (s, name) in STRATEGIES {
+        let w = waf(s, 0);
+        assert_eq!(inspect(&w, TARGET, &h, &body), 0, "benign request scores 0");
+        g.bench_function(name, |b| {
+            b.iter(|| inspect(&w, black_box(TARGET), &h, &body))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("attack");
+    for (s, name) in STRATEGIES {
+        let w = waf(s, 0);
+        assert!(inspect(&w, &attack, &h, &body) >= 5);
+        g.bench_function(name, |b| {
+            b.iter(|| inspect(&w, black_box(&attack), &h, &body))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("body_scan");
+    let w = waf(Strategy::Prefilter, 0);
+    let text = prose(64 * 1024);
+    let json = json_body(64 * 1024);
+    let mut th = HeaderMap::new();
+    th.insert("host", HeaderValue::from_static("x"));
+    th.insert("content-type", HeaderValue::from_static("text/plain"));
+    let mut jh = th.clone();
+    jh.insert("content-type", HeaderValue::from_static("application/json"));
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("text_64k", |b| {
+        b.iter(|| inspect(&w, "/upload", &th, black_box(&text)))
+    });
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("json_64k", |b| {
+        b.iter(|| inspect(&w, "/upload", &jh, black_box(&json)))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("scaling");
+    for (s, name) in STRATEGIES {
+        for n in [0usize, 200, 400] {
+            let w = waf(s, n);
+            assert_eq!(inspect(&w, TARGET, &h, &body), 0);
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| inspect(&w, black_box(TARGET), &h, &body))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,37 +1,41 @@
-//! The compiled rule engine: rules grouped by (targets, transformation chain), each group
-//! with one multi-pattern matcher, evaluated over a request's values.
+//! The compiled rule engine: rules grouped by transformation chain, each group with one
+//! multi-pattern matcher, evaluated over a request's values.
 //!
 //! # Compilation
-//! Rules above the paranoia level are dropped. The rest are grouped by their targets and
-//! transformation chain; each distinct chain gets an id, so a value is transformed once
-//! per chain per request however many groups use that chain. In a group:
+//! Rules above the paranoia level are dropped. The rest are grouped by their
+//! transformation chain (a group's members keep their own targets), so a value is
+//! transformed once per chain and scanned once per chain however many rules share it.
+//! In a group:
 //! - the literals of every phrase list, `contains`/`begins_with`/`ends_with`, and the
 //!   required literals of each regex (see [`super::operator::required_literals`]) go into
-//!   one Aho-Corasick automaton (DFA, ASCII case-insensitive). One overlapping scan of the
-//!   value names the members that can match; phrase and `contains` members are then
-//!   matched, regex and prefix/suffix members are confirmed by running them;
-//! - members without usable literals (regexes starting with a class, detectors, numeric
-//!   comparisons, negated operators) run on every value of the group.
+//!   one Aho-Corasick automaton (DFA, ASCII case-insensitive). One overlapping scan names
+//!   the members that can match; phrase and `contains` members are then matched, regex and
+//!   prefix/suffix members are confirmed by running them on that value only;
+//! - members without usable literals (regexes such as `[;|&]\s*id\b`, the SQLi/XSS
+//!   detectors, byte ranges) carry the set of bytes one of which any match needs
+//!   ([`super::operator::ByteSet`]); they run only on values holding one of those bytes.
+//!   Under [`Strategy::Hybrid`] such regexes are instead joined into one multi-pattern
+//!   regex per group.
+//! - A chain is skipped for a value that holds none of the bytes its transformations
+//!   change (`%`, `+`, `&`, upper case…): the raw value is used as it is.
+//!
+//! Per request, the values' own byte sets are computed once per value (and once per
+//! changed transformation), so gating costs four word-ANDs per member.
 //!
 //! # Strategies, measured
-//! [`Strategy`] selects how regexes are matched; `benches/waf.rs` measures all three on
-//! the default rule set (`cargo bench --bench waf -- strategy`). On this machine (2 cores,
-//! medians of three runs), for a typical benign request (800 B of headers, 10 query
-//! arguments, 2 KiB JSON body) and one with an attack in a query argument:
-//!
-//! | strategy   | benign   | attack   | 2× regex rules (benign) |
-//! |------------|----------|----------|-------------------------|
-//! | `Prefilter`| see note | see note | see note                |
-//!
-//! The measured numbers are in the closing note of the WAF issue and the README; the
-//! default is the one that won.
+//! [`Strategy`] selects how regexes are matched; `benches/waf.rs` measures all of them on
+//! the default rule set (numbers in the README's WAF section, medians of three runs on
+//! the 2-core development machine). `Prefilter` won: the `Set` strategy's overlapping
+//! multi-pattern search costs a full DFA pass per value even when nothing can match,
+//! while the literal automaton plus byte gates usually reject a benign value after one
+//! cheap scan; `PerRule` grows linearly with the rule count.
 //!
 //! # Caches and memory
-//! Each regex (and each union regex of the `Set` strategy) gets a slot; every thread keeps
-//! one `meta::Cache` per slot in a thread-local [`Scratch`], created on first use and
-//! capped at [`super::operator::REGEX_CACHE_BYTES`] of lazy DFA states each. The scratch
-//! also holds the request's values and transformed copies; after a large body its buffers
-//! are shrunk back to [`SCRATCH_KEEP_BYTES`].
+//! Each regex (and each multi-pattern regex) gets a slot; every thread keeps one
+//! `meta::Cache` per slot in a thread-local [`Scratch`], created on first use and capped at
+//! [`super::operator::REGEX_CACHE_BYTES`] of lazy-DFA states each. The scratch also holds
+//! the request's values and transformed copies; buffers that grew past
+//! [`SCRATCH_KEEP_BYTES`] for a large body are released after the request.
 //!
 //! # Failure modes
 //! Evaluation cannot fail: a regex search that gives up in the lazy DFA falls back to a
@@ -45,7 +49,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex_automata::{meta, Input, PatternSet};
 
-use super::operator::{self, Operator};
+use super::operator::{self, ByteSet, Operator};
 use super::request::{Items, RequestParts};
 use super::rule::{Kind, Rule, RuleAction, Severity, TargetSet};
 use super::transform::Transform;
@@ -57,12 +61,15 @@ pub const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// Required literals in the group's Aho-Corasick automaton; a regex runs only when one
-    /// of its literals occurs.
+    /// of its literals occurs; literal-less regexes are gated by required bytes.
     Prefilter,
     /// All regexes of a group in one multi-pattern regex (which-patterns-matched search).
     Set,
-    /// No sharing: every member runs on every value.
+    /// No sharing: every member runs on every value it targets.
     PerRule,
+    /// `Prefilter` for regexes with required literals, one multi-pattern regex per group
+    /// for those without.
+    Hybrid,
 }
 
 #[derive(Debug)]
@@ -92,16 +99,26 @@ pub struct CompiledRule {
 #[derive(Debug)]
 struct Member {
     rule: usize,
+    kinds: u32,
+    targets: TargetSet,
     op: Operator,
     slot: Option<usize>,
     negate: bool,
     /// The automaton's hit is the match.
     exact: bool,
+    /// A value must hold one of these bytes (direct members only).
+    needs: Option<ByteSet>,
+}
+
+impl Member {
+    #[inline]
+    fn covers(&self, kind: Kind, name: &[u8]) -> bool {
+        self.kinds & kind.bit() != 0 && self.targets.covers(kind, name)
+    }
 }
 
 #[derive(Debug)]
 struct Group {
-    targets: TargetSet,
     kinds: u32,
     chain: usize,
     ac: Option<AhoCorasick>,
@@ -118,6 +135,7 @@ struct SetMatcher {
     slot: usize,
     /// Pattern id → member.
     members: Vec<usize>,
+    needs: Option<ByteSet>,
 }
 
 /// Compiled rules, immutable; evaluation state lives in per-thread scratch.
@@ -127,6 +145,8 @@ pub struct Engine {
     pub rules: Vec<CompiledRule>,
     groups: Vec<Group>,
     chains: Vec<Vec<Transform>>,
+    /// Per chain: the bytes its transformations may change (`ALL`: always transforms).
+    chain_triggers: Vec<ByteSet>,
     pass_rules: Vec<usize>,
     /// Regex per cache slot (cloning a meta regex shares it).
     slots: Vec<meta::Regex>,
@@ -151,13 +171,15 @@ impl Engine {
             rules: Vec::new(),
             groups: Vec::new(),
             chains: Vec::new(),
+            chain_triggers: Vec::new(),
             pass_rules: Vec::new(),
             slots: Vec::new(),
             max_set_patterns: 0,
             kinds: 0,
         };
         let mut chain_ids: HashMap<Vec<Transform>, usize> = HashMap::new();
-        let mut group_ids: HashMap<(TargetSet, usize), usize> = HashMap::new();
+        // Per group: (member, literals) and (pattern, member) for the set.
+        let mut literals: Vec<Vec<Option<Vec<Vec<u8>>>>> = Vec::new();
         let mut set_sources: Vec<Vec<(String, usize)>> = Vec::new();
         for r in rules.iter().filter(|r| r.paranoia <= paranoia) {
             let ri = e.rules.len();
@@ -166,6 +188,7 @@ impl Engine {
                 let chain = *chain_ids.entry(c.transforms.clone()).or_insert(next);
                 if chain == e.chains.len() {
                     e.chains.push(c.transforms.clone());
+                    e.chain_triggers.push(chain_triggers(&c.transforms));
                 }
                 e.kinds |= c.targets.kinds();
                 let slot = match &c.operator {
@@ -203,58 +226,72 @@ impl Engine {
                 continue;
             }
             e.rules.push(compiled);
-            let key = (first.targets.clone(), first.chain);
-            let gi = *group_ids.entry(key).or_insert_with(|| {
-                e.groups.push(Group {
-                    kinds: first.targets.kinds(),
-                    targets: first.targets.clone(),
-                    chain: first.chain,
-                    ac: None,
-                    ac_member: Vec::new(),
-                    members: Vec::new(),
-                    direct: Vec::new(),
-                    set: None,
-                });
-                set_sources.push(Vec::new());
-                e.groups.len() - 1
-            });
-            let g = &mut e.groups[gi];
-            let mi = g.members.len();
-            let is_regex = matches!(first.op, Operator::Regex(_));
-            if strategy == Strategy::Set && is_regex && !first.negate {
-                if let Some(p) = &r.when.pattern {
-                    set_sources[gi].push((p.clone(), mi));
+            let gi = match e.groups.iter().position(|g| g.chain == first.chain) {
+                Some(gi) => gi,
+                None => {
+                    e.groups.push(Group {
+                        kinds: 0,
+                        chain: first.chain,
+                        ac: None,
+                        ac_member: Vec::new(),
+                        members: Vec::new(),
+                        direct: Vec::new(),
+                        set: None,
+                    });
+                    literals.push(Vec::new());
+                    set_sources.push(Vec::new());
+                    e.groups.len() - 1
                 }
+            };
+            let g = &mut e.groups[gi];
+            g.kinds |= first.targets.kinds();
+            let mi = g.members.len();
+            let pattern = r.when.pattern.as_deref();
+            let is_regex = matches!(first.op, Operator::Regex(_));
+            let lits = match strategy {
+                Strategy::PerRule => None,
+                _ if first.negate => None,
+                _ => first.op.literals(pattern),
+            };
+            let to_set = is_regex
+                && !first.negate
+                && pattern.is_some()
+                && match strategy {
+                    Strategy::Set => true,
+                    Strategy::Hybrid => lits.is_none(),
+                    Strategy::Prefilter | Strategy::PerRule => false,
+                };
+            if to_set {
+                set_sources[gi].push((pattern.unwrap_or_default().to_string(), mi));
+                literals[gi].push(None);
+            } else {
+                literals[gi].push(lits);
             }
+            let needs = match strategy {
+                Strategy::PerRule => None,
+                _ if first.negate => None,
+                _ => first.op.needs(pattern),
+            };
             g.members.push(Member {
                 rule: ri,
+                kinds: first.targets.kinds(),
+                targets: first.targets,
                 exact: first.op.literal_is_exact(),
                 op: first.op,
                 slot: first.slot,
                 negate: first.negate,
+                needs,
             });
         }
         // Matchers per group.
         for (gi, g) in e.groups.iter_mut().enumerate() {
             let mut lits: Vec<Vec<u8>> = Vec::new();
             let in_set: Vec<usize> = set_sources[gi].iter().map(|(_, m)| *m).collect();
-            for (mi, m) in g.members.iter().enumerate() {
+            for mi in 0..g.members.len() {
                 if in_set.contains(&mi) {
                     continue;
                 }
-                let pattern = match &m.op {
-                    Operator::Regex(_) => rules
-                        .iter()
-                        .find(|r| r.id == e.rules[m.rule].id)
-                        .and_then(|r| r.when.pattern.as_deref()),
-                    _ => None,
-                };
-                let literals = if strategy == Strategy::PerRule || m.negate {
-                    None
-                } else {
-                    m.op.literals(pattern)
-                };
-                match literals {
+                match literals[gi][mi].take() {
                     Some(ls) => {
                         for l in ls {
                             lits.push(l);
@@ -265,7 +302,7 @@ impl Engine {
                 }
             }
             if !lits.is_empty() {
-                match AhoCorasick::builder()
+                let built = AhoCorasick::builder()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
                     .kind(Some(AhoCorasickKind::DFA))
@@ -274,10 +311,11 @@ impl Engine {
                         AhoCorasick::builder()
                             .ascii_case_insensitive(true)
                             .build(&lits)
-                    }) {
+                    });
+                match built {
                     Ok(ac) => g.ac = Some(ac),
                     Err(_) => {
-                        // Cannot happen for non-empty literals; keep the members correct.
+                        // Only for empty literal lists, which compilation rejects; stay correct.
                         let mut ms: Vec<usize> = g.ac_member.drain(..).collect();
                         ms.dedup();
                         g.direct.extend(ms);
@@ -290,10 +328,14 @@ impl Engine {
                     Ok(re) => {
                         e.slots.push(re.clone());
                         e.max_set_patterns = e.max_set_patterns.max(pats.len());
+                        let needs = in_set.iter().try_fold(ByteSet::default(), |acc, &mi| {
+                            g.members[mi].needs.map(|n| acc.union(&n))
+                        });
                         g.set = Some(SetMatcher {
                             re,
                             slot: e.slots.len() - 1,
                             members: in_set,
+                            needs,
                         });
                     }
                     Err(_) => g.direct.extend(in_set),
@@ -313,7 +355,7 @@ impl Engine {
         self.rules.len()
     }
 
-    /// Number of groups (distinct target sets × chains).
+    /// Number of groups (distinct transformation chains).
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
@@ -343,6 +385,7 @@ impl Engine {
             s.engine = self.id;
             s.caches = self.slots.iter().map(|r| r.create_cache()).collect();
             s.chain_out = vec![Vec::new(); self.chains.len()];
+            s.chain_bits = vec![ByteSet::default(); self.chains.len()];
             s.chain_for = vec![usize::MAX; self.chains.len()];
             s.patset = PatternSet::new(self.max_set_patterns.max(1));
             s.matched = vec![0; self.rules.len().div_ceil(64)];
@@ -366,8 +409,8 @@ impl Engine {
         })
     }
 
-    /// Evaluates every group over the collected values. `skip(rule, item)` vetoes a hit
-    /// (route exclusions). Hits land in `s.hits_out`, at most one per rule.
+    /// Evaluates every group over the collected values. `skip(rule, kind, name)` vetoes a
+    /// hit (route exclusions). Hits land in `s.hits_out`, at most one per rule.
     pub fn evaluate(
         &self,
         s: &mut Scratch,
@@ -375,43 +418,46 @@ impl Engine {
     ) {
         let n_items = s.items.items.len();
         for ii in 0..n_items {
-            let (kind, name_range) = {
-                let it = &s.items.items[ii];
-                (it.kind, it.name.clone())
-            };
+            let it = &s.items.items[ii];
+            let kind = it.kind;
             let bit = kind.bit();
+            if self.kinds & bit == 0 {
+                continue;
+            }
+            let (vs, ve) = (it.value.start as usize, it.value.end as usize);
+            let (ns, ne) = (it.name.start as usize, it.name.end as usize);
+            let raw_bits = ByteSet::of(&s.items.buf[vs..ve]);
             for g in &self.groups {
                 if g.kinds & bit == 0 {
                     continue;
                 }
-                let name = &s.items.buf[name_range.start as usize..name_range.end as usize];
-                if !g.targets.covers(kind, name) {
-                    continue;
-                }
-                // The value under this group's chain, transformed once per item.
-                if s.chain_for[g.chain] != ii && !self.chains[g.chain].is_empty() {
-                    let it = &s.items.items[ii];
-                    let raw = &s.items.buf[it.value.start as usize..it.value.end as usize];
+                // The value under this group's chain: the raw value when the chain would
+                // not change it, else transformed once per item.
+                let identity = !raw_bits.intersects(&self.chain_triggers[g.chain]);
+                if !identity && s.chain_for[g.chain] != ii {
+                    let raw = &s.items.buf[vs..ve];
                     let out = &mut s.chain_out[g.chain];
                     super::transform::run_chain_into(&self.chains[g.chain], raw, out, &mut s.tmp);
+                    s.chain_bits[g.chain] = ByteSet::of(out);
                     s.chain_for[g.chain] = ii;
                 }
                 let Scratch {
                     items,
                     caches,
                     chain_out,
+                    chain_bits,
                     hits,
                     patset,
                     ..
                 } = &mut *s;
-                let it = &items.items[ii];
-                let value: &[u8] = if self.chains[g.chain].is_empty() {
-                    &items.buf[it.value.start as usize..it.value.end as usize]
+                let name = &items.buf[ns..ne];
+                let (value, bits): (&[u8], &ByteSet) = if identity {
+                    (&items.buf[vs..ve], &raw_bits)
                 } else {
-                    &chain_out[g.chain]
+                    (&chain_out[g.chain], &chain_bits[g.chain])
                 };
-                run_group(g, value, caches, hits, patset);
-                if s.hits.is_empty() {
+                run_group(g, kind, name, value, bits, caches, hits, patset);
+                if hits.is_empty() {
                     continue;
                 }
                 let found = std::mem::take(&mut s.hits);
@@ -421,8 +467,7 @@ impl Engine {
                         continue;
                     }
                     let rule = &self.rules[ri];
-                    let name = &s.items.buf[name_range.start as usize..name_range.end as usize];
-                    if skip(rule, kind, name) {
+                    if skip(rule, kind, &s.items.buf[ns..ne]) {
                         continue;
                     }
                     if !rule.chain.iter().all(|c| self.cond_matches(s, c)) {
@@ -463,9 +508,25 @@ impl Engine {
     }
 }
 
+/// Bytes any transformation of `chain` may change.
+fn chain_triggers(chain: &[Transform]) -> ByteSet {
+    let mut set = ByteSet::default();
+    for t in chain {
+        match t.triggers() {
+            Some(bytes) => set = set.union(&ByteSet::from_bytes(bytes.iter().copied())),
+            None => return ByteSet::ALL,
+        }
+    }
+    set
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_group(
     g: &Group,
+    kind: Kind,
+    name: &[u8],
     v: &[u8],
+    bits: &ByteSet,
     caches: &mut [meta::Cache],
     hits: &mut Vec<usize>,
     patset: &mut PatternSet,
@@ -480,22 +541,33 @@ fn run_group(
             hits.dedup();
             hits.retain(|&mi| {
                 let m = &g.members[mi];
-                m.exact || m.op.is_match(v, m.slot.map(|i| &mut caches[i]))
+                m.covers(kind, name)
+                    && (m.exact || m.op.is_match(v, m.slot.map(|i| &mut caches[i])))
             });
         }
     }
     for &mi in &g.direct {
         let m = &g.members[mi];
-        if m.op.is_match(v, m.slot.map(|i| &mut caches[i])) != m.negate {
+        if m.kinds & kind.bit() == 0 || m.needs.is_some_and(|n| !n.intersects(bits)) {
+            continue;
+        }
+        if m.targets.covers(kind, name)
+            && m.op.is_match(v, m.slot.map(|i| &mut caches[i])) != m.negate
+        {
             hits.push(mi);
         }
     }
     if let Some(set) = &g.set {
-        patset.clear();
-        set.re
-            .which_overlapping_matches_with(&mut caches[set.slot], &Input::new(v), patset);
-        for pid in patset.iter() {
-            hits.push(set.members[pid.as_usize()]);
+        if set.needs.is_none_or(|n| n.intersects(bits)) {
+            patset.clear();
+            set.re
+                .which_overlapping_matches_with(&mut caches[set.slot], &Input::new(v), patset);
+            for pid in patset.iter() {
+                let mi = set.members[pid.as_usize()];
+                if g.members[mi].covers(kind, name) {
+                    hits.push(mi);
+                }
+            }
         }
     }
 }
@@ -506,6 +578,7 @@ pub struct Scratch {
     pub items: Items,
     caches: Vec<meta::Cache>,
     chain_out: Vec<Vec<u8>>,
+    chain_bits: Vec<ByteSet>,
     chain_for: Vec<usize>,
     tmp: Vec<u8>,
     tmp2: Vec<u8>,
@@ -522,6 +595,7 @@ impl Default for Scratch {
             items: Items::default(),
             caches: Vec::new(),
             chain_out: Vec::new(),
+            chain_bits: Vec::new(),
             chain_for: Vec::new(),
             tmp: Vec::new(),
             tmp2: Vec::new(),

@@ -271,6 +271,133 @@ pub fn invalid_url_encoding(v: &[u8]) -> bool {
     false
 }
 
+/// A set of bytes, for cheap gating: a value is tested by an operator only if it holds one
+/// of the bytes every match needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteSet(pub [u64; 4]);
+
+impl ByteSet {
+    pub const ALL: ByteSet = ByteSet([u64::MAX; 4]);
+
+    pub fn of(v: &[u8]) -> ByteSet {
+        let mut s = ByteSet::default();
+        for &b in v {
+            s.insert(b);
+        }
+        s
+    }
+    pub fn from_bytes(bytes: impl IntoIterator<Item = u8>) -> ByteSet {
+        let mut s = ByteSet::default();
+        for b in bytes {
+            s.insert(b);
+        }
+        s
+    }
+    #[inline]
+    pub fn insert(&mut self, b: u8) {
+        self.0[(b >> 6) as usize] |= 1 << (b & 63);
+    }
+    #[inline]
+    pub fn contains(&self, b: u8) -> bool {
+        self.0[(b >> 6) as usize] & (1 << (b & 63)) != 0
+    }
+    #[inline]
+    pub fn intersects(&self, o: &ByteSet) -> bool {
+        (self.0[0] & o.0[0]) | (self.0[1] & o.0[1]) | (self.0[2] & o.0[2]) | (self.0[3] & o.0[3])
+            != 0
+    }
+    pub fn union(&self, o: &ByteSet) -> ByteSet {
+        ByteSet(std::array::from_fn(|i| self.0[i] | o.0[i]))
+    }
+    fn len(&self) -> u32 {
+        self.0.iter().map(|w| w.count_ones()).sum()
+    }
+    /// How often a value is expected to hold one of these bytes (lower is more selective).
+    fn cost(&self) -> u32 {
+        (0..=255u8)
+            .filter(|&b| self.contains(b))
+            .map(|b| match b {
+                b'a'..=b'z' | b' ' => 10,
+                b'0'..=b'9' | b'A'..=b'Z' => 5,
+                b'.' | b',' | b'-' | b'/' | b'_' | b':' => 3,
+                _ => 1,
+            })
+            .sum()
+    }
+}
+
+impl Operator {
+    /// Bytes one of which a value must hold for this operator to match (`None`: any value
+    /// may match, or the operator is negated by its rule).
+    pub fn needs(&self, pattern: Option<&str>) -> Option<ByteSet> {
+        match self {
+            Operator::Regex(_) => pattern.and_then(required_bytes),
+            Operator::DetectSqli => Some(ByteSet::from_bytes(sqli::TRIGGERS.iter().copied())),
+            Operator::DetectXss => Some(ByteSet::from_bytes(xss::TRIGGERS.iter().copied())),
+            Operator::ValidateUrlEncoding => Some(ByteSet::from_bytes([b'%'])),
+            Operator::ByteRange(allowed) => Some(ByteSet::from_bytes(
+                (0..=255u8).filter(|&b| !allowed[b as usize]),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes one of which every match of `pattern` contains, when such a set is selective.
+pub fn required_bytes(pattern: &str) -> Option<ByteSet> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .dot_matches_new_line(true)
+        .multi_line(true)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    required_set(&hir).filter(|s| s.len() <= 128)
+}
+
+fn required_set(h: &Hir) -> Option<ByteSet> {
+    match h.kind() {
+        HirKind::Literal(l) => {
+            // Any byte of a required literal is required: take the rarest.
+            let b =
+                l.0.iter()
+                    .copied()
+                    .min_by_key(|&b| ByteSet::from_bytes([b]).cost())?;
+            Some(ByteSet::from_bytes([b]))
+        }
+        HirKind::Class(Class::Bytes(c)) => Some(ByteSet::from_bytes(
+            c.ranges().iter().flat_map(|r| r.start()..=r.end()),
+        )),
+        HirKind::Class(Class::Unicode(c)) => {
+            let mut s = ByteSet::default();
+            for r in c.ranges() {
+                if (r.end() as u32) > 0x7f {
+                    return None;
+                }
+                for b in r.start() as u8..=r.end() as u8 {
+                    s.insert(b);
+                }
+            }
+            Some(s)
+        }
+        HirKind::Capture(c) => required_set(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => required_set(&r.sub),
+        HirKind::Concat(parts) => parts
+            .iter()
+            .filter_map(required_set)
+            .min_by_key(|s| s.cost()),
+        HirKind::Alternation(alts) => {
+            let mut out = ByteSet::default();
+            for a in alts {
+                out = out.union(&required_set(a)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
 /// Strings (lowercased) one of which every match of `pattern` contains, when the set is
 /// small and its shortest member at least [`MIN_LITERAL`] bytes.
 pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
@@ -396,6 +523,15 @@ mod tests {
         assert_eq!(lits(r"[a-z]+\d"), None);
         assert_eq!(lits(r"(?:ab|\w+)"), None);
         assert_eq!(lits(r"(?:ab)?cdef"), Some(vec!["cdef".into()]));
+    }
+
+    #[test]
+    fn byte_gates() {
+        let s = required_bytes(r"(?i)union\s+select").unwrap();
+        assert!(s.contains(b'u') || s.contains(b'U') || s.contains(b'n') || s.contains(b's'));
+        let s = required_bytes(r"[;|&]\s*id\b").unwrap();
+        assert_eq!(s, ByteSet::from_bytes([b';', b'|', b'&']));
+        assert_eq!(required_bytes(r"a?"), None);
     }
 
     #[test]

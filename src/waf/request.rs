@@ -56,6 +56,8 @@ pub struct Items {
     pub arg_bytes: usize,
     path_buf: Vec<u8>,
     text_buf: Vec<u8>,
+    /// Hashes of argument names already listed (a JSON array repeats its keys).
+    seen_names: Vec<(u64, Range<u32>)>,
 }
 
 impl Items {
@@ -97,6 +99,7 @@ impl Items {
         self.args = 0;
         self.largest_arg = 0;
         self.arg_bytes = 0;
+        self.seen_names.clear();
         let want = |k: Kind| wanted & k.bit() != 0;
         let none = 0..0;
 
@@ -214,12 +217,33 @@ impl Items {
     fn arg(&mut self, kind: Kind, name: &[u8], value: &[u8]) {
         let n = self.span(name);
         self.count_arg(name.len() + value.len());
-        self.items.push(Item {
-            kind: names_of(kind),
-            name: n.clone(),
-            value: n.clone(),
-        });
+        self.push_name(names_of(kind), n.clone());
         self.push(kind, n, value);
+    }
+
+    /// A `*_names` item, once per distinct name and kind.
+    fn push_name(&mut self, kind: Kind, name: Range<u32>) {
+        let bytes = &self.buf[name.start as usize..name.end as usize];
+        // FNV-1a, seeded with the kind.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // Equal hashes are compared byte for byte: a crafted collision cannot hide a name.
+        let buf = &self.buf;
+        if self
+            .seen_names
+            .iter()
+            .any(|(sh, r)| *sh == h && buf[r.start as usize..r.end as usize] == *bytes)
+        {
+            return;
+        }
+        self.seen_names.push((h, name.clone()));
+        self.items.push(Item {
+            kind,
+            name: name.clone(),
+            value: name,
+        });
     }
 
     fn count_arg(&mut self, size: usize) {
@@ -239,11 +263,7 @@ impl Items {
             let start = self.buf.len() as u32;
             super::transform::url_decode(n, &mut self.buf, false);
             let name = start..self.buf.len() as u32;
-            self.items.push(Item {
-                kind: names,
-                name: name.clone(),
-                value: name.clone(),
-            });
+            self.push_name(names, name.clone());
             self.push_decoded(kind, name, v);
         }
     }

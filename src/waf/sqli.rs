@@ -15,6 +15,9 @@
 //! a fixed array of [`MAX_TOKENS`]); a value longer than that is judged on its beginning
 //! (regex rules still see the whole value).
 
+/// Every attack shape holds one of these bytes (the engine skips values without any).
+pub const TRIGGERS: &[u8] = b"'\"(;-#/=<>|&+ \t\n\r\x0b\x0c\xa0";
+
 /// Bytes of a value that are tokenized.
 pub const MAX_SCAN: usize = 4096;
 /// Token classes kept per context.
@@ -51,27 +54,7 @@ enum Tok {
 pub fn is_sqli(input: &[u8]) -> bool {
     let input = &input[..input.len().min(MAX_SCAN)];
     // Cheap reject: every attack shape needs one of these bytes.
-    if !input.iter().any(|b| {
-        matches!(
-            b,
-            b'\''
-                | b'"'
-                | b'('
-                | b';'
-                | b'-'
-                | b'#'
-                | b'/'
-                | b'='
-                | b'<'
-                | b'>'
-                | b'|'
-                | b'&'
-                | b' '
-                | b'\t'
-                | b'\n'
-                | b'+'
-        )
-    }) {
+    if !input.iter().any(|b| TRIGGERS.contains(b)) {
         return false;
     }
     [None, Some(b'\''), Some(b'"')]

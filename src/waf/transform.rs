@@ -82,6 +82,27 @@ impl Transform {
         Transform::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// Bytes this transformation may change: a value holding none of them comes out as it
+    /// went in (`None`: it always changes the value).
+    pub fn triggers(self) -> Option<&'static [u8]> {
+        const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        const SPACE: &[u8] = b" \t\n\r\x0b\x0c\xa0";
+        Some(match self {
+            Transform::UrlDecode | Transform::UrlDecodeUni => b"%+",
+            Transform::Lowercase => UPPER,
+            Transform::HtmlEntityDecode => b"&",
+            Transform::JsDecode | Transform::CssDecode => b"\\",
+            Transform::NormalizePath => b"/.",
+            Transform::NormalizePathWin => b"/.\\",
+            Transform::CompressWhitespace | Transform::RemoveWhitespace | Transform::Trim => SPACE,
+            Transform::RemoveNulls => b"\0",
+            Transform::ReplaceComments => b"/",
+            Transform::RemoveComments => b"/-#<",
+            Transform::CmdLine => b"\\\"'^,;/( \t\n\r\x0b\x0c\xa0ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            Transform::Base64Decode | Transform::HexDecode | Transform::Length => return None,
+        })
+    }
+
     /// Writes the transformed `input` into `out`.
     pub fn apply(self, input: &[u8], out: &mut Vec<u8>) {
         out.clear();

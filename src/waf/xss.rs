@@ -7,6 +7,10 @@
 //! Cost: one pass over at most [`MAX_SCAN`] bytes, `memchr` to the next `<`; no allocation.
 //! Text with `<` that does not open a tag (`a < b`, `<3`) is skipped over.
 
+/// Every payload holds one of these bytes (a tag, a quote that closes an attribute, a
+/// URL scheme); the engine skips values without any.
+pub const TRIGGERS: &[u8] = b"<\"':`";
+
 /// Bytes of a value that are examined.
 pub const MAX_SCAN: usize = 16384;
 

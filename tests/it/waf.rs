@@ -188,7 +188,7 @@ fn corpus_attacks_block_and_real_text_passes() {
 #[test]
 fn every_strategy_gives_the_same_verdicts() {
     // The strategies are alternatives measured in benches/waf.rs; they must agree.
-    for s in [Strategy::Set, Strategy::PerRule] {
+    for s in [Strategy::Set, Strategy::PerRule, Strategy::Hybrid] {
         let (failures, _) = run_corpus(&default_waf(s));
         assert!(failures.is_empty(), "{s:?}: {}", failures.join("\n"));
     }
