@@ -54,6 +54,10 @@ use super::request::{Items, RequestParts};
 use super::rule::{Kind, Rule, RuleAction, Severity, TargetSet};
 use super::transform::Transform;
 
+/// A regex whose required bytes cost at most this (see [`ByteSet::cost`]: e.g. up to
+/// eight bytes of rare punctuation) is gated by them instead of by its literals.
+pub const RARE_GATE_COST: u32 = 8;
+
 /// Scratch buffers above this size are released after a request.
 pub const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 
@@ -126,6 +130,11 @@ struct Group {
     ac_member: Vec<usize>,
     members: Vec<Member>,
     direct: Vec<usize>,
+    /// Gate index over `direct` (when it has at most 64 members): per byte, the members
+    /// (bit i = `direct[i]`) a value holding that byte must be tested with; `ungated`:
+    /// the members tested on every value.
+    gate: Option<Box<[u64; 256]>>,
+    ungated: u64,
     set: Option<SetMatcher>,
 }
 
@@ -236,6 +245,8 @@ impl Engine {
                         ac_member: Vec::new(),
                         members: Vec::new(),
                         direct: Vec::new(),
+                        gate: None,
+                        ungated: 0,
                         set: None,
                     });
                     literals.push(Vec::new());
@@ -248,9 +259,17 @@ impl Engine {
             let mi = g.members.len();
             let pattern = r.when.pattern.as_deref();
             let is_regex = matches!(first.op, Operator::Regex(_));
-            let lits = match strategy {
+            let needs = match strategy {
                 Strategy::PerRule => None,
                 _ if first.negate => None,
+                _ => first.op.needs(pattern),
+            };
+            // A regex gated by a few rare bytes (`;|&`, quotes, brackets) is cheaper to run
+            // directly than to feed its (often common) literals to the automaton.
+            let rare_gate = is_regex && needs.is_some_and(|n| n.cost() <= RARE_GATE_COST);
+            let lits = match strategy {
+                Strategy::PerRule => None,
+                _ if first.negate || rare_gate => None,
                 _ => first.op.literals(pattern),
             };
             let to_set = is_regex
@@ -267,11 +286,6 @@ impl Engine {
             } else {
                 literals[gi].push(lits);
             }
-            let needs = match strategy {
-                Strategy::PerRule => None,
-                _ if first.negate => None,
-                _ => first.op.needs(pattern),
-            };
             g.members.push(Member {
                 rule: ri,
                 kinds: first.targets.kinds(),
@@ -322,6 +336,22 @@ impl Engine {
                     }
                 }
             }
+            if g.direct.len() <= 64 {
+                let mut gate = Box::new([0u64; 256]);
+                for (i, &mi) in g.direct.iter().enumerate() {
+                    match g.members[mi].needs {
+                        Some(n) => {
+                            for b in 0..=255u8 {
+                                if n.contains(b) {
+                                    gate[b as usize] |= 1 << i;
+                                }
+                            }
+                        }
+                        None => g.ungated |= 1 << i,
+                    }
+                }
+                g.gate = Some(gate);
+            }
             if !in_set.is_empty() {
                 let pats: Vec<&str> = set_sources[gi].iter().map(|(p, _)| p.as_str()).collect();
                 match operator::compile_regexes(&pats) {
@@ -353,6 +383,23 @@ impl Engine {
     /// Number of compiled rules.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// Per group: the chain, members, automaton patterns, direct members, set patterns.
+    pub fn stats(&self) -> Vec<(String, usize, usize, usize, usize)> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let chain: Vec<&str> = self.chains[g.chain].iter().map(|t| t.name()).collect();
+                (
+                    chain.join(","),
+                    g.members.len(),
+                    g.ac.as_ref().map_or(0, |a| a.patterns_len()),
+                    g.direct.len(),
+                    g.set.as_ref().map_or(0, |s| s.members.len()),
+                )
+            })
+            .collect()
     }
 
     /// Number of groups (distinct transformation chains).
@@ -546,15 +593,38 @@ fn run_group(
             });
         }
     }
-    for &mi in &g.direct {
+    let mut test = |mi: usize, hits: &mut Vec<usize>| {
         let m = &g.members[mi];
-        if m.kinds & kind.bit() == 0 || m.needs.is_some_and(|n| !n.intersects(bits)) {
-            continue;
-        }
-        if m.targets.covers(kind, name)
-            && m.op.is_match(v, m.slot.map(|i| &mut caches[i])) != m.negate
-        {
+        if m.covers(kind, name) && m.op.is_match(v, m.slot.map(|i| &mut caches[i])) != m.negate {
             hits.push(mi);
+        }
+    };
+    match &g.gate {
+        Some(gate) => {
+            // The members whose gate bytes the value holds: one OR per distinct byte.
+            let mut candidates = g.ungated;
+            for (w, &word) in bits.0.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    let b = w * 64 + word.trailing_zeros() as usize;
+                    candidates |= gate[b];
+                    word &= word - 1;
+                }
+            }
+            while candidates != 0 {
+                let i = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                test(g.direct[i], hits);
+            }
+        }
+        None => {
+            for &mi in &g.direct {
+                let m = &g.members[mi];
+                if m.kinds & kind.bit() == 0 || m.needs.is_some_and(|n| !n.intersects(bits)) {
+                    continue;
+                }
+                test(mi, hits);
+            }
         }
     }
     if let Some(set) = &g.set {

@@ -312,8 +312,10 @@ impl ByteSet {
     fn len(&self) -> u32 {
         self.0.iter().map(|w| w.count_ones()).sum()
     }
-    /// How often a value is expected to hold one of these bytes (lower is more selective).
-    fn cost(&self) -> u32 {
+    /// How often a value is expected to hold one of these bytes (lower is more selective):
+    /// 10 per lower-case letter or space, 5 per digit or capital, 3 per common punctuation
+    /// (`.,-/_:`), 1 for any other byte.
+    pub fn cost(&self) -> u32 {
         (0..=255u8)
             .filter(|&b| self.contains(b))
             .map(|b| match b {
@@ -332,7 +334,7 @@ impl Operator {
     pub fn needs(&self, pattern: Option<&str>) -> Option<ByteSet> {
         match self {
             Operator::Regex(_) => pattern.and_then(required_bytes),
-            Operator::DetectSqli => Some(ByteSet::from_bytes(sqli::TRIGGERS.iter().copied())),
+            Operator::DetectSqli => Some(ByteSet::from_bytes(sqli::GATE.iter().copied())),
             Operator::DetectXss => Some(ByteSet::from_bytes(xss::TRIGGERS.iter().copied())),
             Operator::ValidateUrlEncoding => Some(ByteSet::from_bytes([b'%'])),
             Operator::ByteRange(allowed) => Some(ByteSet::from_bytes(

@@ -18,6 +18,11 @@
 /// Every attack shape holds one of these bytes (the engine skips values without any).
 pub const TRIGGERS: &[u8] = b"'\"(;-#/=<>|&+ \t\n\r\x0b\x0c\xa0";
 
+/// The engine runs the detector only on values holding one of these: every shape above
+/// needs a quote, a parenthesis, a statement separator, a comparison or a comment, except
+/// `UNION SELECT` between plain words, which rule 4202 matches by its literals.
+pub const GATE: &[u8] = b"'\"`(;=<>|&#";
+
 /// Bytes of a value that are tokenized.
 pub const MAX_SCAN: usize = 4096;
 /// Token classes kept per context.

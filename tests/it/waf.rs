@@ -186,6 +186,19 @@ fn corpus_attacks_block_and_real_text_passes() {
 }
 
 #[test]
+fn default_rules_compile_into_one_group_per_transformation_chain() {
+    let w = default_waf(Strategy::Prefilter);
+    let stats = w.engine.stats();
+    let chains: std::collections::HashSet<&String> = stats.iter().map(|g| &g.0).collect();
+    assert_eq!(chains.len(), stats.len(), "one group per chain: {stats:?}");
+    assert!(stats.len() <= 6, "the default rules share few chains: {stats:?}");
+    let members: usize = stats.iter().map(|g| g.1).sum();
+    assert_eq!(members, w.engine.rule_count(), "every rule is in exactly one group");
+    let main = stats.iter().find(|g| g.0 == "url_decode_uni,html_entity_decode,lowercase").unwrap();
+    assert!(main.1 >= 40 && main.2 > 0, "most rules share the main chain and its automaton: {main:?}");
+}
+
+#[test]
 fn every_strategy_gives_the_same_verdicts() {
     // The strategies are alternatives measured in benches/waf.rs; they must agree.
     for s in [Strategy::Set, Strategy::PerRule, Strategy::Hybrid] {
