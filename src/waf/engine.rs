@@ -54,9 +54,9 @@ use super::request::{Items, RequestParts};
 use super::rule::{Kind, Rule, RuleAction, Severity, TargetSet};
 use super::transform::Transform;
 
-/// A regex whose required bytes cost at most this (see [`ByteSet::cost`]: e.g. up to
-/// eight bytes of rare punctuation) is gated by them instead of by its literals.
-pub const RARE_GATE_COST: u32 = 8;
+/// A regex whose required bytes cost at most this (see [`ByteSet::cost`]: up to three
+/// bytes of rare punctuation such as `;|&`) is gated by them instead of by its literals.
+pub const RARE_GATE_COST: u32 = 3;
 
 /// Scratch buffers above this size are released after a request.
 pub const SCRATCH_KEEP_BYTES: usize = 1 << 20;
@@ -301,11 +301,11 @@ impl Engine {
         for (gi, g) in e.groups.iter_mut().enumerate() {
             let mut lits: Vec<Vec<u8>> = Vec::new();
             let in_set: Vec<usize> = set_sources[gi].iter().map(|(_, m)| *m).collect();
-            for mi in 0..g.members.len() {
+            for (mi, member_lits) in literals[gi].iter_mut().enumerate() {
                 if in_set.contains(&mi) {
                     continue;
                 }
-                match literals[gi][mi].take() {
+                match member_lits.take() {
                     Some(ls) => {
                         for l in ls {
                             lits.push(l);
@@ -398,6 +398,22 @@ impl Engine {
                     g.direct.len(),
                     g.set.as_ref().map_or(0, |s| s.members.len()),
                 )
+            })
+            .collect()
+    }
+
+    /// Per group, its direct members: rule id and gate cost (`None`: ungated).
+    pub fn direct_members(&self) -> Vec<Vec<(u32, Option<u32>)>> {
+        self.groups
+            .iter()
+            .map(|g| {
+                g.direct
+                    .iter()
+                    .map(|&mi| {
+                        let m = &g.members[mi];
+                        (self.rules[m.rule].id, m.needs.map(|n| n.cost()))
+                    })
+                    .collect()
             })
             .collect()
     }

@@ -313,15 +313,15 @@ impl ByteSet {
         self.0.iter().map(|w| w.count_ones()).sum()
     }
     /// How often a value is expected to hold one of these bytes (lower is more selective):
-    /// 10 per lower-case letter or space, 5 per digit or capital, 3 per common punctuation
+    /// 10 per lower-case letter or space, 8 per digit or capital, 6 per common punctuation
     /// (`.,-/_:`), 1 for any other byte.
     pub fn cost(&self) -> u32 {
         (0..=255u8)
             .filter(|&b| self.contains(b))
             .map(|b| match b {
                 b'a'..=b'z' | b' ' => 10,
-                b'0'..=b'9' | b'A'..=b'Z' => 5,
-                b'.' | b',' | b'-' | b'/' | b'_' | b':' => 3,
+                b'0'..=b'9' | b'A'..=b'Z' => 8,
+                b'.' | b',' | b'-' | b'/' | b'_' | b':' => 6,
                 _ => 1,
             })
             .sum()
@@ -431,9 +431,7 @@ fn ci_byte(h: &Hir) -> Option<u8> {
                 .collect();
             match r.as_slice() {
                 [a] => Some(a.to_ascii_lowercase()),
-                [a, b] if a.to_ascii_lowercase() == b.to_ascii_lowercase() => {
-                    Some(a.to_ascii_lowercase())
-                }
+                [a, b] if a.eq_ignore_ascii_case(b) => Some(a.to_ascii_lowercase()),
                 _ => None,
             }
         }

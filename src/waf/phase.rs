@@ -82,8 +82,10 @@ pub async fn on_request(
         truncated,
     );
     let req = Request::from_parts(parts, body);
-    record(shared, rt, ctx, &req, policy.mode, &verdict)?;
-    Ok(req)
+    match record(shared, rt, ctx, &req, policy.mode, &verdict) {
+        Some(refusal) => Err(refusal),
+        None => Ok(req),
+    }
 }
 
 /// Metrics and events for a verdict; the 403 when it blocks.
@@ -94,7 +96,7 @@ fn record<B>(
     req: &Request<B>,
     mode: Mode,
     v: &Verdict,
-) -> Result<(), Response<ResponseBody>> {
+) -> Option<Response<ResponseBody>> {
     let m = &shared.metrics;
     let block = v.blocked && mode == Mode::Block;
     let result = match () {
@@ -105,7 +107,7 @@ fn record<B>(
     };
     m.waf_inspections.with_label_values(&[result]).inc();
     if v.matches.is_empty() {
-        return Ok(());
+        return None;
     }
     for x in &v.matches {
         m.waf_rule_matches
@@ -131,7 +133,7 @@ fn record<B>(
         shared.events.sink.audit(e);
     }
     if !block {
-        return Ok(());
+        return None;
     }
     let bypass = shared.ip_rules.set.load().bypasses(ctx.client_ip);
     if !bypass {
@@ -146,7 +148,7 @@ fn record<B>(
             );
         }
     }
-    Err(error_response(
+    Some(error_response(
         StatusCode::FORBIDDEN,
         "forbidden by the web application firewall",
         &ctx.request_id,

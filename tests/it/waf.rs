@@ -116,7 +116,7 @@ fn build(c: &Case) -> (String, String, HeaderMap, Vec<u8>) {
         }
         p if p.starts_with("header:") => {
             headers.insert(
-                HeaderName::from_bytes(p["header:".len()..].as_bytes()).unwrap(),
+                HeaderName::from_bytes(&p.as_bytes()["header:".len()..]).unwrap(),
                 HeaderValue::from_str(&c.value).unwrap(),
             );
         }
@@ -191,11 +191,24 @@ fn default_rules_compile_into_one_group_per_transformation_chain() {
     let stats = w.engine.stats();
     let chains: std::collections::HashSet<&String> = stats.iter().map(|g| &g.0).collect();
     assert_eq!(chains.len(), stats.len(), "one group per chain: {stats:?}");
-    assert!(stats.len() <= 6, "the default rules share few chains: {stats:?}");
+    assert!(
+        stats.len() <= 6,
+        "the default rules share few chains: {stats:?}"
+    );
     let members: usize = stats.iter().map(|g| g.1).sum();
-    assert_eq!(members, w.engine.rule_count(), "every rule is in exactly one group");
-    let main = stats.iter().find(|g| g.0 == "url_decode_uni,html_entity_decode,lowercase").unwrap();
-    assert!(main.1 >= 40 && main.2 > 0, "most rules share the main chain and its automaton: {main:?}");
+    assert_eq!(
+        members,
+        w.engine.rule_count(),
+        "every rule is in exactly one group"
+    );
+    let main = stats
+        .iter()
+        .find(|g| g.0 == "url_decode_uni,html_entity_decode,lowercase")
+        .unwrap();
+    assert!(
+        main.1 >= 40 && main.2 > 0,
+        "most rules share the main chain and its automaton: {main:?}"
+    );
 }
 
 #[test]
@@ -219,7 +232,7 @@ fn rule_file_errors_name_file_line_and_rule() {
          [[rules]]\nid = 5001\nmsg = \"dup\"\ntargets = [\"args\"]\nmatch = { contains = \"y\" }\n",
     )
     .unwrap();
-    let errs = gateway::waf::rule::load_files(&[f.clone()]).unwrap_err();
+    let errs = gateway::waf::rule::load_files(std::slice::from_ref(&f)).unwrap_err();
     let text = errs.to_string();
     assert_eq!(errs.len(), 4, "{text}");
     assert!(
