@@ -82,16 +82,28 @@ fn headers() -> HeaderMap {
 
 const TARGET: &str = "/api/v1/orders?page=2&per_page=25&sort=-created_at&status=shipped&q=blue+running+shoes&from=2024-01-01&to=2024-12-31&currency=EUR&lang=en-GB&ref=newsletter";
 
+/// Real-looking comment text, varied so that no value repeats within a request.
+const NOTES: [&str; 8] = [
+    "Please gift-wrap; it's for my sister's birthday -- thanks!",
+    "Leave at the door (side entrance), don't ring: baby sleeping.",
+    "Size runs small? I'd go one up & keep the receipt.",
+    "Bought these for the \"Union Street\" 10k run; select the blue pair.",
+    "Deliver after 5 pm or on Saturday, 9-12 a.m.",
+    "C'est un cadeau. Merci beaucoup!",
+    "If out of stock, send the grey/red ones instead (same size).",
+    "Order #4471 was missing one item; please add it here.",
+];
+
 fn json_body(len: usize) -> Vec<u8> {
     let mut items = Vec::new();
     let mut i = 0;
     while serde_json::to_vec(&items).unwrap().len() < len {
         items.push(serde_json::json!({
-            "sku": format!("SKU-{i:05}"),
+            "sku": format!("SKU-{:05}", i * 7919 % 100_000),
             "name": "Trail runner, size 42 (blue/grey)",
             "qty": i % 3 + 1,
             "price": 89.95,
-            "note": "Please gift-wrap; it's for my sister's birthday -- thanks!",
+            "note": NOTES[i % NOTES.len()],
         }));
         i += 1;
     }

@@ -264,13 +264,18 @@ impl Engine {
                 _ if first.negate => None,
                 _ => first.op.needs(pattern),
             };
-            // A regex gated by a few rare bytes (`;|&`, quotes, brackets) is cheaper to run
-            // directly than to feed its (often common) literals to the automaton.
+            // Strong literals (long, few) go to the automaton; a regex with only weak
+            // literals (short or many, e.g. a list of command names) but a gate of a few
+            // rare bytes (`;|&`, quotes, brackets) is cheaper to run directly. Either way
+            // the byte gate is checked too before the regex runs.
             let rare_gate = is_regex && needs.is_some_and(|n| n.cost() <= RARE_GATE_COST);
             let lits = match strategy {
                 Strategy::PerRule => None,
-                _ if first.negate || rare_gate => None,
-                _ => first.op.literals(pattern),
+                _ if first.negate => None,
+                _ => first
+                    .op
+                    .literals(pattern)
+                    .filter(|l| !rare_gate || !is_regex || strong_literals(l)),
             };
             let to_set = is_regex
                 && !first.negate
@@ -571,6 +576,12 @@ impl Engine {
     }
 }
 
+/// Literals selective enough to be preferred over a rare-byte gate: at most eight, each
+/// at least four bytes long.
+fn strong_literals(lits: &[Vec<u8>]) -> bool {
+    lits.len() <= 8 && lits.iter().all(|l| l.len() >= 4)
+}
+
 /// Bytes any transformation of `chain` may change.
 fn chain_triggers(chain: &[Transform]) -> ByteSet {
     let mut set = ByteSet::default();
@@ -605,7 +616,9 @@ fn run_group(
             hits.retain(|&mi| {
                 let m = &g.members[mi];
                 m.covers(kind, name)
-                    && (m.exact || m.op.is_match(v, m.slot.map(|i| &mut caches[i])))
+                    && (m.exact
+                        || m.needs.is_none_or(|n| n.intersects(bits))
+                            && m.op.is_match(v, m.slot.map(|i| &mut caches[i])))
             });
         }
     }

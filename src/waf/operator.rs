@@ -345,16 +345,21 @@ impl Operator {
     }
 }
 
-/// Bytes one of which every match of `pattern` contains, when such a set is selective.
-pub fn required_bytes(pattern: &str) -> Option<ByteSet> {
-    let hir = regex_syntax::ParserBuilder::new()
+/// `pattern` parsed with the same syntax options as [`compile_regexes`].
+fn parse_hir(pattern: &str) -> Option<Hir> {
+    regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
         .dot_matches_new_line(true)
         .multi_line(true)
         .build()
         .parse(pattern)
-        .ok()?;
+        .ok()
+}
+
+/// Bytes one of which every match of `pattern` contains, when such a set is selective.
+pub fn required_bytes(pattern: &str) -> Option<ByteSet> {
+    let hir = parse_hir(pattern)?;
     required_set(&hir).filter(|s| s.len() <= 128)
 }
 
@@ -403,14 +408,7 @@ fn required_set(h: &Hir) -> Option<ByteSet> {
 /// Strings (lowercased) one of which every match of `pattern` contains, when the set is
 /// small and its shortest member at least [`MIN_LITERAL`] bytes.
 pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .dot_matches_new_line(true)
-        .multi_line(true)
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = parse_hir(pattern)?;
     let set = required(&hir)?;
     let ok =
         !set.is_empty() && set.len() <= MAX_LITERALS && set.iter().all(|l| l.len() >= MIN_LITERAL);
