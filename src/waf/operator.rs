@@ -160,10 +160,15 @@ impl Operator {
     /// Runs the operator. `cache` is this regex's cache (ignored by other operators).
     pub fn is_match(&self, v: &[u8], cache: Option<&mut meta::Cache>) -> bool {
         match self {
-            Operator::Regex(re) => match cache {
-                Some(c) => re.search_with(c, &regex_automata::Input::new(v)).is_some(),
-                None => re.is_match(v),
-            },
+            // Only whether it matches: the forward search alone, stopping at the first
+            // match state (no reverse pass for the start, no leftmost-first extension).
+            Operator::Regex(re) => {
+                let input = regex_automata::Input::new(v).earliest(true);
+                match cache {
+                    Some(c) => re.search_half_with(c, &input).is_some(),
+                    None => re.search_half(&input).is_some(),
+                }
+            }
             Operator::Phrases(list) => list.iter().any(|p| contains_ci(v, p)),
             Operator::Contains(s) => contains_ci(v, s),
             Operator::BeginsWith(s) => v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s),
