@@ -181,6 +181,8 @@ pub struct Engine {
     chains: Vec<Vec<Transform>>,
     /// Per chain: the bytes its transformations may change (`ALL`: always transforms).
     chain_triggers: Vec<ByteSet>,
+    /// Per chain, per step: the bytes that step may change.
+    step_triggers: Vec<Vec<ByteSet>>,
     pass_rules: Vec<usize>,
     /// Regex per cache slot (cloning a meta regex shares it).
     slots: Vec<meta::Regex>,
@@ -206,6 +208,7 @@ impl Engine {
             groups: Vec::new(),
             chains: Vec::new(),
             chain_triggers: Vec::new(),
+            step_triggers: Vec::new(),
             pass_rules: Vec::new(),
             slots: Vec::new(),
             max_set_patterns: 0,
@@ -223,6 +226,12 @@ impl Engine {
                 if chain == e.chains.len() {
                     e.chains.push(c.transforms.clone());
                     e.chain_triggers.push(chain_triggers(&c.transforms));
+                    e.step_triggers.push(
+                        c.transforms
+                            .iter()
+                            .map(|t| chain_triggers(std::slice::from_ref(t)))
+                            .collect(),
+                    );
                 }
                 e.kinds |= c.targets.kinds();
                 let slot = match &c.operator {
@@ -554,7 +563,15 @@ impl Engine {
                 if !identity && s.chain_for[g.chain] != ii {
                     let raw = &s.items.buf[vs..ve];
                     let out = &mut s.chain_out[g.chain];
-                    super::transform::run_chain_into(&self.chains[g.chain], raw, out, &mut s.tmp);
+                    // Leading steps that would not change the raw value are skipped
+                    // (e.g. only `lowercase` runs on "Trail Runner").
+                    let steps = &self.step_triggers[g.chain];
+                    let first = steps
+                        .iter()
+                        .position(|t| raw_bits.intersects(t))
+                        .unwrap_or(0);
+                    let chain = &self.chains[g.chain][first..];
+                    super::transform::run_chain_into(chain, raw, out, &mut s.tmp);
                     s.chain_bits[g.chain] = ByteSet::of(out);
                     s.chain_for[g.chain] = ii;
                 }

@@ -530,8 +530,12 @@ mod tests {
 
     #[test]
     fn byte_gates() {
+        // Every match holds one of the required bytes; a value with none cannot match.
         let s = required_bytes(r"(?i)union\s+select").unwrap();
-        assert!(s.contains(b'u') || s.contains(b'U') || s.contains(b'n') || s.contains(b's'));
+        for m in ["UNION SELECT", "union\tselect", "UnIoN\n\nSeLeCt"] {
+            assert!(ByteSet::of(m.as_bytes()).intersects(&s), "{m}");
+        }
+        assert!(!ByteSet::of(b"unionselect").intersects(&s) || s.contains(b'u'));
         let s = required_bytes(r"[;|&]\s*id\b").unwrap();
         assert_eq!(s, ByteSet::from_bytes([b';', b'|', b'&']));
         assert_eq!(required_bytes(r"a?"), None);
