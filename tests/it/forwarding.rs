@@ -319,17 +319,7 @@ async fn sni_picks_the_certificate_for_the_name() {
 async fn shipped_config_is_valid_and_serves_the_demo_upstream() {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
     gateway::check_config(&shipped).expect("shipped gateway.toml is valid");
-    // The same file on free ports, in a temp dir so no generated file lands in the repo.
-    let text = std::fs::read_to_string(&shipped)
-        .unwrap()
-        .replace("127.0.0.1:8443", "127.0.0.1:0")
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9901", "127.0.0.1:0")
-        .replace(
-            "rules = [\"rules/*.toml\"]",
-            &format!("rules = [\"{}/rules/*.toml\"]", env!("CARGO_MANIFEST_DIR")),
-        );
-    let gw = TestGateway::start(&text).await;
+    let gw = TestGateway::start(&shipped_config_on_free_ports()).await;
     assert!(gw.ca().exists(), "development CA generated");
     let token = std::fs::read_to_string(gw.dir.path().join("data/admin.token")).unwrap();
     assert_eq!(token.trim().len(), 64, "random admin token generated");

@@ -661,13 +661,7 @@ stuffing_users = 3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_config_protects_the_demo_apps_sessions_and_logins() {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
-    let text = std::fs::read_to_string(&shipped)
-        .unwrap()
-        .replace("127.0.0.1:8443", "127.0.0.1:0")
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9901", "127.0.0.1:0");
-    let gw = TestGateway::start(&text).await;
+    let gw = TestGateway::start(&shipped_config_on_free_ports()).await;
     let mut b = Browser::tls(&gw, "ignored: no trusted proxy").await;
 
     let r = b.get("/account").await;

@@ -636,3 +636,18 @@ where
         Ok(Ok(0)) | Ok(Err(_))
     )
 }
+
+/// The shipped `gateway.toml` on free ports, its rule files named by absolute path: for
+/// a temp dir, so no generated file lands in the repository.
+pub fn shipped_config_on_free_ports() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::read_to_string(Path::new(root).join("gateway.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace(
+            "rules = [\"rules/*.toml\"]",
+            &format!("rules = [\"{root}/rules/*.toml\"]"),
+        )
+}
