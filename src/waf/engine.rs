@@ -465,27 +465,6 @@ impl Engine {
             .collect()
     }
 
-    /// Per group, its direct members: rule id and gate cost (`None`: ungated).
-    pub fn direct_members(&self) -> Vec<Vec<(u32, Option<u32>)>> {
-        self.groups
-            .iter()
-            .map(|g| {
-                g.direct
-                    .iter()
-                    .map(|&mi| {
-                        let m = &g.members[mi];
-                        (self.rules[m.rule].id, m.needs.map(|n| n.cost()))
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Number of groups (distinct transformation chains).
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-
     /// Runs `f` with this thread's scratch, prepared for this engine.
     pub fn with_scratch<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
         thread_local! {

@@ -108,6 +108,8 @@ pub struct Waf {
     pub settings: Settings,
     /// The rule files it was compiled from.
     pub files: Vec<PathBuf>,
+    /// Some rule looks at the body (decided at compilation).
+    reads_body: bool,
 }
 
 /// One matched rule, for events and the tester.
@@ -156,10 +158,20 @@ pub mod builtin {
 
 impl Waf {
     pub fn new(engine: Engine, settings: Settings, files: Vec<PathBuf>) -> Waf {
+        let body = [
+            Kind::BodyArg,
+            Kind::BodyArgName,
+            Kind::File,
+            Kind::FileName,
+            Kind::Body,
+            Kind::RequestBody,
+        ];
+        let reads_body = body.iter().any(|k| engine.kinds() & k.bit() != 0);
         Waf {
             engine,
             settings,
             files,
+            reads_body,
         }
     }
 
@@ -177,15 +189,7 @@ impl Waf {
 
     /// True when some rule reads the body (so the phase must buffer it).
     pub fn reads_body(&self) -> bool {
-        let body = [
-            Kind::BodyArg,
-            Kind::BodyArgName,
-            Kind::File,
-            Kind::FileName,
-            Kind::Body,
-            Kind::RequestBody,
-        ];
-        body.iter().any(|k| self.engine.kinds() & k.bit() != 0)
+        self.reads_body
     }
 
     /// Inspects a request. `body_truncated`: the body is longer than what `req.body` holds.

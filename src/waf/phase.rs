@@ -10,7 +10,7 @@
 //! per client address and first rule (see [`crate::events::sampler`]).
 
 use bytes::{Bytes, BytesMut};
-use http::{header, Method, Request, Response, StatusCode, Version};
+use http::{header, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -44,7 +44,7 @@ pub async fn on_request(
     let mut body = body;
     let mut inspected: Option<Bytes> = None;
     let mut truncated = false;
-    if waf.reads_body() && may_have_body(&parts.method, &body) {
+    if waf.reads_body() && may_have_body(&body) {
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -220,9 +220,9 @@ fn too_large(
     )
 }
 
-fn may_have_body(method: &Method, body: &ClientBody) -> bool {
+fn may_have_body(body: &ClientBody) -> bool {
     match body {
-        ClientBody::Buffered(b) => !b.is_empty() || method == Method::CONNECT,
+        ClientBody::Buffered(b) => !b.is_empty(),
         ClientBody::Streaming(b) => !(b.is_end_stream() || b.size_hint().exact() == Some(0)),
         ClientBody::Partial(..) => true,
     }

@@ -79,16 +79,11 @@ impl Items {
         self.items.push(Item { kind, name, value });
     }
 
-    fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) -> Range<u32> {
+    fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) {
         let start = self.buf.len() as u32;
         super::transform::url_decode(raw, &mut self.buf, false);
         let value = start..self.buf.len() as u32;
-        self.items.push(Item {
-            kind,
-            name,
-            value: value.clone(),
-        });
-        value
+        self.items.push(Item { kind, name, value });
     }
 
     /// Collects the values of `req` of the kinds in `wanted` (a bit set of [`Kind`]s).
