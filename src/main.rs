@@ -44,6 +44,25 @@ enum Command {
         #[command(subcommand)]
         action: BackupAction,
     },
+    /// Replay the OWASP CRS regression suite (`<crs>/tests/*/*.yaml`, go-ftw format) through
+    /// the compiled CRS at paranoia level 4, detection only; print the pass rate per rule
+    /// family and `N passed, N failed`. Exit 1 when the pass rate is below `--min-pass-rate`.
+    CrsTest {
+        /// The CRS directory (crs-setup.conf[.example], rules/, tests/).
+        #[arg(long, default_value = "../shared/crs")]
+        crs: PathBuf,
+        /// go-ftw override files (`test_overrides`), applied in order.
+        #[arg(long = "overrides")]
+        overrides: Vec<PathBuf>,
+        /// Only the tests of this rule id.
+        #[arg(long)]
+        rule: Option<u32>,
+        /// Do not list each failure.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long, default_value_t = 0.0)]
+        min_pass_rate: f64,
+    },
     /// The web application firewall's tools.
     Waf {
         #[command(subcommand)]
@@ -119,6 +138,30 @@ fn main() -> ExitCode {
         Command::Waf {
             action: WafAction::Test { config, files },
         } => waf_test(&config, &files),
+        Command::CrsTest {
+            crs,
+            overrides,
+            rule,
+            quiet,
+            min_pass_rate,
+        } => match gateway::waf::crs::ftw::run(&crs, &overrides, rule) {
+            Ok(report) => {
+                print!("{}", report.render(!quiet));
+                if report.pass_rate() < min_pass_rate {
+                    eprintln!(
+                        "pass rate {:.2}% is below the floor {min_pass_rate}%",
+                        report.pass_rate()
+                    );
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -14,6 +14,7 @@
 //! `waf.over_limit`.
 
 pub mod config;
+pub mod crs;
 pub mod engine;
 pub mod json;
 pub mod operator;

@@ -1,0 +1,1034 @@
+//! One request through compiled CRS, with ModSecurity v3's semantics: phase 1 then
+//! phase 2 in file order; per rule, every target value transformed by the rule's chain
+//! and tested by its operator; on a match `MATCHED_VAR(S)` and captures (`TX:0-9`) are set
+//! and the rule's `setvar`s run; when a whole chain matched, its `ctl`s, log line and
+//! disruptive action take effect and `skipAfter` jumps to its marker.
+//!
+//! Request data ([`Data`]) is built once and only read; what rules change ([`State`]) is
+//! separate, so a rule's values can be borrowed while its actions write. Transformed
+//! values of request collections are cached per (value, transformation chain): CRS tests
+//! the same argument with the same chain in dozens of rules.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::compile::{
+    Arg, Cmp, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var,
+};
+use super::xform::Xform;
+use crate::waf::operator::{invalid_url_encoding, ByteSet};
+use crate::waf::request::{BodyParse, Items, RequestParts};
+use crate::waf::{sqli, xss};
+
+/// The request CRS looks at.
+pub struct CrsInput<'a> {
+    pub req: RequestParts<'a>,
+    pub remote: IpAddr,
+}
+
+/// A rule (chain) that matched and logs.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub id: u32,
+    pub msg: String,
+    pub data: String,
+    /// ModSecurity severity: 2 critical, 3 error, 4 warning, 5 notice.
+    pub severity: Option<u8>,
+    /// `ARGS:q`: the variable of the last match.
+    pub var: String,
+}
+
+/// What CRS made of a request.
+#[derive(Debug, Default)]
+pub struct CrsOutcome {
+    pub hits: Vec<Hit>,
+    /// `tx.blocking_inbound_anomaly_score` after the blocking evaluation.
+    pub inbound_score: i64,
+    /// The rule (id, status) that denied the request, when the engine blocks.
+    pub deny: Option<(u32, u16)>,
+    /// The rule that would have denied it, in detection-only mode.
+    pub would_deny: Option<(u32, u16)>,
+}
+
+impl CrsOutcome {
+    /// ModSecurity-style log lines (`[id "942100"] [msg "…"] …`), one per hit.
+    pub fn log_lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.hits.iter().map(|h| {
+            format!(
+                "[id \"{}\"] [msg \"{}\"] [data \"{}\"] [severity \"{}\"]",
+                h.id,
+                h.msg,
+                h.data,
+                h.severity.unwrap_or(0)
+            )
+        })
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.hits.iter().map(|h| h.id)
+    }
+}
+
+/// Request data, read-only while rules run.
+struct Data<'a> {
+    input: &'a CrsInput<'a>,
+    items: Items,
+    filename: Vec<u8>,
+    basename: Option<Range<usize>>,
+    uri: Vec<u8>,
+    processor: &'static str,
+    xml_text: Option<Vec<u8>>,
+    xml_attrs: Vec<Vec<u8>>,
+    part_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    files_size: usize,
+    unique_id: String,
+    remote: String,
+}
+
+/// What rules change.
+struct State {
+    vars: HashMap<String, Vec<u8>>,
+    matched_var: Vec<u8>,
+    matched_name: Vec<u8>,
+    matched_vars: Vec<(Vec<u8>, Vec<u8>)>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(Option<u32>, Option<String>, Var, Option<Vec<u8>>)>,
+    engine: EngineMode,
+    force_body: bool,
+    processor: Option<String>,
+}
+
+/// Scratch buffers.
+#[derive(Default)]
+struct Bufs {
+    a: Vec<u8>,
+    b: Vec<u8>,
+    vbuf: Vec<u8>,
+    vals: Vec<V>,
+    cache: Vec<u32>,
+    cranges: Vec<Range<u32>>,
+    cbuf: Vec<u8>,
+    new_matches: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One value of a rule's targets: from the request items, or copied into `vbuf`.
+#[derive(Clone)]
+struct V {
+    var: Var,
+    item: Option<u32>,
+    key: Range<u32>,
+    val: Range<u32>,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(1);
+
+impl Crs {
+    /// Runs phases 1 and 2 over a request. `blocking`: a `deny` stops the request
+    /// (otherwise it is only recorded, as in `DetectionOnly`).
+    pub fn evaluate(&self, input: &CrsInput<'_>, blocking: bool) -> CrsOutcome {
+        let mut data = Data::new(input);
+        let mut st = State {
+            vars: self
+                .initial_tx
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            matched_var: Vec::new(),
+            matched_name: Vec::new(),
+            matched_vars: Vec::new(),
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets: Vec::new(),
+            engine: if blocking {
+                EngineMode::On
+            } else {
+                EngineMode::DetectionOnly
+            },
+            force_body: false,
+            processor: None,
+        };
+        let mut bufs = Bufs::default();
+        let mut out = CrsOutcome::default();
+        'phases: for (p, rules) in self.phases.iter().enumerate() {
+            if p == 1 {
+                // As ModSecurity and Coraza do: a forced body variable without a body
+                // processor means the body is read as URLENCODED.
+                let forced =
+                    (st.force_body && data.processor.is_empty()).then(|| "URLENCODED".to_string());
+                if let Some(proc_) = st.processor.take().or(forced) {
+                    data.reprocess(&proc_);
+                }
+            }
+            bufs.cache.clear();
+            bufs.cache
+                .resize(data.items.items.len() * self.chains.len(), u32::MAX);
+            bufs.cranges.clear();
+            bufs.cbuf.clear();
+            let mut i = 0;
+            while i < rules.len() {
+                let Entry::Rule(r) = &rules[i] else {
+                    i += 1;
+                    continue;
+                };
+                if st.engine == EngineMode::Off {
+                    break 'phases;
+                }
+                if st.removed(r) || !self.chain_matches(r, &data, &mut st, &mut bufs) {
+                    i += 1;
+                    continue;
+                }
+                for link in std::iter::once(&**r).chain(r.chain.iter()) {
+                    for c in &link.ctls {
+                        st.ctl(c);
+                    }
+                }
+                if r.log {
+                    out.hits.push(Hit {
+                        id: r.id,
+                        msg: r
+                            .msg
+                            .as_ref()
+                            .map(|m| lossy(&expand(m, &data, &st, r)))
+                            .unwrap_or_default(),
+                        data: r
+                            .logdata
+                            .as_ref()
+                            .or_else(|| r.chain.iter().rev().find_map(|l| l.logdata.as_ref()))
+                            .map(|m| lossy(&expand(m, &data, &st, r)))
+                            .unwrap_or_default(),
+                        severity: r.severity,
+                        var: lossy(&st.matched_name),
+                    });
+                }
+                let action = match r.disruptive {
+                    Disruptive::Block => self.block_action[p],
+                    d => d,
+                };
+                match action {
+                    Disruptive::Deny(status) => {
+                        if st.engine == EngineMode::On {
+                            out.deny = Some((r.id, status));
+                            break 'phases;
+                        }
+                        out.would_deny.get_or_insert((r.id, status));
+                    }
+                    Disruptive::Allow => break 'phases,
+                    Disruptive::Pass | Disruptive::Block => {}
+                }
+                i = if r.skip_after.is_some() {
+                    r.skip_to
+                } else {
+                    i + 1
+                };
+            }
+        }
+        out.inbound_score = st.num("tx.blocking_inbound_anomaly_score");
+        out
+    }
+
+    fn chain_matches(&self, r: &Rule, data: &Data<'_>, st: &mut State, bufs: &mut Bufs) -> bool {
+        st.matched_vars.clear();
+        for link in std::iter::once(r).chain(r.chain.iter()) {
+            if !self.link_matches(link, r, data, st, bufs) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Evaluates one rule of a chain; runs its per-match actions.
+    fn link_matches(
+        &self,
+        link: &Rule,
+        head: &Rule,
+        data: &Data<'_>,
+        st: &mut State,
+        bufs: &mut Bufs,
+    ) -> bool {
+        if link.always {
+            run_setvars(link, head, data, st);
+            return true;
+        }
+        bufs.vals.clear();
+        bufs.vbuf.clear();
+        for t in &link.targets {
+            let before = bufs.vals.len();
+            collect(t.var, &t.sel, link, head, data, st, bufs);
+            if t.count {
+                let n = bufs.vals.len() - before;
+                bufs.vals.truncate(before);
+                let key = push(&mut bufs.vbuf, t.var.name().as_bytes());
+                let val = push(&mut bufs.vbuf, n.to_string().as_bytes());
+                bufs.vals.push(V {
+                    var: t.var,
+                    item: None,
+                    key,
+                    val,
+                });
+            }
+        }
+        let chain = &self.chains[link.xforms as usize];
+        let nchains = self.chains.len();
+        let mut matched = false;
+        bufs.new_matches.clear();
+        let vals = std::mem::take(&mut bufs.vals);
+        for v in &vals {
+            let (key, raw): (&[u8], &[u8]) = match v.item {
+                Some(_) => (
+                    &data.items.buf[v.key.start as usize..v.key.end as usize],
+                    &data.items.buf[v.val.start as usize..v.val.end as usize],
+                ),
+                None => (
+                    &bufs.vbuf[v.key.start as usize..v.key.end as usize],
+                    &bufs.vbuf[v.val.start as usize..v.val.end as usize],
+                ),
+            };
+            let mut hit: Option<(Vec<u8>, Option<Vec<Vec<u8>>>)> = None;
+            if link.multi_match {
+                let mut cur = raw.to_vec();
+                if let Some(c) = self.op_matches(link, &cur, data, st) {
+                    hit = Some((cur.clone(), c));
+                }
+                for x in chain {
+                    if hit.is_some() {
+                        break;
+                    }
+                    if x.may_change(&cur) {
+                        let mut next = Vec::new();
+                        x.apply(&cur, &mut next);
+                        cur = next;
+                        if let Some(c) = self.op_matches(link, &cur, data, st) {
+                            hit = Some((cur.clone(), c));
+                        }
+                    }
+                }
+            } else {
+                let value: &[u8] = match v.item {
+                    Some(idx) if !chain.is_empty() => {
+                        let slot = idx as usize * nchains + link.xforms as usize;
+                        let ci = bufs.cache[slot];
+                        let r = if ci == u32::MAX {
+                            let res = transform(chain, raw, &mut bufs.a, &mut bufs.b);
+                            let start = bufs.cbuf.len() as u32;
+                            bufs.cbuf.extend_from_slice(res);
+                            let r = start..bufs.cbuf.len() as u32;
+                            bufs.cache[slot] = bufs.cranges.len() as u32;
+                            bufs.cranges.push(r.clone());
+                            r
+                        } else {
+                            bufs.cranges[ci as usize].clone()
+                        };
+                        &bufs.cbuf[r.start as usize..r.end as usize]
+                    }
+                    _ => transform(chain, raw, &mut bufs.a, &mut bufs.b),
+                };
+                if let Some(c) = self.op_matches(link, value, data, st) {
+                    hit = Some((value.to_vec(), c));
+                }
+            }
+            if let Some((value, caps)) = hit {
+                matched = true;
+                let mut name = v.var.name().as_bytes().to_vec();
+                if !key.is_empty() {
+                    name.push(b':');
+                    name.extend_from_slice(key);
+                }
+                st.matched_var = value.clone();
+                st.matched_name = name.clone();
+                if let Some(caps) = caps {
+                    for (i, c) in caps.into_iter().enumerate() {
+                        st.vars.insert(format!("tx.{i}"), c);
+                    }
+                }
+                bufs.new_matches.push((name, value));
+                run_setvars(link, head, data, st);
+            }
+        }
+        bufs.vals = vals;
+        if matched {
+            std::mem::swap(&mut st.matched_vars, &mut bufs.new_matches);
+        }
+        matched
+    }
+
+    /// `Some(captures)` when the operator (with the rule's negation) matches.
+    fn op_matches(
+        &self,
+        link: &Rule,
+        v: &[u8],
+        data: &Data<'_>,
+        st: &State,
+    ) -> Option<Option<Vec<Vec<u8>>>> {
+        let arg = |a: &Arg| -> Vec<u8> {
+            match a {
+                Arg::Lit(l) => l.clone(),
+                Arg::Macro(m) => expand(m, data, st, link),
+            }
+        };
+        let mut caps = None;
+        let m = match &link.op {
+            Op::Rx { re, needs } => {
+                if let Some(n) = needs {
+                    if !link.negate && !ByteSet::of(v).intersects(n) {
+                        return None;
+                    }
+                }
+                if link.capture && !link.negate {
+                    let mut c = re.create_captures();
+                    re.captures(v, &mut c);
+                    if c.is_match() {
+                        let mut out = Vec::new();
+                        for g in 0..c.group_len().min(10) {
+                            out.push(c.get_group(g).map_or(Vec::new(), |s| v[s.range()].to_vec()));
+                        }
+                        caps = Some(out);
+                        true
+                    } else {
+                        false
+                    }
+                } else {
+                    re.is_match(v)
+                }
+            }
+            Op::Pm(ac) => match ac.find(v) {
+                Some(m) => {
+                    if link.capture {
+                        caps = Some(vec![v[m.range()].to_vec()]);
+                    }
+                    true
+                }
+                None => false,
+            },
+            Op::StrEq(a) => arg(a) == v,
+            Op::Within(a) => {
+                let p = arg(a);
+                v.is_empty() || memchr::memmem::find(&p, v).is_some()
+            }
+            Op::BeginsWith(a) => v.starts_with(&arg(a)),
+            Op::EndsWith(a) => v.ends_with(&arg(a)),
+            Op::Contains(a) => memchr::memmem::find(v, &arg(a)).is_some(),
+            Op::ContainsWord(a) => contains_word(v, &arg(a)),
+            Op::Compare(c, a) => {
+                let (x, y) = (atoi(v), atoi(&arg(a)));
+                match c {
+                    Cmp::Eq => x == y,
+                    Cmp::Gt => x > y,
+                    Cmp::Ge => x >= y,
+                    Cmp::Lt => x < y,
+                    Cmp::Le => x <= y,
+                }
+            }
+            Op::DetectSqli => sqli::is_sqli(v),
+            Op::DetectXss => xss::is_xss(v),
+            Op::ValidateByteRange(ok) => v.iter().any(|&b| !ok[b as usize]),
+            Op::ValidateUrlEncoding => invalid_url_encoding(v),
+            Op::ValidateUtf8 => std::str::from_utf8(v).is_err(),
+            Op::IpMatch(nets) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+            Op::Unconditional => true,
+            Op::NoMatch => false,
+        };
+        if m != link.negate {
+            Some(caps)
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs a transformation chain, skipping steps that cannot change the value.
+fn transform<'x>(
+    chain: &[Xform],
+    input: &'x [u8],
+    a: &'x mut Vec<u8>,
+    b: &'x mut Vec<u8>,
+) -> &'x [u8] {
+    let mut at: u8 = 0; // 0 input, 1 a, 2 b
+    for x in chain {
+        match at {
+            0 => {
+                if x.may_change(input) {
+                    x.apply(input, a);
+                    at = 1;
+                }
+            }
+            1 => {
+                if x.may_change(a) {
+                    x.apply(a, b);
+                    at = 2;
+                }
+            }
+            _ => {
+                if x.may_change(b) {
+                    x.apply(b, a);
+                    at = 1;
+                }
+            }
+        }
+    }
+    match at {
+        0 => input,
+        1 => a,
+        _ => b,
+    }
+}
+
+fn push(buf: &mut Vec<u8>, b: &[u8]) -> Range<u32> {
+    let s = buf.len() as u32;
+    buf.extend_from_slice(b);
+    s..buf.len() as u32
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// C `atoi`: optional sign and leading digits, else 0.
+fn atoi(v: &[u8]) -> i64 {
+    let s = v.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for &d in digits.iter().take_while(|b| b.is_ascii_digit()) {
+        n = n.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+    }
+    if neg {
+        -n
+    } else {
+        n
+    }
+}
+
+fn contains_word(v: &[u8], w: &[u8]) -> bool {
+    if w.is_empty() {
+        return true;
+    }
+    let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    memchr::memmem::find_iter(v, w)
+        .any(|i| !word(i.checked_sub(1).and_then(|j| v.get(j))) && !word(v.get(i + w.len())))
+}
+
+/// Collects the values of one target (`var` filtered by `sel`, minus exclusions).
+fn collect(
+    var: Var,
+    sel: &super::compile::Sel,
+    link: &Rule,
+    head: &Rule,
+    data: &Data<'_>,
+    st: &State,
+    bufs: &mut Bufs,
+) {
+    let excluded = |key: &[u8]| {
+        link.excludes
+            .iter()
+            .any(|(v, s)| *v == var && s.matches(key))
+            || st.removed_targets.iter().any(|(id, tag, v, k)| {
+                *v == var
+                    && k.as_deref().is_none_or(|k| k.eq_ignore_ascii_case(key))
+                    && (id.is_some_and(|id| id == head.id)
+                        || tag
+                            .as_ref()
+                            .is_some_and(|t| head.tags.iter().any(|x| x == t)))
+            })
+    };
+    let kinds = var.kinds();
+    if kinds != 0 {
+        for (i, it) in data.items.items.iter().enumerate() {
+            if kinds & it.kind.bit() == 0 {
+                continue;
+            }
+            let key = data.items.name(it);
+            if !sel.matches(key) || excluded(key) {
+                continue;
+            }
+            bufs.vals.push(V {
+                var,
+                item: Some(i as u32),
+                key: it.name.clone(),
+                val: it.value.clone(),
+            });
+        }
+        return;
+    }
+    let own = |key: &[u8], val: &[u8], bufs: &mut Bufs| {
+        if sel.matches(key) && !excluded(key) {
+            let key = push(&mut bufs.vbuf, key);
+            let val = push(&mut bufs.vbuf, val);
+            bufs.vals.push(V {
+                var,
+                item: None,
+                key,
+                val,
+            });
+        }
+    };
+    match var {
+        Var::Tx => {
+            if let super::compile::Sel::Name(n) = sel {
+                let k = format!("tx.{}", String::from_utf8_lossy(n));
+                if let Some(v) = st.vars.get(&k) {
+                    own(n, v, bufs);
+                }
+            } else {
+                for (k, v) in &st.vars {
+                    if let Some(name) = k.strip_prefix("tx.") {
+                        own(name.as_bytes(), v, bufs);
+                    }
+                }
+            }
+        }
+        Var::MatchedVars => {
+            for (k, v) in &st.matched_vars {
+                own(k, v, bufs);
+            }
+        }
+        Var::MatchedVarsNames => {
+            for (k, _) in &st.matched_vars {
+                own(k, k, bufs);
+            }
+        }
+        Var::MultipartPartHeaders => {
+            for (k, v) in &data.part_headers {
+                own(k, v, bufs);
+            }
+        }
+        Var::Xml => {
+            let attrs = matches!(sel, super::compile::Sel::Name(n) if n == b"//@*");
+            if attrs {
+                for a in &data.xml_attrs {
+                    if !excluded(b"") {
+                        let key = push(&mut bufs.vbuf, b"");
+                        let val = push(&mut bufs.vbuf, a);
+                        bufs.vals.push(V {
+                            var,
+                            item: None,
+                            key,
+                            val,
+                        });
+                    }
+                }
+            } else if let Some(t) = &data.xml_text {
+                let key = push(&mut bufs.vbuf, b"");
+                let val = push(&mut bufs.vbuf, t);
+                bufs.vals.push(V {
+                    var,
+                    item: None,
+                    key,
+                    val,
+                });
+            }
+        }
+        _ => {
+            if let Some(v) = scalar(var, data, st) {
+                if matches!(sel, super::compile::Sel::All) && !excluded(b"") {
+                    let key = push(&mut bufs.vbuf, b"");
+                    let val = push(&mut bufs.vbuf, &v);
+                    bufs.vals.push(V {
+                        var,
+                        item: None,
+                        key,
+                        val,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The value of a scalar variable (`None`: not present in this request).
+fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
+    let req = &data.input.req;
+    let target = req.target.as_bytes();
+    Some(match var {
+        Var::MatchedVar => st.matched_var.clone(),
+        Var::MatchedVarName => st.matched_name.clone(),
+        Var::RequestUri => data.uri.clone(),
+        Var::RequestUriRaw => target.to_vec(),
+        Var::RequestFilename => data.filename.clone(),
+        Var::RequestBasename => data.filename[data.basename.clone()?].to_vec(),
+        Var::RequestLine => {
+            let mut l = Vec::with_capacity(target.len() + 16);
+            l.extend_from_slice(req.method.as_bytes());
+            l.push(b' ');
+            l.extend_from_slice(target);
+            l.push(b' ');
+            l.extend_from_slice(req.version.as_bytes());
+            l
+        }
+        Var::RequestMethod => req.method.as_bytes().to_vec(),
+        Var::RequestProtocol => req.version.as_bytes().to_vec(),
+        Var::QueryString => req.target.split_once('?')?.1.as_bytes().to_vec(),
+        Var::RequestBody => {
+            let b = req.body?;
+            if data.processor == "MULTIPART" && !st.force_body {
+                return None;
+            }
+            b.to_vec()
+        }
+        Var::RequestBodyLength => req.body.map_or(0, <[u8]>::len).to_string().into_bytes(),
+        Var::ReqbodyProcessor => data.processor.as_bytes().to_vec(),
+        Var::ReqbodyError => {
+            let failed = matches!(data.items.body, Some(BodyParse::Failed(_)));
+            (if failed { "1" } else { "0" }).as_bytes().to_vec()
+        }
+        Var::ArgsCombinedSize => data.items.arg_bytes.to_string().into_bytes(),
+        Var::FilesCombinedSize => data.files_size.to_string().into_bytes(),
+        Var::RemoteAddr => data.remote.as_bytes().to_vec(),
+        Var::UniqueId => data.unique_id.as_bytes().to_vec(),
+        _ => return None,
+    })
+}
+
+fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
+    for sv in &link.setvars {
+        let name = lossy(&expand(&sv.name, data, st, head));
+        match sv.op {
+            SetOp::Delete => {
+                st.vars.remove(&name);
+            }
+            SetOp::Set => {
+                let v = expand(&sv.value, data, st, head);
+                st.vars.insert(name, v);
+            }
+            SetOp::Add | SetOp::Sub => {
+                let d = atoi(&expand(&sv.value, data, st, head));
+                let cur = st.vars.get(&name).map_or(0, |v| atoi(v));
+                let n = if sv.op == SetOp::Add {
+                    cur + d
+                } else {
+                    cur - d
+                };
+                st.vars.insert(name, n.to_string().into_bytes());
+            }
+        }
+    }
+}
+
+/// Expands `%{…}` references.
+fn expand(m: &Macro, data: &Data<'_>, st: &State, rule: &Rule) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in &m.0 {
+        match p {
+            Part::Lit(s) => out.extend_from_slice(s.as_bytes()),
+            Part::Var(Var::Tx, Some(k)) => {
+                if let Some(v) = st.vars.get(&format!("tx.{k}")) {
+                    out.extend_from_slice(v);
+                }
+            }
+            Part::Var(Var::Rule, Some(k)) => match k.as_str() {
+                "id" => out.extend_from_slice(rule.id.to_string().as_bytes()),
+                "msg" => {
+                    if let Some(m) = &rule.msg {
+                        out.extend(expand(m, data, st, rule));
+                    }
+                }
+                "severity" => {
+                    out.extend_from_slice(rule.severity.unwrap_or(0).to_string().as_bytes())
+                }
+                _ => {}
+            },
+            Part::Var(var, key) => {
+                let kinds = var.kinds();
+                if kinds != 0 {
+                    let found = data.items.items.iter().find(|it| {
+                        kinds & it.kind.bit() != 0
+                            && key.as_deref().is_none_or(|k| {
+                                data.items.name(it).eq_ignore_ascii_case(k.as_bytes())
+                            })
+                    });
+                    if let Some(it) = found {
+                        out.extend_from_slice(data.items.value(it));
+                    }
+                } else if let Some(v) = scalar(*var, data, st) {
+                    out.extend_from_slice(&v);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl State {
+    fn num(&self, k: &str) -> i64 {
+        self.vars.get(k).map_or(0, |v| atoi(v))
+    }
+
+    fn removed(&self, r: &Rule) -> bool {
+        self.removed_ids
+            .iter()
+            .any(|&(a, b)| (a..=b).contains(&r.id))
+            || self
+                .removed_tags
+                .iter()
+                .any(|t| r.tags.iter().any(|x| x == t))
+    }
+
+    fn ctl(&mut self, c: &Ctl) {
+        match c {
+            Ctl::RemoveById(r) => self.removed_ids.extend_from_slice(r),
+            Ctl::RemoveByTag(t) => self.removed_tags.push(t.clone()),
+            Ctl::RemoveTargetById(id, v, k) => {
+                self.removed_targets.push((Some(*id), None, *v, k.clone()))
+            }
+            Ctl::RemoveTargetByTag(t, v, k) => {
+                self.removed_targets
+                    .push((None, Some(t.clone()), *v, k.clone()))
+            }
+            Ctl::RuleEngine(m) => {
+                // Detection-only never turns into blocking from a rule.
+                if !(self.engine == EngineMode::DetectionOnly && *m == EngineMode::On) {
+                    self.engine = *m;
+                }
+            }
+            Ctl::ForceRequestBodyVariable => self.force_body = true,
+            Ctl::RequestBodyProcessor(p) => self.processor = Some(p.clone()),
+            Ctl::AuditEngine => {}
+        }
+    }
+}
+
+impl<'a> Data<'a> {
+    fn new(input: &'a CrsInput<'a>) -> Data<'a> {
+        let req = &input.req;
+        let mut items = Items::default();
+        items.collect(req, u32::MAX);
+        let target = req.target.as_bytes();
+        // An absolute-form target: REQUEST_URI and REQUEST_FILENAME start at the path.
+        let path_and_query: &[u8] = match req.target.find("://") {
+            Some(i) => {
+                let rest = &target[i + 3..];
+                rest.iter()
+                    .position(|&b| b == b'/')
+                    .map_or(&b"/"[..], |p| &rest[p..])
+            }
+            None => target,
+        };
+        let path = match memchr::memchr(b'?', path_and_query) {
+            Some(i) => &path_and_query[..i],
+            None => path_and_query,
+        };
+        let mut filename = Vec::with_capacity(path.len());
+        crate::waf::transform::url_decode(path, &mut filename, false);
+        let basename = filename
+            .iter()
+            .rposition(|&b| b == b'/' || b == b'\\')
+            .filter(|&i| i + 1 < filename.len())
+            .map(|i| i + 1..filename.len());
+        let ctype = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes().to_ascii_lowercase())
+            .unwrap_or_default();
+        let processor = processor_of(&ctype);
+        let mut d = Data {
+            input,
+            items,
+            filename,
+            basename,
+            uri: path_and_query.to_vec(),
+            processor,
+            xml_text: None,
+            xml_attrs: Vec::new(),
+            part_headers: Vec::new(),
+            files_size: 0,
+            unique_id: format!(
+                "{:016x}",
+                UNIQUE
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ),
+            remote: input.remote.to_string(),
+        };
+        if let Some(body) = req.body {
+            if processor == "XML" {
+                d.xml(body);
+            } else if processor == "MULTIPART" {
+                d.multipart(body, &ctype);
+            }
+        }
+        d
+    }
+
+    /// `ctl:requestBodyProcessor=…`: the body parsed again as that type.
+    fn reprocess(&mut self, p: &str) {
+        let ctype = match p {
+            "URLENCODED" => "application/x-www-form-urlencoded",
+            "JSON" => "application/json",
+            "XML" => "application/xml",
+            "MULTIPART" => return,
+            _ => return,
+        };
+        let mut headers = self.input.req.headers.clone();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        let mut req = self.input.req;
+        req.headers = &headers;
+        self.items.collect(&req, u32::MAX);
+        self.processor = processor_of(ctype.as_bytes());
+        if p == "XML" {
+            if let Some(b) = req.body {
+                self.xml(b);
+            }
+        }
+    }
+
+    /// Text content and attribute values of an XML body.
+    fn xml(&mut self, body: &[u8]) {
+        let mut text = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            if body[i] == b'<' {
+                if body[i..].starts_with(b"<![CDATA[") {
+                    let s = i + 9;
+                    let e = memchr::memmem::find(&body[s..], b"]]>").map_or(body.len(), |e| s + e);
+                    text.extend_from_slice(&body[s..e]);
+                    i = e + 3;
+                    continue;
+                }
+                let e = memchr::memchr(b'>', &body[i..]).map_or(body.len(), |e| i + e);
+                let tag = &body[i..e];
+                if !tag.starts_with(b"<!") && !tag.starts_with(b"<?") {
+                    let mut j = 0;
+                    while let Some(q) = tag[j..].iter().position(|&b| b == b'"' || b == b'\'') {
+                        let qc = tag[j + q];
+                        let s = j + q + 1;
+                        let Some(end) = tag[s..].iter().position(|&b| b == qc) else {
+                            break;
+                        };
+                        self.xml_attrs.push(tag[s..s + end].to_vec());
+                        j = s + end + 1;
+                    }
+                }
+                i = e + 1;
+            } else {
+                text.push(body[i]);
+                i += 1;
+            }
+        }
+        self.xml_text = Some(text);
+    }
+
+    /// Part headers and upload sizes of a multipart body.
+    fn multipart(&mut self, body: &[u8], ctype: &[u8]) {
+        let Some(b) = memchr::memmem::find(ctype, b"boundary=") else {
+            return;
+        };
+        let mut boundary = &ctype[b + 9..];
+        if let Some(e) = boundary.iter().position(|&c| c == b';') {
+            boundary = &boundary[..e];
+        }
+        let boundary = boundary.trim_ascii();
+        let boundary = boundary
+            .strip_prefix(b"\"")
+            .and_then(|x| x.strip_suffix(b"\""))
+            .unwrap_or(boundary);
+        // The boundary as sent (the content type was lowercased for matching).
+        let raw_ct = self
+            .input
+            .req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let bpos = memchr::memmem::find(&raw_ct.to_ascii_lowercase(), boundary).unwrap_or(0);
+        let boundary = raw_ct
+            .get(bpos..bpos + boundary.len())
+            .unwrap_or(boundary)
+            .to_vec();
+        let mut delim = b"--".to_vec();
+        delim.extend_from_slice(&boundary);
+        let parts: Vec<&[u8]> = split_all(body, &delim);
+        for part in parts.into_iter().skip(1) {
+            if part.starts_with(b"--") {
+                break;
+            }
+            let part = part
+                .strip_prefix(b"\r\n")
+                .or_else(|| part.strip_prefix(b"\n"))
+                .unwrap_or(part);
+            let (head, content) = match memchr::memmem::find(part, b"\r\n\r\n") {
+                Some(i) => (&part[..i], &part[i + 4..]),
+                None => match memchr::memmem::find(part, b"\n\n") {
+                    Some(i) => (&part[..i], &part[i + 2..]),
+                    None => (part, &b""[..]),
+                },
+            };
+            let lines: Vec<&[u8]> = head
+                .split(|&c| c == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let name = lines
+                .iter()
+                .find_map(|l| {
+                    let lower = l.to_ascii_lowercase();
+                    let i = memchr::memmem::find(&lower, b" name=")
+                        .or_else(|| memchr::memmem::find(&lower, b";name="))?;
+                    let v = &l[i + 6..];
+                    let v = v.strip_prefix(b"\"").unwrap_or(v);
+                    let e = v
+                        .iter()
+                        .position(|&c| c == b'"' || c == b';')
+                        .unwrap_or(v.len());
+                    Some(v[..e].to_vec())
+                })
+                .unwrap_or_default();
+            let is_file = lines
+                .iter()
+                .any(|l| memchr::memmem::find(&l.to_ascii_lowercase(), b"filename").is_some());
+            if is_file {
+                let c = content.strip_suffix(b"\r\n").unwrap_or(content);
+                self.files_size += c.len();
+            }
+            for l in lines {
+                self.part_headers.push((name.clone(), l.to_vec()));
+            }
+        }
+    }
+}
+
+fn split_all<'x>(hay: &'x [u8], delim: &[u8]) -> Vec<&'x [u8]> {
+    let mut out = Vec::new();
+    let mut last = 0;
+    for i in memchr::memmem::find_iter(hay, delim) {
+        out.push(&hay[last..i]);
+        last = i + delim.len();
+    }
+    out.push(&hay[last..]);
+    out
+}
+
+/// REQBODY_PROCESSOR from a (lowercased) content type, as ModSecurity with its
+/// recommended configuration sets it.
+fn processor_of(ctype: &[u8]) -> &'static str {
+    let mime = ctype
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
+    if mime == b"application/x-www-form-urlencoded" {
+        "URLENCODED"
+    } else if mime == b"multipart/form-data" {
+        "MULTIPART"
+    } else if mime.starts_with(b"application/json") || mime.ends_with(b"+json") {
+        "JSON"
+    } else if mime == b"text/xml"
+        || mime == b"application/xml"
+        || mime == b"application/soap+xml"
+        || mime.ends_with(b"+xml")
+    {
+        "XML"
+    } else {
+        ""
+    }
+}
