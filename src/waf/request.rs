@@ -364,22 +364,38 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// `name="x"` (or unquoted) in a `Content-Disposition` line.
+/// `name="x"` (or unquoted) in a `Content-Disposition` line. A quoted value runs to its
+/// closing quote (it may hold `;`, as `&auml;` does), with `\"` escapes kept as sent.
 fn disposition_param<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    for param in line.split(|&b| b == b';').skip(1) {
-        let param = trim(param);
-        let Some(eq) = memchr::memchr(b'=', param) else {
-            continue;
-        };
-        if !trim(&param[..eq]).eq_ignore_ascii_case(key) {
-            continue;
+    let mut i = memchr::memchr(b';', line)? + 1;
+    while i < line.len() {
+        while i < line.len() && matches!(line[i], b' ' | b'\t' | b';') {
+            i += 1;
         }
-        let v = trim(&param[eq + 1..]);
-        return Some(
-            v.strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(v),
-        );
+        let eq = i + memchr::memchr(b'=', &line[i..])?;
+        let k = trim(&line[i..eq]);
+        let mut j = eq + 1;
+        while j < line.len() && line[j] == b' ' {
+            j += 1;
+        }
+        let value;
+        if line.get(j) == Some(&b'"') {
+            let start = j + 1;
+            let mut e = start;
+            while e < line.len() && line[e] != b'"' {
+                e += if line[e] == b'\\' { 2 } else { 1 };
+            }
+            let e = e.min(line.len());
+            value = &line[start..e];
+            i = e + 1;
+        } else {
+            let e = memchr::memchr(b';', &line[j..]).map_or(line.len(), |e| j + e);
+            value = trim(&line[j..e]);
+            i = e;
+        }
+        if k.eq_ignore_ascii_case(key) {
+            return Some(value);
+        }
     }
     None
 }

@@ -667,8 +667,9 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
         Var::RequestProtocol => req.version.as_bytes().to_vec(),
         Var::QueryString => req.target.split_once('?')?.1.as_bytes().to_vec(),
         Var::RequestBody => {
+            // As in ModSecurity: with the URLENCODED processor, or when forced.
             let b = req.body?;
-            if data.processor == "MULTIPART" && !st.force_body {
+            if data.processor != "URLENCODED" && !st.force_body {
                 return None;
             }
             b.to_vec()
@@ -891,12 +892,12 @@ impl<'a> Data<'a> {
                 if body[i..].starts_with(b"<![CDATA[") {
                     let s = i + 9;
                     let e = memchr::memmem::find(&body[s..], b"]]>").map_or(body.len(), |e| s + e);
-                    text.extend_from_slice(&body[s..e]);
+                    text.extend_from_slice(&body[s..e.min(body.len())]);
                     i = e + 3;
                     continue;
                 }
                 let e = memchr::memchr(b'>', &body[i..]).map_or(body.len(), |e| i + e);
-                let tag = &body[i..e];
+                let tag = &body[i..e.min(body.len())];
                 if !tag.starts_with(b"<!") && !tag.starts_with(b"<?") {
                     let mut j = 0;
                     while let Some(q) = tag[j..].iter().position(|&b| b == b'"' || b == b'\'') {
@@ -905,7 +906,7 @@ impl<'a> Data<'a> {
                         let Some(end) = tag[s..].iter().position(|&b| b == qc) else {
                             break;
                         };
-                        self.xml_attrs.push(tag[s..s + end].to_vec());
+                        self.xml_attrs.push(xml_unescape(&tag[s..s + end]));
                         j = s + end + 1;
                     }
                 }
@@ -915,7 +916,7 @@ impl<'a> Data<'a> {
                 i += 1;
             }
         }
-        self.xml_text = Some(text);
+        self.xml_text = Some(xml_unescape(&text));
     }
 
     /// Part headers and upload sizes of a multipart body.
@@ -995,6 +996,16 @@ impl<'a> Data<'a> {
             }
         }
     }
+}
+
+/// Character and entity references decoded, as an XML parser hands values over.
+fn xml_unescape(v: &[u8]) -> Vec<u8> {
+    if !v.contains(&b'&') {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(v.len());
+    crate::waf::transform::Transform::HtmlEntityDecode.apply(v, &mut out);
+    out
 }
 
 fn split_all<'x>(hay: &'x [u8], delim: &[u8]) -> Vec<&'x [u8]> {

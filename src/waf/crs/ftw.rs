@@ -466,6 +466,9 @@ fn run_stage(crs: &Crs, input: &Input, expected: &Output) -> Result<(), String> 
     if why.is_empty() {
         Ok(())
     } else {
+        if status != 200 {
+            why.push(format!("the HTTP layer refuses the request ({status}) before the WAF"));
+        }
         why.push(format!("logged {ids:?}"));
         Err(why.join("; "))
     }
