@@ -54,6 +54,8 @@ pub struct Items {
     pub args: usize,
     pub largest_arg: usize,
     pub arg_bytes: usize,
+    /// List a repeated argument name every time (ModSecurity's `ARGS_NAMES`), not once.
+    pub repeat_names: bool,
     path_buf: Vec<u8>,
     text_buf: Vec<u8>,
     /// Hashes of argument names already listed (a JSON array repeats its keys).
@@ -88,6 +90,12 @@ impl Items {
 
     /// Collects the values of `req` of the kinds in `wanted` (a bit set of [`Kind`]s).
     pub fn collect(&mut self, req: &RequestParts<'_>, wanted: u32) {
+        self.collect_as(req, wanted, None);
+    }
+
+    /// [`Items::collect`], with the body parsed as `body_type` (a media type) whatever the
+    /// request's `Content-Type` says (ModSecurity's forced body processor).
+    pub fn collect_as(&mut self, req: &RequestParts<'_>, wanted: u32, body_type: Option<&str>) {
         self.buf.clear();
         self.items.clear();
         self.body = None;
@@ -163,11 +171,12 @@ impl Items {
             if want(Kind::RequestBody) {
                 self.push(Kind::RequestBody, none.clone(), body);
             }
-            let ctype = req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let ctype = body_type.unwrap_or_else(|| {
+                req.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            });
             let mime = ctype
                 .split(';')
                 .next()
@@ -218,6 +227,14 @@ impl Items {
 
     /// A `*_names` item, once per distinct name and kind.
     fn push_name(&mut self, kind: Kind, name: Range<u32>) {
+        if self.repeat_names {
+            self.items.push(Item {
+                kind,
+                name: name.clone(),
+                value: name,
+            });
+            return;
+        }
         let bytes = &self.buf[name.start as usize..name.end as usize];
         // FNV-1a, seeded with the kind.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;

@@ -653,7 +653,10 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
         Var::RequestUri => data.uri.clone(),
         Var::RequestUriRaw => target.to_vec(),
         Var::RequestFilename => data.filename.clone(),
-        Var::RequestBasename => data.filename[data.basename.clone()?].to_vec(),
+        Var::RequestBasename => data
+            .basename
+            .clone()
+            .map_or(Vec::new(), |r| data.filename[r].to_vec()),
         Var::RequestLine => {
             let mut l = Vec::with_capacity(target.len() + 16);
             l.extend_from_slice(req.method.as_bytes());
@@ -690,7 +693,8 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
 
 fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
     for sv in &link.setvars {
-        let name = lossy(&expand(&sv.name, data, st, head));
+        let mut name = lossy(&expand(&sv.name, data, st, head));
+        name.make_ascii_lowercase();
         match sv.op {
             SetOp::Delete => {
                 st.vars.remove(&name);
@@ -800,10 +804,12 @@ impl<'a> Data<'a> {
     fn new(input: &'a CrsInput<'a>) -> Data<'a> {
         let req = &input.req;
         let mut items = Items::default();
+        items.repeat_names = true;
         items.collect(req, u32::MAX);
         let target = req.target.as_bytes();
         // An absolute-form target: REQUEST_URI and REQUEST_FILENAME start at the path.
-        let path_and_query: &[u8] = match req.target.find("://") {
+        let absolute = !req.target.starts_with('/');
+        let path_and_query: &[u8] = match req.target.find("://").filter(|_| absolute) {
             Some(i) => {
                 let rest = &target[i + 3..];
                 rest.iter()
@@ -867,14 +873,8 @@ impl<'a> Data<'a> {
             "MULTIPART" => return,
             _ => return,
         };
-        let mut headers = self.input.req.headers.clone();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(ctype),
-        );
-        let mut req = self.input.req;
-        req.headers = &headers;
-        self.items.collect(&req, u32::MAX);
+        let req = self.input.req;
+        self.items.collect_as(&req, u32::MAX, Some(ctype));
         self.processor = processor_of(ctype.as_bytes());
         if p == "XML" {
             if let Some(b) = req.body {

@@ -313,7 +313,8 @@ fn build(input: &Input) -> Result<Req, String> {
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case(n.as_bytes()))
         };
-        if !r.body.is_empty() && !has(&r, "content-length") {
+        // go-ftw sends a Content-Length with every request it completes (0 without data).
+        if !has(&r, "content-length") && !has(&r, "transfer-encoding") {
             let n = r.body.len().to_string().into_bytes();
             r.headers.push((b"Content-Length".to_vec(), n));
         }
@@ -371,36 +372,94 @@ fn b64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// What the gateway's HTTP layer does with the request before the WAF: `Err(status)` when
-/// it refuses it.
-fn http_layer(r: &Req) -> Result<http::HeaderMap, u16> {
+/// What the gateway's HTTP/1 layer (hyper) does with the request before the WAF: the
+/// headers and body the WAF sees, or `Err(status)` when it refuses the request. As hyper
+/// does: only HTTP/1.0 and 1.1; a request target `http::Uri` accepts; `Content-Length`
+/// digits only, repeated only with one value; `Transfer-Encoding` (HTTP/1.1 only, ending
+/// in `chunked`) wins over `Content-Length`, which is dropped; neither means no body.
+fn http_layer(r: &Req) -> Result<(http::HeaderMap, Vec<u8>), u16> {
     if http::Method::from_bytes(r.method.as_bytes()).is_err() {
         return Err(400);
     }
     if r.target.parse::<http::Uri>().is_err() {
         return Err(400);
     }
-    if !matches!(
-        r.version.as_str(),
-        "HTTP/1.0" | "HTTP/1.1" | "HTTP/2" | "HTTP/2.0"
-    ) {
-        return Err(505);
-    }
+    let http11 = match r.version.as_str() {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Err(400),
+    };
     let mut h = http::HeaderMap::new();
     for (k, v) in &r.headers {
         let name = http::HeaderName::from_bytes(k).map_err(|_| 400u16)?;
         let value = http::HeaderValue::from_bytes(v).map_err(|_| 400u16)?;
         h.append(name, value);
     }
-    Ok(h)
+    let te = h
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .cloned();
+    if let Some(te) = te {
+        if !http11 {
+            return Err(400);
+        }
+        let chunked = te
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|l| l.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !chunked {
+            return Err(400);
+        }
+        h.remove(http::header::CONTENT_LENGTH);
+        return Ok((h, dechunk(&r.body).ok_or(400u16)?));
+    }
+    let mut len: Option<u64> = None;
+    for v in h.get_all(http::header::CONTENT_LENGTH) {
+        let b = v.as_bytes();
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return Err(400);
+        }
+        let n: u64 = std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(400u16)?;
+        if len.is_some_and(|l| l != n) {
+            return Err(400);
+        }
+        len = Some(n);
+    }
+    let body = match len {
+        Some(n) => r.body[..r.body.len().min(n as usize)].to_vec(),
+        None => Vec::new(),
+    };
+    Ok((h, body))
+}
+
+/// A chunked body decoded (`None`: malformed).
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = memchr::memmem::find(b, b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..nl]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
 }
 
 fn run_stage(crs: &Crs, input: &Input, expected: &Output) -> Result<(), String> {
     let r = build(input)?;
     let (status, ids, log, would_deny) = match http_layer(&r) {
         Err(status) => (status, Vec::new(), String::new(), false),
-        Ok(headers) => {
-            let body = (!r.body.is_empty()).then_some(&r.body[..]);
+        Ok((headers, body)) => {
+            let body = (!body.is_empty()).then_some(&body[..]);
             let input = CrsInput {
                 req: RequestParts {
                     method: &r.method,
@@ -467,7 +526,9 @@ fn run_stage(crs: &Crs, input: &Input, expected: &Output) -> Result<(), String> 
         Ok(())
     } else {
         if status != 200 {
-            why.push(format!("the HTTP layer refuses the request ({status}) before the WAF"));
+            why.push(format!(
+                "the HTTP layer refuses the request ({status}) before the WAF"
+            ));
         }
         why.push(format!("logged {ids:?}"));
         Err(why.join("; "))
