@@ -73,6 +73,36 @@ pub struct WafSection {
     pub max_total_arg_bytes: usize,
     #[serde(default)]
     pub exclusions: Vec<WafExclusionSection>,
+    /// The OWASP Core Rule Set, run after the native rules.
+    #[serde(default)]
+    pub crs: Option<CrsSection>,
+}
+
+/// `[waf.crs]`: where CRS v4 is and how it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrsSection {
+    /// The CRS directory: `crs-setup.conf` (or `.example`) and `rules/*.conf`.
+    pub path: PathBuf,
+    /// CRS's blocking paranoia level (1–4).
+    #[serde(default = "default_paranoia")]
+    pub paranoia_level: u8,
+    /// Rules up to this level run and are reported without counting (default: as
+    /// `paranoia_level`).
+    #[serde(default)]
+    pub detection_paranoia_level: Option<u8>,
+    /// CRS's inbound anomaly score threshold.
+    #[serde(default = "default_threshold")]
+    pub inbound_threshold: u32,
+    /// Load even when some rules cannot be translated (each is reported).
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// Further CRS setup variables, as `tx.<name>` (e.g. `allowed_methods`).
+    #[serde(default)]
+    pub setup: std::collections::BTreeMap<String, String>,
+    /// CRS rule ids switched off everywhere.
+    #[serde(default)]
+    pub remove_rules: Vec<u32>,
 }
 
 impl Default for WafSection {

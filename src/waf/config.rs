@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::crs::{Crs, CrsSettings};
 use super::engine::{Engine, Strategy};
 use super::rule::{self, Target};
 use super::{Exclusion, Mode, RoutePolicy, Settings, Waf};
+use crate::config::CrsSection;
 use crate::config::{ConfigErrors, KeyPath, LoadedConfig};
 
 /// The strategy the proxy uses (see [`super::engine`] for the measurements).
@@ -17,9 +19,10 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<Arc<Waf>> 
     let w = &cfg.raw.waf;
     let at = KeyPath::of(&["waf"]);
     let settings = settings(cfg, errs);
-    if w.rules.is_empty() {
+    if w.rules.is_empty() && w.crs.is_none() {
         return None;
     }
+    let crs = w.crs.as_ref().and_then(|c| crs(cfg, c, errs));
     let mut files: Vec<PathBuf> = Vec::new();
     for (i, p) in w.rules.iter().enumerate() {
         let path = cfg.resolve(p);
@@ -42,7 +45,10 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<Arc<Waf>> 
             return None;
         }
     };
-    let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+    let mut ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+    if let Some(c) = &crs {
+        ids.extend(c.rule_ids());
+    }
     for (i, x) in w.exclusions.iter().enumerate() {
         let xat = at.key("exclusions").index(i);
         for (j, id) in x.rules.iter().enumerate() {
@@ -68,7 +74,71 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<Arc<Waf>> 
         }
     }
     let engine = Engine::compile(&rules, settings.paranoia_level, STRATEGY);
-    Some(Arc::new(Waf::new(engine, settings, files)))
+    let mut waf = Waf::new(engine, settings, files);
+    waf.crs = crs.map(Arc::new);
+    Some(Arc::new(waf))
+}
+
+/// Loads `[waf.crs]`; its errors (a rule that cannot be translated included) are config
+/// errors at `waf.crs`.
+fn crs(cfg: &LoadedConfig, c: &CrsSection, errs: &mut ConfigErrors) -> Option<Crs> {
+    let at = KeyPath::of(&["waf", "crs"]);
+    let mut ok = true;
+    if !(1..=4).contains(&c.paranoia_level) {
+        errs.push(cfg.error(&at.key("paranoia_level"), "must be 1 to 4"));
+        ok = false;
+    }
+    if let Some(d) = c.detection_paranoia_level {
+        if !(c.paranoia_level..=4).contains(&d) {
+            errs.push(cfg.error(
+                &at.key("detection_paranoia_level"),
+                "must be paranoia_level to 4",
+            ));
+            ok = false;
+        }
+    }
+    if c.inbound_threshold == 0 {
+        errs.push(cfg.error(&at.key("inbound_threshold"), "must be at least 1"));
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    let mut s = CrsSettings::new(cfg.resolve(&c.path));
+    s.paranoia_level = c.paranoia_level;
+    s.detection_paranoia_level = c.detection_paranoia_level.unwrap_or(c.paranoia_level);
+    s.inbound_threshold = c.inbound_threshold;
+    s.allow_partial = c.allow_partial;
+    s.setup = c
+        .setup
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    s.remove_ids = c.remove_rules.clone();
+    match Crs::load(&s) {
+        Ok(crs) => {
+            let r = &crs.report;
+            tracing::info!(
+                rules = r.rules,
+                response_rules_not_run = r.response_rules,
+                untranslatable = r.untranslatable.len(),
+                "CRS loaded from {}",
+                s.path.display()
+            );
+            for (id, why) in &r.untranslatable {
+                tracing::warn!(rule = id, "CRS rule not loaded: {why}");
+            }
+            Some(crs)
+        }
+        Err(e) => {
+            let key = match e {
+                crate::waf::crs::CrsError::Untranslatable(_) => at.key("allow_partial"),
+                _ => at.key("path"),
+            };
+            errs.push(cfg.error(&key, e.to_string()));
+            None
+        }
+    }
 }
 
 fn settings(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Settings {
@@ -112,7 +182,7 @@ fn settings(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Settings {
 pub fn route_policy(cfg: &LoadedConfig, index: usize) -> RoutePolicy {
     let w = &cfg.raw.waf;
     let r = &cfg.raw.routes[index];
-    let mode = if w.rules.is_empty() {
+    let mode = if w.rules.is_empty() && w.crs.is_none() {
         Mode::Off
     } else {
         r.waf.unwrap_or(w.mode)

@@ -111,6 +111,9 @@ pub struct Waf {
     pub files: Vec<PathBuf>,
     /// Some rule looks at the body (decided at compilation).
     reads_body: bool,
+    /// The OWASP Core Rule Set, when `[waf.crs]` is configured: run after the native
+    /// rules; its verdict (949110's `deny`) blocks as the native score does.
+    pub crs: Option<Arc<crs::Crs>>,
 }
 
 /// One matched rule, for events and the tester.
@@ -173,6 +176,7 @@ impl Waf {
             settings,
             files,
             reads_body,
+            crs: None,
         }
     }
 
@@ -190,7 +194,7 @@ impl Waf {
 
     /// True when some rule reads the body (so the phase must buffer it).
     pub fn reads_body(&self) -> bool {
-        self.reads_body
+        self.reads_body || self.crs.is_some()
     }
 
     /// Inspects a request. `body_truncated`: the body is longer than what `req.body` holds.
@@ -246,8 +250,59 @@ impl Waf {
                 }
             }
             v.blocked = v.score >= self.settings.inbound_threshold;
+            if let Some(crs) = &self.crs {
+                self.inspect_crs(crs, req, route, path, &mut v);
+            }
             v
         })
+    }
+
+    /// Runs CRS and adds its logged rules to `v` (route exclusions switch CRS rules off
+    /// for the request, as `ctl:ruleRemoveById` would).
+    fn inspect_crs(
+        &self,
+        crs: &crs::Crs,
+        req: &RequestParts<'_>,
+        route: &RoutePolicy,
+        path: &str,
+        v: &mut Verdict,
+    ) {
+        let removed: Vec<u32> = route
+            .exclusions
+            .iter()
+            .filter(|e| e.target.is_none())
+            .filter(|e| e.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))
+            .flat_map(|e| e.rules.iter().copied())
+            .collect();
+        let out = crs.evaluate(req, route.mode == Mode::Block, &removed);
+        let score = u32::try_from(out.inbound_score.max(0)).unwrap_or(u32::MAX);
+        v.score += score;
+        if out.deny.is_some() || out.would_deny.is_some() {
+            v.blocked = true;
+        }
+        for h in out.hits {
+            let severity = match h.severity {
+                Some(0..=2) => Severity::Critical,
+                Some(3) => Severity::Error,
+                Some(4) => Severity::Warning,
+                _ => Severity::Notice,
+            };
+            let secret = crs::is_secret_var(&h.var);
+            v.matches.push(Match {
+                rule: h.id,
+                msg: Arc::from(h.msg.as_str()),
+                severity,
+                score: 0,
+                action: RuleAction::Block,
+                target: printable(h.var.to_ascii_lowercase().as_bytes(), 64),
+                excerpt: if secret {
+                    "[redacted]".to_string()
+                } else {
+                    printable(h.data.as_bytes(), EXCERPT_CHARS)
+                },
+                tags: vec!["owasp-crs".to_string()],
+            });
+        }
     }
 
     fn builtin_checks(&self, s: &mut Scratch, body_truncated: bool, v: &mut Verdict) {

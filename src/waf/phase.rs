@@ -66,12 +66,10 @@ pub async fn on_request(
         }
     }
 
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let target = super::request::target_of(&parts.uri);
     let verdict = waf.inspect(
         &RequestParts {
+            client_ip: Some(ctx.client_ip),
             method: parts.method.as_str(),
             target,
             version: version_str(parts.version),

@@ -26,6 +26,8 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
     /// The body (or its inspected beginning), when it was read.
     pub body: Option<&'a [u8]>,
+    /// The client's address (CRS's `REMOTE_ADDR`), when known.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,16 @@ pub struct Item {
     pub kind: Kind,
     pub name: Range<u32>,
     pub value: Range<u32>,
+}
+
+/// The request target the WAF inspects: path and query as sent (a fragment is not part
+/// of a parsed URI), or the authority of an authority-form target (`CONNECT host:443`).
+pub fn target_of(uri: &http::Uri) -> &str {
+    match (uri.path_and_query(), uri.authority()) {
+        (Some(pq), _) => pq.as_str(),
+        (None, Some(a)) => a.as_str(),
+        (None, None) => uri.path(),
+    }
 }
 
 /// How the body was parsed.
@@ -467,6 +479,7 @@ mod tests {
         let mut items = Items::default();
         items.collect(
             &RequestParts {
+                client_ip: None,
                 method: "POST",
                 target,
                 version: "HTTP/1.1",
@@ -548,6 +561,7 @@ mod tests {
         );
         items.collect(
             &RequestParts {
+                client_ip: None,
                 method: "POST",
                 target: "/",
                 version: "HTTP/1.1",

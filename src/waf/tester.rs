@@ -85,6 +85,7 @@ pub fn judge(rt: &Runtime, waf: &Waf, file: &str, raw: &RawRequest) -> serde_jso
     let body = &raw.body[..raw.body.len().min(body_limit)];
     let v = waf.inspect(
         &RequestParts {
+            client_ip: None,
             method: &raw.method,
             target: &raw.target,
             version: &raw.version,

@@ -405,7 +405,25 @@ struct Loader {
     file: u16,
 }
 
+impl std::fmt::Debug for Crs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crs")
+            .field("path", &self.settings.path)
+            .field("rules", &self.report.rules)
+            .field("chains", &self.chains.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Crs {
+    /// The ids of the request-phase rules.
+    pub fn rule_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.phases.iter().flatten().filter_map(|e| match e {
+            Entry::Rule(r) => Some(r.id),
+            Entry::Marker(_) => None,
+        })
+    }
+
     /// Loads and compiles CRS from `settings.path`.
     pub fn load(settings: &CrsSettings) -> Result<Crs, CrsError> {
         let files = super::files(&settings.path)?;

@@ -22,12 +22,6 @@ use crate::waf::operator::{invalid_url_encoding, ByteSet};
 use crate::waf::request::{BodyParse, Items, RequestParts};
 use crate::waf::{sqli, xss};
 
-/// The request CRS looks at.
-pub struct CrsInput<'a> {
-    pub req: RequestParts<'a>,
-    pub remote: IpAddr,
-}
-
 /// A rule (chain) that matched and logs.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -73,7 +67,7 @@ impl CrsOutcome {
 
 /// Request data, read-only while rules run.
 struct Data<'a> {
-    input: &'a CrsInput<'a>,
+    req: &'a RequestParts<'a>,
     items: Items,
     filename: Vec<u8>,
     basename: Option<Range<usize>>,
@@ -128,8 +122,10 @@ static UNIQUE: AtomicU64 = AtomicU64::new(1);
 impl Crs {
     /// Runs phases 1 and 2 over a request. `blocking`: a `deny` stops the request
     /// (otherwise it is only recorded, as in `DetectionOnly`).
-    pub fn evaluate(&self, input: &CrsInput<'_>, blocking: bool) -> CrsOutcome {
-        let mut data = Data::new(input);
+    ///
+    /// `removed`: rule ids switched off for this request (route exclusions).
+    pub fn evaluate(&self, req: &RequestParts<'_>, blocking: bool, removed: &[u32]) -> CrsOutcome {
+        let mut data = Data::new(req);
         let mut st = State {
             vars: self
                 .initial_tx
@@ -139,7 +135,7 @@ impl Crs {
             matched_var: Vec::new(),
             matched_name: Vec::new(),
             matched_vars: Vec::new(),
-            removed_ids: Vec::new(),
+            removed_ids: removed.iter().map(|&id| (id, id)).collect(),
             removed_tags: Vec::new(),
             removed_targets: Vec::new(),
             engine: if blocking {
@@ -645,7 +641,7 @@ fn collect(
 
 /// The value of a scalar variable (`None`: not present in this request).
 fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
-    let req = &data.input.req;
+    let req = data.req;
     let target = req.target.as_bytes();
     Some(match var {
         Var::MatchedVar => st.matched_var.clone(),
@@ -801,8 +797,7 @@ impl State {
 }
 
 impl<'a> Data<'a> {
-    fn new(input: &'a CrsInput<'a>) -> Data<'a> {
-        let req = &input.req;
+    fn new(req: &'a RequestParts<'a>) -> Data<'a> {
         let mut items = Items::default();
         items.repeat_names = true;
         items.collect(req, u32::MAX);
@@ -836,7 +831,7 @@ impl<'a> Data<'a> {
             .unwrap_or_default();
         let processor = processor_of(&ctype);
         let mut d = Data {
-            input,
+            req,
             items,
             filename,
             basename,
@@ -852,7 +847,10 @@ impl<'a> Data<'a> {
                     .fetch_add(1, Ordering::Relaxed)
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             ),
-            remote: input.remote.to_string(),
+            remote: req
+                .client_ip
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+                .to_string(),
         };
         if let Some(body) = req.body {
             if processor == "XML" {
@@ -873,7 +871,7 @@ impl<'a> Data<'a> {
             "MULTIPART" => return,
             _ => return,
         };
-        let req = self.input.req;
+        let req = *self.req;
         self.items.collect_as(&req, u32::MAX, Some(ctype));
         self.processor = processor_of(ctype.as_bytes());
         if p == "XML" {
@@ -935,7 +933,6 @@ impl<'a> Data<'a> {
             .unwrap_or(boundary);
         // The boundary as sent (the content type was lowercased for matching).
         let raw_ct = self
-            .input
             .req
             .headers
             .get(http::header::CONTENT_TYPE)

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Crs, CrsInput, CrsSettings};
+use super::{Crs, CrsSettings};
 use crate::waf::operator::compile_regex;
 use crate::waf::request::RequestParts;
 
@@ -377,13 +377,13 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 /// does: only HTTP/1.0 and 1.1; a request target `http::Uri` accepts; `Content-Length`
 /// digits only, repeated only with one value; `Transfer-Encoding` (HTTP/1.1 only, ending
 /// in `chunked`) wins over `Content-Length`, which is dropped; neither means no body.
-fn http_layer(r: &Req) -> Result<(http::HeaderMap, Vec<u8>), u16> {
+fn http_layer(r: &Req) -> Result<(String, http::HeaderMap, Vec<u8>), u16> {
     if http::Method::from_bytes(r.method.as_bytes()).is_err() {
         return Err(400);
     }
-    if r.target.parse::<http::Uri>().is_err() {
-        return Err(400);
-    }
+    let uri: http::Uri = r.target.parse().map_err(|_| 400u16)?;
+    // What the WAF phase reads from the parsed URI (a fragment is dropped).
+    let target = crate::waf::request::target_of(&uri).to_string();
     let http11 = match r.version.as_str() {
         "HTTP/1.1" => true,
         "HTTP/1.0" => false,
@@ -413,7 +413,7 @@ fn http_layer(r: &Req) -> Result<(http::HeaderMap, Vec<u8>), u16> {
             return Err(400);
         }
         h.remove(http::header::CONTENT_LENGTH);
-        return Ok((h, dechunk(&r.body).ok_or(400u16)?));
+        return Ok((target, h, dechunk(&r.body).ok_or(400u16)?));
     }
     let mut len: Option<u64> = None;
     for v in h.get_all(http::header::CONTENT_LENGTH) {
@@ -434,7 +434,7 @@ fn http_layer(r: &Req) -> Result<(http::HeaderMap, Vec<u8>), u16> {
         Some(n) => r.body[..r.body.len().min(n as usize)].to_vec(),
         None => Vec::new(),
     };
-    Ok((h, body))
+    Ok((target, h, body))
 }
 
 /// A chunked body decoded (`None`: malformed).
@@ -458,19 +458,17 @@ fn run_stage(crs: &Crs, input: &Input, expected: &Output) -> Result<(), String> 
     let r = build(input)?;
     let (status, ids, log, would_deny) = match http_layer(&r) {
         Err(status) => (status, Vec::new(), String::new(), false),
-        Ok((headers, body)) => {
+        Ok((target, headers, body)) => {
             let body = (!body.is_empty()).then_some(&body[..]);
-            let input = CrsInput {
-                req: RequestParts {
-                    method: &r.method,
-                    target: &r.target,
-                    version: &r.version,
-                    headers: &headers,
-                    body,
-                },
-                remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            let req = RequestParts {
+                method: &r.method,
+                target: &target,
+                version: &r.version,
+                headers: &headers,
+                body,
+                client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             };
-            let out = crs.evaluate(&input, false);
+            let out = crs.evaluate(&req, false, &[]);
             let ids: Vec<u32> = out.ids().collect();
             let log = out.log_lines().collect::<Vec<_>>().join("\n");
             (200, ids, log, out.would_deny.is_some())

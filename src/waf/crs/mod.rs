@@ -26,7 +26,7 @@ pub mod xform;
 use std::path::{Path, PathBuf};
 
 pub use compile::{Crs, LoadReport};
-pub use eval::{CrsInput, CrsOutcome, Hit};
+pub use eval::{CrsOutcome, Hit};
 
 /// How CRS is loaded.
 #[derive(Debug, Clone)]
@@ -85,6 +85,18 @@ fn list(v: &[(u32, String)]) -> String {
         .map(|(id, why)| format!("rule {id}: {why}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Whether a CRS variable name (`REQUEST_COOKIES:sid`, `REQUEST_HEADERS:Authorization`)
+/// holds a secret whose value must not be logged.
+pub fn is_secret_var(var: &str) -> bool {
+    let (coll, key) = var.split_once(':').unwrap_or((var, ""));
+    let coll = coll.to_ascii_uppercase();
+    coll == "REQUEST_COOKIES"
+        || (coll == "REQUEST_HEADERS"
+            && ["authorization", "proxy-authorization", "cookie"]
+                .iter()
+                .any(|s| key.eq_ignore_ascii_case(s)))
 }
 
 /// The files CRS loads, in order: the setup file, then `rules/*.conf` sorted by name.
