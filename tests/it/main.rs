@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod config;
+mod crs;
 mod events;
 mod forwarding;
 mod hardening;

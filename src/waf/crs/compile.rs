@@ -17,7 +17,7 @@ use regex_automata::meta;
 use super::seclang::{self, Action, Selector, VarRef};
 use super::xform::Xform;
 use super::{CrsError, CrsSettings};
-use crate::waf::operator::{compile_regex, required_bytes, ByteSet};
+use crate::waf::operator::{compile_regex, required_bytes, required_literals, ByteSet};
 use crate::waf::rule::Kind;
 
 /// A request variable (collection or scalar) SecLang names.
@@ -251,6 +251,8 @@ pub enum Op {
         re: Box<meta::Regex>,
         /// One of these bytes must occur for a match (`None`: no such set).
         needs: Option<ByteSet>,
+        /// One of these strings (ASCII case-insensitively) must occur for a match.
+        lits: Option<Vec<Vec<u8>>>,
     },
     /// `@pm`, `@pmFromFile`: phrases, ASCII case-insensitive.
     Pm(Box<AhoCorasick>),
@@ -283,6 +285,8 @@ pub enum SetOp {
 pub struct SetVar {
     /// `tx.name`, lowercased, possibly with macros.
     pub name: Macro,
+    /// The variable's key (see [`var_key`]) when the name has no macros.
+    pub key: Option<String>,
     pub op: SetOp,
     pub value: Macro,
 }
@@ -342,6 +346,9 @@ pub struct Rule {
     pub disruptive: Disruptive,
     pub skip_after: Option<String>,
     pub skip_to: usize,
+    /// Its bit in the per-value literal prefilter of its transformation chain
+    /// ([`NO_SLOT`]: not prefiltered).
+    pub pf_slot: u32,
     pub chain: Vec<Rule>,
     chain_next: bool,
 }
@@ -365,11 +372,29 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
 }
 
+/// A rule without a prefilter slot.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// The literal prefilter of one transformation chain: every required literal of every
+/// regex rule on that chain in one automaton; a value transformed by the chain is scanned
+/// once, and a rule whose literals did not occur skips its regex.
+pub struct Prefilter {
+    pub ac: AhoCorasick,
+    /// Pattern id → the rule's slot.
+    pub slot_of: Vec<u32>,
+}
+
 /// CRS, compiled.
 pub struct Crs {
     /// Phase 1 and phase 2 rules and markers, in file order.
     pub phases: [Vec<Entry>; 2],
     pub chains: Vec<Vec<Xform>>,
+    /// Per chain, per step: the bytes the step may change.
+    pub chain_sets: Vec<Vec<Option<ByteSet>>>,
+    /// Per chain, its literal prefilter.
+    pub prefilters: Vec<Option<Prefilter>>,
+    /// 64-bit words of a per-value prefilter result.
+    pub pf_words: usize,
     pub initial_tx: Vec<(String, Vec<u8>)>,
     /// The disruptive action `block` stands for, per phase.
     pub block_action: [Disruptive; 2],
@@ -471,27 +496,36 @@ impl Crs {
         let dpl = settings.detection_paranoia_level.clamp(pl, 4);
         let mut initial_tx: Vec<(String, Vec<u8>)> = vec![
             (
-                "tx.blocking_paranoia_level".into(),
+                "blocking_paranoia_level".into(),
                 pl.to_string().into_bytes(),
             ),
             (
-                "tx.detection_paranoia_level".into(),
+                "detection_paranoia_level".into(),
                 dpl.to_string().into_bytes(),
             ),
             (
-                "tx.inbound_anomaly_score_threshold".into(),
+                "inbound_anomaly_score_threshold".into(),
                 settings.inbound_threshold.to_string().into_bytes(),
             ),
         ];
         for (k, v) in &settings.setup {
-            let key = format!("tx.{}", k.to_ascii_lowercase());
+            let key = k.to_ascii_lowercase();
             initial_tx.retain(|(x, _)| *x != key);
             initial_tx.push((key, v.clone().into_bytes()));
         }
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
+        let (prefilters, slots) = l.prefilters();
+        let chain_sets = l
+            .chains
+            .iter()
+            .map(|c| c.iter().map(|x| x.trigger_set()).collect())
+            .collect();
         Ok(Crs {
             phases: l.phases,
             chains: l.chains,
+            chain_sets,
+            prefilters,
+            pf_words: slots.div_ceil(64),
             initial_tx,
             block_action,
             report: l.report,
@@ -736,6 +770,56 @@ impl Loader {
         }
     }
 
+    /// Gives each plain (not negated, not multiMatch) regex with required literals a slot
+    /// and builds one literal automaton per transformation chain.
+    fn prefilters(&mut self) -> (Vec<Option<Prefilter>>, usize) {
+        let mut per_chain: Vec<Vec<(Vec<u8>, u32)>> = vec![Vec::new(); self.chains.len()];
+        let mut next = 0u32;
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                let mut slot = |link: &mut Rule| {
+                    let Op::Rx {
+                        lits: Some(lits), ..
+                    } = &link.op
+                    else {
+                        return;
+                    };
+                    if link.negate || link.multi_match {
+                        return;
+                    }
+                    link.pf_slot = next;
+                    for l in lits {
+                        per_chain[link.xforms as usize].push((l.clone(), next));
+                    }
+                    next += 1;
+                };
+                slot(r);
+                for link in &mut r.chain {
+                    slot(link);
+                }
+            }
+        }
+        let pfs = per_chain
+            .into_iter()
+            .map(|pats| {
+                if pats.is_empty() {
+                    return None;
+                }
+                let ac = AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::Standard)
+                    .build(pats.iter().map(|(l, _)| l))
+                    .ok()?;
+                Some(Prefilter {
+                    ac,
+                    slot_of: pats.iter().map(|(_, s)| *s).collect(),
+                })
+            })
+            .collect();
+        (pfs, next as usize)
+    }
+
     fn intern(&mut self, chain: Vec<Xform>) -> u16 {
         if let Some(&id) = self.chain_ids.get(&chain) {
             return id;
@@ -791,6 +875,7 @@ impl Loader {
             },
             skip_after: None,
             skip_to: 0,
+            pf_slot: NO_SLOT,
             chain: Vec::new(),
             chain_next: false,
         };
@@ -917,10 +1002,22 @@ fn add_targets(r: &mut Rule, vars: &[VarRef]) -> Result<(), String> {
     Ok(())
 }
 
+/// The key of a variable in a transaction's variable map: `tx.name` → `name` (TX is
+/// what CRS uses, so its keys need no prefix), any other collection keeps its name after
+/// an `@` (`@ip.name`), which no TX key starts with.
+pub fn var_key(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix("tx.") {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(format!("@{name}")),
+    }
+}
+
 fn setvar(v: &str) -> Result<SetVar, String> {
     if let Some(name) = v.strip_prefix('!') {
+        let name = Macro::parse(&name.to_ascii_lowercase())?;
         return Ok(SetVar {
-            name: Macro::parse(&name.to_ascii_lowercase())?,
+            key: name.literal().map(|l| var_key(l).into_owned()),
+            name,
             op: SetOp::Delete,
             value: Macro::default(),
         });
@@ -937,8 +1034,10 @@ fn setvar(v: &str) -> Result<SetVar, String> {
     if !name.contains('.') {
         return Err(format!("setvar `{v}`: no collection"));
     }
+    let name = Macro::parse(&name.to_ascii_lowercase())?;
     Ok(SetVar {
-        name: Macro::parse(&name.to_ascii_lowercase())?,
+        key: name.literal().map(|l| var_key(l).into_owned()),
+        name,
         op,
         value: Macro::parse(value)?,
     })
@@ -1037,6 +1136,7 @@ fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> {
             Op::Rx {
                 re: Box::new(re),
                 needs: required_bytes(arg),
+                lits: required_literals(arg),
             }
         }
         "pm" => pm(arg

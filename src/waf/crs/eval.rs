@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::compile::{
-    Arg, Cmp, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var,
+    Arg, Cmp, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var, NO_SLOT,
 };
 use super::xform::Xform;
 use crate::waf::operator::{invalid_url_encoding, ByteSet};
@@ -69,6 +69,10 @@ impl CrsOutcome {
 struct Data<'a> {
     req: &'a RequestParts<'a>,
     items: Items,
+    /// Item indices by [`Kind`](crate::waf::rule::Kind).
+    by_kind: Vec<Vec<u32>>,
+    /// Each item's byte set.
+    item_bs: Vec<ByteSet>,
     filename: Vec<u8>,
     basename: Option<Range<usize>>,
     uri: Vec<u8>,
@@ -103,9 +107,19 @@ struct Bufs {
     vbuf: Vec<u8>,
     vals: Vec<V>,
     cache: Vec<u32>,
-    cranges: Vec<Range<u32>>,
+    cranges: Vec<Cached>,
+    /// Prefilter results, `pf_words` per cached value that needed one.
+    cands: Vec<u64>,
     cbuf: Vec<u8>,
     new_matches: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A request value transformed by one chain.
+struct Cached {
+    range: Range<u32>,
+    bs: ByteSet,
+    /// Offset of its prefilter result in `Bufs::cands` (`u32::MAX`: not computed yet).
+    cands: u32,
 }
 
 /// One value of a rule's targets: from the request items, or copied into `vbuf`.
@@ -163,6 +177,7 @@ impl Crs {
                 .resize(data.items.items.len() * self.chains.len(), u32::MAX);
             bufs.cranges.clear();
             bufs.cbuf.clear();
+            bufs.cands.clear();
             let mut i = 0;
             while i < rules.len() {
                 let Entry::Rule(r) = &rules[i] else {
@@ -221,7 +236,7 @@ impl Crs {
                 };
             }
         }
-        out.inbound_score = st.num("tx.blocking_inbound_anomaly_score");
+        out.inbound_score = st.num("blocking_inbound_anomaly_score");
         out
     }
 
@@ -285,7 +300,7 @@ impl Crs {
             let mut hit: Option<(Vec<u8>, Option<Vec<Vec<u8>>>)> = None;
             if link.multi_match {
                 let mut cur = raw.to_vec();
-                if let Some(c) = self.op_matches(link, &cur, data, st) {
+                if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
                     hit = Some((cur.clone(), c));
                 }
                 for x in chain {
@@ -296,33 +311,71 @@ impl Crs {
                         let mut next = Vec::new();
                         x.apply(&cur, &mut next);
                         cur = next;
-                        if let Some(c) = self.op_matches(link, &cur, data, st) {
+                        if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
                             hit = Some((cur.clone(), c));
                         }
                     }
                 }
             } else {
-                let value: &[u8] = match v.item {
-                    Some(idx) if !chain.is_empty() => {
+                let sets = &self.chain_sets[link.xforms as usize];
+                let (value, bs, entry): (&[u8], ByteSet, Option<usize>) = match v.item {
+                    Some(idx) => {
+                        // Transformed once per request and chain, with its byte set.
                         let slot = idx as usize * nchains + link.xforms as usize;
-                        let ci = bufs.cache[slot];
-                        let r = if ci == u32::MAX {
-                            let res = transform(chain, raw, &mut bufs.a, &mut bufs.b);
+                        let mut ci = bufs.cache[slot];
+                        if ci == u32::MAX {
+                            let (res, bs) = transform(
+                                chain,
+                                sets,
+                                raw,
+                                data.item_bs[idx as usize],
+                                &mut bufs.a,
+                                &mut bufs.b,
+                            );
                             let start = bufs.cbuf.len() as u32;
                             bufs.cbuf.extend_from_slice(res);
-                            let r = start..bufs.cbuf.len() as u32;
-                            bufs.cache[slot] = bufs.cranges.len() as u32;
-                            bufs.cranges.push(r.clone());
-                            r
-                        } else {
-                            bufs.cranges[ci as usize].clone()
-                        };
-                        &bufs.cbuf[r.start as usize..r.end as usize]
+                            ci = bufs.cranges.len() as u32;
+                            bufs.cache[slot] = ci;
+                            bufs.cranges.push(Cached {
+                                range: start..bufs.cbuf.len() as u32,
+                                bs,
+                                cands: u32::MAX,
+                            });
+                        }
+                        let e = &bufs.cranges[ci as usize];
+                        let r = e.range.start as usize..e.range.end as usize;
+                        (&bufs.cbuf[r], e.bs, Some(ci as usize))
                     }
-                    _ => transform(chain, raw, &mut bufs.a, &mut bufs.b),
+                    None => {
+                        let (s, bs) =
+                            transform(chain, sets, raw, ByteSet::of(raw), &mut bufs.a, &mut bufs.b);
+                        (s, bs, None)
+                    }
                 };
-                if let Some(c) = self.op_matches(link, value, data, st) {
-                    hit = Some((value.to_vec(), c));
+                let mut candidate = true;
+                if link.pf_slot != NO_SLOT {
+                    if let Some(ci) = entry {
+                        // The chain's literal automaton, run once per value.
+                        let e = &mut bufs.cranges[ci];
+                        if e.cands == u32::MAX {
+                            let base = bufs.cands.len();
+                            bufs.cands.resize(base + self.pf_words, 0);
+                            if let Some(pf) = &self.prefilters[link.xforms as usize] {
+                                for m in pf.ac.find_overlapping_iter(value) {
+                                    let s = pf.slot_of[m.pattern().as_usize()] as usize;
+                                    bufs.cands[base + s / 64] |= 1 << (s % 64);
+                                }
+                            }
+                            e.cands = base as u32;
+                        }
+                        let s = link.pf_slot as usize;
+                        candidate = bufs.cands[e.cands as usize + s / 64] & (1 << (s % 64)) != 0;
+                    }
+                }
+                if candidate {
+                    if let Some(c) = self.op_matches(link, value, bs, data, st) {
+                        hit = Some((value.to_vec(), c));
+                    }
                 }
             }
             if let Some((value, caps)) = hit {
@@ -336,7 +389,13 @@ impl Crs {
                 st.matched_name = name.clone();
                 if let Some(caps) = caps {
                     for (i, c) in caps.into_iter().enumerate() {
-                        st.vars.insert(format!("tx.{i}"), c);
+                        const CAPS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+                        match st.vars.get_mut(CAPS[i]) {
+                            Some(v) => *v = c,
+                            None => {
+                                st.vars.insert(CAPS[i].to_string(), c);
+                            }
+                        }
                     }
                 }
                 bufs.new_matches.push((name, value));
@@ -355,20 +414,15 @@ impl Crs {
         &self,
         link: &Rule,
         v: &[u8],
+        bs: ByteSet,
         data: &Data<'_>,
         st: &State,
     ) -> Option<Option<Vec<Vec<u8>>>> {
-        let arg = |a: &Arg| -> Vec<u8> {
-            match a {
-                Arg::Lit(l) => l.clone(),
-                Arg::Macro(m) => expand(m, data, st, link),
-            }
-        };
         let mut caps = None;
         let m = match &link.op {
-            Op::Rx { re, needs } => {
+            Op::Rx { re, needs, .. } => {
                 if let Some(n) = needs {
-                    if !link.negate && !ByteSet::of(v).intersects(n) {
+                    if !link.negate && !bs.intersects(n) {
                         return None;
                     }
                 }
@@ -398,17 +452,17 @@ impl Crs {
                 }
                 None => false,
             },
-            Op::StrEq(a) => arg(a) == v,
+            Op::StrEq(a) => arg(a, data, st, link) == v,
             Op::Within(a) => {
-                let p = arg(a);
+                let p = arg(a, data, st, link);
                 v.is_empty() || memchr::memmem::find(&p, v).is_some()
             }
-            Op::BeginsWith(a) => v.starts_with(&arg(a)),
-            Op::EndsWith(a) => v.ends_with(&arg(a)),
-            Op::Contains(a) => memchr::memmem::find(v, &arg(a)).is_some(),
-            Op::ContainsWord(a) => contains_word(v, &arg(a)),
+            Op::BeginsWith(a) => v.starts_with(&arg(a, data, st, link)),
+            Op::EndsWith(a) => v.ends_with(&arg(a, data, st, link)),
+            Op::Contains(a) => memchr::memmem::find(v, &arg(a, data, st, link)).is_some(),
+            Op::ContainsWord(a) => contains_word(v, &arg(a, data, st, link)),
             Op::Compare(c, a) => {
-                let (x, y) = (atoi(v), atoi(&arg(a)));
+                let (x, y) = (atoi(v), atoi(&arg(a, data, st, link)));
                 match c {
                     Cmp::Eq => x == y,
                     Cmp::Gt => x > y,
@@ -437,41 +491,53 @@ impl Crs {
     }
 }
 
-/// Runs a transformation chain, skipping steps that cannot change the value.
+/// An operator's argument, its macros expanded.
+fn arg<'r>(a: &'r Arg, data: &Data<'_>, st: &State, rule: &Rule) -> std::borrow::Cow<'r, [u8]> {
+    match a {
+        Arg::Lit(l) => std::borrow::Cow::Borrowed(l),
+        Arg::Macro(m) => std::borrow::Cow::Owned(expand(m, data, st, rule)),
+    }
+}
+
+/// Runs a transformation chain over `input` (whose byte set is `bs`), skipping steps
+/// that cannot change the value; returns the result and its byte set.
 fn transform<'x>(
     chain: &[Xform],
+    sets: &[Option<ByteSet>],
     input: &'x [u8],
+    mut bs: ByteSet,
     a: &'x mut Vec<u8>,
     b: &'x mut Vec<u8>,
-) -> &'x [u8] {
+) -> (&'x [u8], ByteSet) {
     let mut at: u8 = 0; // 0 input, 1 a, 2 b
-    for x in chain {
+    for (x, set) in chain.iter().zip(sets) {
+        if set.as_ref().is_some_and(|s| !s.intersects(&bs)) {
+            continue;
+        }
         match at {
             0 => {
-                if x.may_change(input) {
-                    x.apply(input, a);
-                    at = 1;
-                }
+                x.apply(input, a);
+                bs = ByteSet::of(a);
+                at = 1;
             }
             1 => {
-                if x.may_change(a) {
-                    x.apply(a, b);
-                    at = 2;
-                }
+                x.apply(a, b);
+                bs = ByteSet::of(b);
+                at = 2;
             }
             _ => {
-                if x.may_change(b) {
-                    x.apply(b, a);
-                    at = 1;
-                }
+                x.apply(b, a);
+                bs = ByteSet::of(a);
+                at = 1;
             }
         }
     }
-    match at {
+    let out: &[u8] = match at {
         0 => input,
         1 => a,
         _ => b,
-    }
+    };
+    (out, bs)
 }
 
 fn push(buf: &mut Vec<u8>, b: &[u8]) -> Range<u32> {
@@ -537,20 +603,23 @@ fn collect(
     };
     let kinds = var.kinds();
     if kinds != 0 {
-        for (i, it) in data.items.items.iter().enumerate() {
-            if kinds & it.kind.bit() == 0 {
-                continue;
+        let mut bits = kinds;
+        while bits != 0 {
+            let kind = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            for &i in &data.by_kind[kind] {
+                let it = &data.items.items[i as usize];
+                let key = data.items.name(it);
+                if !sel.matches(key) || excluded(key) {
+                    continue;
+                }
+                bufs.vals.push(V {
+                    var,
+                    item: Some(i),
+                    key: it.name.clone(),
+                    val: it.value.clone(),
+                });
             }
-            let key = data.items.name(it);
-            if !sel.matches(key) || excluded(key) {
-                continue;
-            }
-            bufs.vals.push(V {
-                var,
-                item: Some(i as u32),
-                key: it.name.clone(),
-                val: it.value.clone(),
-            });
         }
         return;
     }
@@ -569,15 +638,12 @@ fn collect(
     match var {
         Var::Tx => {
             if let super::compile::Sel::Name(n) = sel {
-                let k = format!("tx.{}", String::from_utf8_lossy(n));
-                if let Some(v) = st.vars.get(&k) {
+                if let Some(v) = std::str::from_utf8(n).ok().and_then(|k| st.vars.get(k)) {
                     own(n, v, bufs);
                 }
             } else {
-                for (k, v) in &st.vars {
-                    if let Some(name) = k.strip_prefix("tx.") {
-                        own(name.as_bytes(), v, bufs);
-                    }
+                for (k, v) in st.vars.iter().filter(|(k, _)| !k.starts_with('@')) {
+                    own(k.as_bytes(), v, bufs);
                 }
             }
         }
@@ -689,8 +755,14 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
 
 fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
     for sv in &link.setvars {
-        let mut name = lossy(&expand(&sv.name, data, st, head));
-        name.make_ascii_lowercase();
+        let name: String = match &sv.key {
+            Some(k) => k.clone(),
+            None => {
+                let mut n = lossy(&expand(&sv.name, data, st, head));
+                n.make_ascii_lowercase();
+                super::compile::var_key(&n).into_owned()
+            }
+        };
         match sv.op {
             SetOp::Delete => {
                 st.vars.remove(&name);
@@ -720,7 +792,7 @@ fn expand(m: &Macro, data: &Data<'_>, st: &State, rule: &Rule) -> Vec<u8> {
         match p {
             Part::Lit(s) => out.extend_from_slice(s.as_bytes()),
             Part::Var(Var::Tx, Some(k)) => {
-                if let Some(v) = st.vars.get(&format!("tx.{k}")) {
+                if let Some(v) = st.vars.get(k.as_str()) {
                     out.extend_from_slice(v);
                 }
             }
@@ -833,6 +905,8 @@ impl<'a> Data<'a> {
         let mut d = Data {
             req,
             items,
+            by_kind: Vec::new(),
+            item_bs: Vec::new(),
             filename,
             basename,
             uri: path_and_query.to_vec(),
@@ -859,7 +933,18 @@ impl<'a> Data<'a> {
                 d.multipart(body, &ctype);
             }
         }
+        d.index();
         d
+    }
+
+    fn index(&mut self) {
+        self.by_kind.clear();
+        self.by_kind.resize(32, Vec::new());
+        self.item_bs.clear();
+        for (i, it) in self.items.items.iter().enumerate() {
+            self.by_kind[it.kind as usize].push(i as u32);
+            self.item_bs.push(ByteSet::of(self.items.value(it)));
+        }
     }
 
     /// `ctl:requestBodyProcessor=…`: the body parsed again as that type.
@@ -873,6 +958,7 @@ impl<'a> Data<'a> {
         };
         let req = *self.req;
         self.items.collect_as(&req, u32::MAX, Some(ctype));
+        self.index();
         self.processor = processor_of(ctype.as_bytes());
         if p == "XML" {
             if let Some(b) = req.body {

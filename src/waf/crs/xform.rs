@@ -4,6 +4,7 @@
 
 use sha1::{Digest, Sha1};
 
+use crate::waf::operator::ByteSet;
 use crate::waf::transform::{hex_val, is_space, Transform};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +54,20 @@ impl Xform {
             "trimright" => Ok(Some(Xform::TrimRight)),
             _ => Err(format!("unsupported transformation `{name}`")),
         }
+    }
+
+    /// Bytes this transformation may change: a value holding none of them comes out as it
+    /// went in (`None`: it may change any value).
+    pub fn trigger_set(self) -> Option<ByteSet> {
+        Some(match self {
+            Xform::Std(t) => ByteSet::from_bytes(t.triggers()?.iter().copied()),
+            Xform::Utf8ToUnicode => ByteSet::from_bytes(0x80..=0xff),
+            Xform::EscapeSeqDecode => ByteSet::from_bytes([b'\\']),
+            Xform::RemoveCommentsChar => ByteSet::from_bytes(*b"/*-#"),
+            Xform::Uppercase => ByteSet::from_bytes(b'a'..=b'z'),
+            Xform::TrimLeft | Xform::TrimRight => ByteSet::from_bytes(*b" \t\n\r\x0b\x0c\xa0"),
+            Xform::Sha1 | Xform::HexEncode => return None,
+        })
     }
 
     /// Whether `input` may come out changed (a cheap check that saves a copy).

@@ -1,0 +1,162 @@
+//! Criterion benches for the OWASP Core Rule Set on the compiled engine.
+//! Run: `cargo bench --bench crs` (needs `../shared/crs`, CRS v4).
+//!
+//! - `crs/pl1/benign_get`: a browser-like GET (13 headers, cookies, 10 query arguments);
+//! - `crs/pl1/json_post_2k`: the same headers with a 2 KiB JSON body;
+//! - `crs/pl1/attack_get`: the GET with SQL injection in one argument (blocked);
+//! - `crs/pl4/*`: the benign requests at paranoia level 4;
+//! - `native_and_crs/pl1/json_post_2k`: the gateway's default rules plus CRS, as
+//!   `Waf::inspect` runs them on the request path.
+
+use std::path::{Path, PathBuf};
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use gateway::waf::crs::{Crs, CrsSettings};
+use gateway::waf::request::RequestParts;
+use gateway::waf::{RoutePolicy, Settings, Waf};
+use http::{HeaderMap, HeaderValue};
+
+fn crs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/crs")
+}
+
+fn crs(pl: u8) -> Crs {
+    let mut s = CrsSettings::new(crs_dir());
+    s.paranoia_level = pl;
+    s.detection_paranoia_level = pl;
+    Crs::load(&s).expect("CRS loads")
+}
+
+fn headers(json: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in [
+        ("host", "shop.example.com"),
+        ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"),
+        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        ("accept-language", "en-GB,en;q=0.9,de;q=0.8"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("referer", "https://shop.example.com/products/shoes?color=red&size=42"),
+        ("cookie", "session=3f7a9c1e5b2d4f6a8c0e1b3d5f7a9c1e; theme=dark; _ga=GA1.2.1234567890.1700000000; consent=analytics%3Dno%2Cads%3Dno"),
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+        ("upgrade-insecure-requests", "1"),
+        ("sec-ch-ua", "\"Chromium\";v=\"120\", \"Not?A_Brand\";v=\"24\""),
+        ("sec-ch-ua-platform", "\"Windows\""),
+    ] {
+        h.insert(n, HeaderValue::from_static(v));
+    }
+    if json {
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("content-length", HeaderValue::from_static("2048"));
+    }
+    h
+}
+
+const TARGET: &str = "/products?page=2&per_page=25&sort=-created_at&category=shoes&q=blue+running+shoes&from=2024-01-01&to=2024-12-31&currency=EUR&lang=en-GB&ref=newsletter";
+
+fn json_body(len: usize) -> Vec<u8> {
+    let notes = [
+        "Please gift-wrap; it's for my sister's birthday -- thanks!",
+        "Leave at the door (side entrance), don't ring: baby sleeping.",
+        "Size runs small? I'd go one up & keep the receipt.",
+        "Deliver after 5 pm or on Saturday, 9-12 a.m.",
+    ];
+    let mut items = Vec::new();
+    let mut i = 0;
+    while serde_json::to_vec(&items).unwrap().len() < len - 120 {
+        items.push(serde_json::json!({
+            "sku": format!("SKU-{:05}", i * 7919 % 100_000),
+            "name": "Trail runner, size 42 (blue/grey)",
+            "qty": i % 3 + 1,
+            "price": 89.95,
+            "note": notes[i % notes.len()],
+        }));
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({"customer": {"name": "Anne-Marie O'Neil", "email": "anne@example.com"}, "items": items})).unwrap()
+}
+
+fn req<'a>(
+    method: &'a str,
+    target: &'a str,
+    h: &'a HeaderMap,
+    body: Option<&'a [u8]>,
+) -> RequestParts<'a> {
+    RequestParts {
+        method,
+        target,
+        version: "HTTP/2.0",
+        headers: h,
+        body,
+        client_ip: Some("203.0.113.7".parse().unwrap()),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let get_h = headers(false);
+    let post_h = headers(true);
+    let body = json_body(2048);
+    eprintln!("JSON body: {} B", body.len());
+    let attack = TARGET.replace("q=blue+running+shoes", "q=1%27+OR+%271%27%3D%271");
+    let mut g = c.benchmark_group("crs");
+    for pl in [1u8, 4] {
+        let crs = crs(pl);
+        let get = req("GET", TARGET, &get_h, None);
+        let post = req("POST", "/api/orders", &post_h, Some(&body));
+        if pl == 1 {
+            let out = crs.evaluate(&get, true, &[]);
+            assert!(
+                out.hits.is_empty() && out.deny.is_none(),
+                "benign GET: {:?}",
+                out.hits
+            );
+            let out = crs.evaluate(&post, true, &[]);
+            assert!(
+                out.hits.is_empty() && out.deny.is_none(),
+                "benign POST: {:?}",
+                out.hits
+            );
+            let a = req("GET", &attack, &get_h, None);
+            assert!(
+                crs.evaluate(&a, true, &[]).deny.is_some(),
+                "attack is denied"
+            );
+            g.bench_function("pl1/attack_get", |b| {
+                b.iter(|| crs.evaluate(black_box(&a), true, &[]).inbound_score)
+            });
+        }
+        g.bench_function(format!("pl{pl}/benign_get"), |b| {
+            b.iter(|| crs.evaluate(black_box(&get), true, &[]).inbound_score)
+        });
+        g.bench_function(format!("pl{pl}/json_post_2k"), |b| {
+            b.iter(|| crs.evaluate(black_box(&post), true, &[]).inbound_score)
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("native_and_crs");
+    let files =
+        gateway::waf::rule::expand(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/*.toml"))
+            .unwrap();
+    let mut waf =
+        Waf::from_files(&files, Settings::default(), gateway::waf::config::STRATEGY).unwrap();
+    waf.crs = Some(std::sync::Arc::new(crs(1)));
+    let post = req("POST", "/api/orders", &post_h, Some(&body));
+    let policy = RoutePolicy::default();
+    assert!(!waf.inspect(&post, &policy, false).blocked);
+    g.bench_function("pl1/json_post_2k", |b| {
+        b.iter(|| waf.inspect(black_box(&post), &policy, false).score)
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
