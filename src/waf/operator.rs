@@ -413,10 +413,15 @@ fn required_set(h: &Hir) -> Option<ByteSet> {
 /// Strings (lowercased) one of which every match of `pattern` contains, when the set is
 /// small and its shortest member at least [`MIN_LITERAL`] bytes.
 pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    required_literals_within(pattern, MAX_LITERALS, MIN_LITERAL)
+}
+
+/// [`required_literals`] with other bounds: at most `max` literals, each at least
+/// `min_len` bytes (a prefilter that scans all literals at once affords larger sets).
+pub fn required_literals_within(pattern: &str, max: usize, min_len: usize) -> Option<Vec<Vec<u8>>> {
     let hir = parse_hir(pattern)?;
     let set = required(&hir)?;
-    let ok =
-        !set.is_empty() && set.len() <= MAX_LITERALS && set.iter().all(|l| l.len() >= MIN_LITERAL);
+    let ok = !set.is_empty() && set.len() <= max && set.iter().all(|l| l.len() >= min_len);
     ok.then_some(set)
 }
 

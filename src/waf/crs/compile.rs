@@ -17,7 +17,7 @@ use regex_automata::meta;
 use super::seclang::{self, Action, Selector, VarRef};
 use super::xform::Xform;
 use super::{CrsError, CrsSettings};
-use crate::waf::operator::{compile_regex, required_bytes, required_literals, ByteSet};
+use crate::waf::operator::{compile_regex, required_bytes, required_literals_within, ByteSet};
 use crate::waf::rule::Kind;
 
 /// A request variable (collection or scalar) SecLang names.
@@ -1136,7 +1136,8 @@ fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> {
             Op::Rx {
                 re: Box::new(re),
                 needs: required_bytes(arg),
-                lits: required_literals(arg),
+                // One automaton per chain scans all literals at once: large sets are fine.
+                lits: required_literals_within(arg, 4096, 2),
             }
         }
         "pm" => pm(arg

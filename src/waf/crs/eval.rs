@@ -129,9 +129,17 @@ struct V {
     item: Option<u32>,
     key: Range<u32>,
     val: Range<u32>,
+    /// Exclusions were applied when it was collected (counts).
+    checked: bool,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    #[allow(clippy::type_complexity)]
+    static SCRATCH: std::cell::RefCell<Option<(Items, Vec<Vec<u32>>, Vec<ByteSet>, Bufs)>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 impl Crs {
     /// Runs phases 1 and 2 over a request. `blocking`: a `deny` stops the request
@@ -139,7 +147,10 @@ impl Crs {
     ///
     /// `removed`: rule ids switched off for this request (route exclusions).
     pub fn evaluate(&self, req: &RequestParts<'_>, blocking: bool, removed: &[u32]) -> CrsOutcome {
-        let mut data = Data::new(req);
+        // Buffers are reused from this thread's last request.
+        let (items, by_kind, item_bs, mut bufs) =
+            SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        let mut data = Data::new(req, items, by_kind, item_bs);
         let mut st = State {
             vars: self
                 .initial_tx
@@ -160,7 +171,6 @@ impl Crs {
             force_body: false,
             processor: None,
         };
-        let mut bufs = Bufs::default();
         let mut out = CrsOutcome::default();
         'phases: for (p, rules) in self.phases.iter().enumerate() {
             if p == 1 {
@@ -237,6 +247,7 @@ impl Crs {
             }
         }
         out.inbound_score = st.num("blocking_inbound_anomaly_score");
+        SCRATCH.with(|s| *s.borrow_mut() = Some((data.items, data.by_kind, data.item_bs, bufs)));
         out
     }
 
@@ -267,7 +278,7 @@ impl Crs {
         bufs.vbuf.clear();
         for t in &link.targets {
             let before = bufs.vals.len();
-            collect(t.var, &t.sel, link, head, data, st, bufs);
+            collect(t.var, &t.sel, t.count, link, head, data, st, bufs);
             if t.count {
                 let n = bufs.vals.len() - before;
                 bufs.vals.truncate(before);
@@ -278,6 +289,7 @@ impl Crs {
                     item: None,
                     key,
                     val,
+                    checked: true,
                 });
             }
         }
@@ -377,6 +389,9 @@ impl Crs {
                         hit = Some((value.to_vec(), c));
                     }
                 }
+            }
+            if hit.is_some() && !v.checked && is_excluded(v.var, key, link, head, st) {
+                hit = None;
             }
             if let Some((value, caps)) = hit {
                 matched = true;
@@ -578,29 +593,36 @@ fn contains_word(v: &[u8], w: &[u8]) -> bool {
         .any(|i| !word(i.checked_sub(1).and_then(|j| v.get(j))) && !word(v.get(i + w.len())))
 }
 
+/// Whether `var:key` is excluded from `link` (its `!VAR:key` targets, or a
+/// `ctl:ruleRemoveTarget*` of this request).
+fn is_excluded(var: Var, key: &[u8], link: &Rule, head: &Rule, st: &State) -> bool {
+    link.excludes
+        .iter()
+        .any(|(v, s)| *v == var && s.matches(key))
+        || st.removed_targets.iter().any(|(id, tag, v, k)| {
+            *v == var
+                && k.as_deref().is_none_or(|k| k.eq_ignore_ascii_case(key))
+                && (id.is_some_and(|id| id == head.id)
+                    || tag
+                        .as_ref()
+                        .is_some_and(|t| head.tags.iter().any(|x| x == t)))
+        })
+}
+
 /// Collects the values of one target (`var` filtered by `sel`, minus exclusions).
 fn collect(
     var: Var,
     sel: &super::compile::Sel,
+    count: bool,
     link: &Rule,
     head: &Rule,
     data: &Data<'_>,
     st: &State,
     bufs: &mut Bufs,
 ) {
-    let excluded = |key: &[u8]| {
-        link.excludes
-            .iter()
-            .any(|(v, s)| *v == var && s.matches(key))
-            || st.removed_targets.iter().any(|(id, tag, v, k)| {
-                *v == var
-                    && k.as_deref().is_none_or(|k| k.eq_ignore_ascii_case(key))
-                    && (id.is_some_and(|id| id == head.id)
-                        || tag
-                            .as_ref()
-                            .is_some_and(|t| head.tags.iter().any(|x| x == t)))
-            })
-    };
+    // Exclusions are checked here only for counts; other values are checked once they
+    // matched (most never do).
+    let excluded = |key: &[u8]| count && is_excluded(var, key, link, head, st);
     let kinds = var.kinds();
     if kinds != 0 {
         let mut bits = kinds;
@@ -618,6 +640,7 @@ fn collect(
                     item: Some(i),
                     key: it.name.clone(),
                     val: it.value.clone(),
+                    checked: false,
                 });
             }
         }
@@ -632,6 +655,7 @@ fn collect(
                 item: None,
                 key,
                 val,
+                checked: false,
             });
         }
     };
@@ -674,6 +698,7 @@ fn collect(
                             item: None,
                             key,
                             val,
+                            checked: false,
                         });
                     }
                 }
@@ -685,6 +710,7 @@ fn collect(
                     item: None,
                     key,
                     val,
+                    checked: false,
                 });
             }
         }
@@ -698,6 +724,7 @@ fn collect(
                         item: None,
                         key,
                         val,
+                        checked: false,
                     });
                 }
             }
@@ -755,31 +782,46 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
 
 fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
     for sv in &link.setvars {
-        let name: String = match &sv.key {
-            Some(k) => k.clone(),
+        let name: std::borrow::Cow<'_, str> = match &sv.key {
+            Some(k) => std::borrow::Cow::Borrowed(k.as_str()),
             None => {
                 let mut n = lossy(&expand(&sv.name, data, st, head));
                 n.make_ascii_lowercase();
-                super::compile::var_key(&n).into_owned()
+                std::borrow::Cow::Owned(super::compile::var_key(&n).into_owned())
             }
         };
-        match sv.op {
+        let value = match sv.op {
             SetOp::Delete => {
-                st.vars.remove(&name);
+                st.vars.remove(&*name);
+                continue;
             }
-            SetOp::Set => {
-                let v = expand(&sv.value, data, st, head);
-                st.vars.insert(name, v);
-            }
+            SetOp::Set => match sv.value.literal() {
+                Some(l) => std::borrow::Cow::Borrowed(l.as_bytes()),
+                None => std::borrow::Cow::Owned(expand(&sv.value, data, st, head)),
+            },
             SetOp::Add | SetOp::Sub => {
-                let d = atoi(&expand(&sv.value, data, st, head));
-                let cur = st.vars.get(&name).map_or(0, |v| atoi(v));
+                // Scores: `=+%{tx.critical_anomaly_score}`, read without a copy.
+                let d = match sv.value.0.as_slice() {
+                    [Part::Lit(s)] => atoi(s.as_bytes()),
+                    [Part::Var(Var::Tx, Some(k))] => st.vars.get(k.as_str()).map_or(0, |v| atoi(v)),
+                    _ => atoi(&expand(&sv.value, data, st, head)),
+                };
+                let cur = st.vars.get(&*name).map_or(0, |v| atoi(v));
                 let n = if sv.op == SetOp::Add {
                     cur + d
                 } else {
                     cur - d
                 };
-                st.vars.insert(name, n.to_string().into_bytes());
+                std::borrow::Cow::Owned(n.to_string().into_bytes())
+            }
+        };
+        match st.vars.get_mut(&*name) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(&value);
+            }
+            None => {
+                st.vars.insert(name.into_owned(), value.into_owned());
             }
         }
     }
@@ -869,8 +911,12 @@ impl State {
 }
 
 impl<'a> Data<'a> {
-    fn new(req: &'a RequestParts<'a>) -> Data<'a> {
-        let mut items = Items::default();
+    fn new(
+        req: &'a RequestParts<'a>,
+        mut items: Items,
+        by_kind: Vec<Vec<u32>>,
+        item_bs: Vec<ByteSet>,
+    ) -> Data<'a> {
         items.repeat_names = true;
         items.collect(req, u32::MAX);
         let target = req.target.as_bytes();
@@ -905,8 +951,8 @@ impl<'a> Data<'a> {
         let mut d = Data {
             req,
             items,
-            by_kind: Vec::new(),
-            item_bs: Vec::new(),
+            by_kind,
+            item_bs,
             filename,
             basename,
             uri: path_and_query.to_vec(),
@@ -938,8 +984,10 @@ impl<'a> Data<'a> {
     }
 
     fn index(&mut self) {
-        self.by_kind.clear();
         self.by_kind.resize(32, Vec::new());
+        for k in &mut self.by_kind {
+            k.clear();
+        }
         self.item_bs.clear();
         for (i, it) in self.items.items.iter().enumerate() {
             self.by_kind[it.kind as usize].push(i as u32);
