@@ -37,7 +37,18 @@ pub async fn on_request(
     req: Request<ClientBody>,
 ) -> Result<Request<ClientBody>, Response<ResponseBody>> {
     let policy = &route.waf;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // HTTP/2 carries the host in `:authority`: rules see it as the Host header (as
+    // ModSecurity behind nginx does), so CRS does not take an h2 request for one without.
+    if parts.version == http::Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
     let st = &waf.settings;
 
     // The body, when some rule reads it.
