@@ -93,11 +93,23 @@ struct State {
     matched_vars: Vec<(Vec<u8>, Vec<u8>)>,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
-    removed_targets: Vec<(Option<u32>, Option<String>, Var, Option<Vec<u8>>)>,
+    removed_targets: Vec<RemovedTarget>,
     engine: EngineMode,
     force_body: bool,
     processor: Option<String>,
 }
+
+/// `ctl:ruleRemoveTargetById/ByTag`: a target taken from some rules for this request.
+struct RemovedTarget {
+    id: Option<u32>,
+    tag: Option<String>,
+    var: Var,
+    /// `None`: the whole collection.
+    key: Option<Vec<u8>>,
+}
+
+/// An operator's captures (`TX:0`–`TX:9`), when the rule captures.
+type Captures = Option<Vec<Vec<u8>>>;
 
 /// Scratch buffers.
 #[derive(Default)]
@@ -278,7 +290,7 @@ impl Crs {
         bufs.vbuf.clear();
         for t in &link.targets {
             let before = bufs.vals.len();
-            collect(t.var, &t.sel, t.count, link, head, data, st, bufs);
+            collect(t, link, head, data, st, bufs);
             if t.count {
                 let n = bufs.vals.len() - before;
                 bufs.vals.truncate(before);
@@ -309,7 +321,7 @@ impl Crs {
                     &bufs.vbuf[v.val.start as usize..v.val.end as usize],
                 ),
             };
-            let mut hit: Option<(Vec<u8>, Option<Vec<Vec<u8>>>)> = None;
+            let mut hit: Option<(Vec<u8>, Captures)> = None;
             if link.multi_match {
                 let mut cur = raw.to_vec();
                 if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
@@ -432,7 +444,7 @@ impl Crs {
         bs: ByteSet,
         data: &Data<'_>,
         st: &State,
-    ) -> Option<Option<Vec<Vec<u8>>>> {
+    ) -> Option<Captures> {
         let mut caps = None;
         let m = match &link.op {
             Op::Rx { re, needs, .. } => {
@@ -599,21 +611,26 @@ fn is_excluded(var: Var, key: &[u8], link: &Rule, head: &Rule, st: &State) -> bo
     link.excludes
         .iter()
         .any(|(v, s)| *v == var && s.matches(key))
-        || st.removed_targets.iter().any(|(id, tag, v, k)| {
-            *v == var
-                && k.as_deref().is_none_or(|k| k.eq_ignore_ascii_case(key))
-                && (id.is_some_and(|id| id == head.id)
-                    || tag
-                        .as_ref()
-                        .is_some_and(|t| head.tags.iter().any(|x| x == t)))
-        })
+        || st.removed_targets.iter().any(
+            |RemovedTarget {
+                 id,
+                 tag,
+                 var: v,
+                 key: k,
+             }| {
+                *v == var
+                    && k.as_deref().is_none_or(|k| k.eq_ignore_ascii_case(key))
+                    && (id.is_some_and(|id| id == head.id)
+                        || tag
+                            .as_ref()
+                            .is_some_and(|t| head.tags.iter().any(|x| x == t)))
+            },
+        )
 }
 
 /// Collects the values of one target (`var` filtered by `sel`, minus exclusions).
 fn collect(
-    var: Var,
-    sel: &super::compile::Sel,
-    count: bool,
+    target: &super::compile::Target,
     link: &Rule,
     head: &Rule,
     data: &Data<'_>,
@@ -622,7 +639,8 @@ fn collect(
 ) {
     // Exclusions are checked here only for counts; other values are checked once they
     // matched (most never do).
-    let excluded = |key: &[u8]| count && is_excluded(var, key, link, head, st);
+    let (var, sel) = (target.var, &target.sel);
+    let excluded = |key: &[u8]| target.count && is_excluded(var, key, link, head, st);
     let kinds = var.kinds();
     if kinds != 0 {
         let mut bits = kinds;
@@ -890,13 +908,18 @@ impl State {
         match c {
             Ctl::RemoveById(r) => self.removed_ids.extend_from_slice(r),
             Ctl::RemoveByTag(t) => self.removed_tags.push(t.clone()),
-            Ctl::RemoveTargetById(id, v, k) => {
-                self.removed_targets.push((Some(*id), None, *v, k.clone()))
-            }
-            Ctl::RemoveTargetByTag(t, v, k) => {
-                self.removed_targets
-                    .push((None, Some(t.clone()), *v, k.clone()))
-            }
+            Ctl::RemoveTargetById(id, v, k) => self.removed_targets.push(RemovedTarget {
+                id: Some(*id),
+                tag: None,
+                var: *v,
+                key: k.clone(),
+            }),
+            Ctl::RemoveTargetByTag(t, v, k) => self.removed_targets.push(RemovedTarget {
+                id: None,
+                tag: Some(t.clone()),
+                var: *v,
+                key: k.clone(),
+            }),
             Ctl::RuleEngine(m) => {
                 // Detection-only never turns into blocking from a rule.
                 if !(self.engine == EngineMode::DetectionOnly && *m == EngineMode::On) {
