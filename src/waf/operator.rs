@@ -238,7 +238,7 @@ pub(crate) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// `"9,10,13,32-126"` into a table of allowed bytes.
-fn byte_range(spec: &str) -> Result<[bool; 256], String> {
+pub(crate) fn byte_range(spec: &str) -> Result<[bool; 256], String> {
     let mut allowed = [false; 256];
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {

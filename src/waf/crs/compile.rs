@@ -1176,25 +1176,10 @@ fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> {
         "validateUtf8Encoding" => Op::ValidateUtf8,
         "unconditionalMatch" => Op::Unconditional,
         "noMatch" => Op::NoMatch,
-        "validateByteRange" => {
-            let mut ok = [false; 256];
-            for part in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (a, b) = match part.split_once('-') {
-                    Some((a, b)) => (a.trim(), b.trim()),
-                    None => (part, part),
-                };
-                let a: u8 = a
-                    .parse()
-                    .map_err(|_| format!("@validateByteRange: bad `{part}`"))?;
-                let b: u8 = b
-                    .parse()
-                    .map_err(|_| format!("@validateByteRange: bad `{part}`"))?;
-                for x in a..=b {
-                    ok[x as usize] = true;
-                }
-            }
-            Op::ValidateByteRange(Box::new(ok))
-        }
+        "validateByteRange" => Op::ValidateByteRange(Box::new(
+            crate::waf::operator::byte_range(arg)
+                .map_err(|e| format!("@validateByteRange: {e}"))?,
+        )),
         "ipMatch" => {
             let mut nets = Vec::new();
             for p in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {

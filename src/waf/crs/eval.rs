@@ -664,17 +664,21 @@ fn collect(
         }
         return;
     }
+    // A value that is not a request item: copied into `vbuf`.
+    let push_own = |key: &[u8], val: &[u8], bufs: &mut Bufs| {
+        let key = push(&mut bufs.vbuf, key);
+        let val = push(&mut bufs.vbuf, val);
+        bufs.vals.push(V {
+            var,
+            item: None,
+            key,
+            val,
+            checked: false,
+        });
+    };
     let own = |key: &[u8], val: &[u8], bufs: &mut Bufs| {
         if sel.matches(key) && !excluded(key) {
-            let key = push(&mut bufs.vbuf, key);
-            let val = push(&mut bufs.vbuf, val);
-            bufs.vals.push(V {
-                var,
-                item: None,
-                key,
-                val,
-                checked: false,
-            });
+            push_own(key, val, bufs);
         }
     };
     match var {
@@ -709,41 +713,17 @@ fn collect(
             if attrs {
                 for a in &data.xml_attrs {
                     if !excluded(b"") {
-                        let key = push(&mut bufs.vbuf, b"");
-                        let val = push(&mut bufs.vbuf, a);
-                        bufs.vals.push(V {
-                            var,
-                            item: None,
-                            key,
-                            val,
-                            checked: false,
-                        });
+                        push_own(b"", a, bufs);
                     }
                 }
             } else if let Some(t) = &data.xml_text {
-                let key = push(&mut bufs.vbuf, b"");
-                let val = push(&mut bufs.vbuf, t);
-                bufs.vals.push(V {
-                    var,
-                    item: None,
-                    key,
-                    val,
-                    checked: false,
-                });
+                push_own(b"", t, bufs);
             }
         }
         _ => {
             if let Some(v) = scalar(var, data, st) {
                 if matches!(sel, super::compile::Sel::All) && !excluded(b"") {
-                    let key = push(&mut bufs.vbuf, b"");
-                    let val = push(&mut bufs.vbuf, &v);
-                    bufs.vals.push(V {
-                        var,
-                        item: None,
-                        key,
-                        val,
-                        checked: false,
-                    });
+                    push_own(b"", &v, bufs);
                 }
             }
         }
