@@ -18,6 +18,8 @@ Scenarios:
 
 Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
 Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
+WAF: python3 benches/load.py --only gateway-crs,nginx-modsec --scenarios h1-keepalive
+(CRS v4 from ../shared/crs at paranoia level 1 in both; libnginx-mod-http-modsecurity)
 "gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
 limit on, to measure what those phases cost against plain "gateway" in the same run.
 All traffic stays on 127.0.0.1.
@@ -37,7 +39,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
-PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446}
+PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446,
+         "gateway-crs": 19447, "nginx-modsec": 19448}
+# OWASP CRS v4 for the WAF comparison (`--only gateway-crs,nginx-modsec`): the gateway's
+# compiled CRS against nginx + libmodsecurity3 (Debian) running the same files.
+CRS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "crs"))
 
 
 def sh(cmd, **kw):
@@ -51,6 +57,9 @@ def ensure_tools():
             sys.exit(f"missing tools {need}: apt-get install nginx haproxy wrk nghttp2-client")
         sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
            "--no-install-recommends nginx haproxy wrk nghttp2-client")
+    if not os.path.exists("/usr/lib/nginx/modules/ngx_http_modsecurity_module.so") and os.geteuid() == 0:
+        sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+           "libnginx-mod-http-modsecurity")
 
 
 def proc_tree(pid):
@@ -107,6 +116,36 @@ def wait_port(port, timeout=15):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"port {port} never opened")
+
+
+def write_crs_configs(d, cert, key):
+    """nginx + ModSecurity and the gateway, both with CRS at paranoia level 1, blocking."""
+    with open(f"{d}/modsec.conf", "w") as f:
+        f.write(f"""SecRuleEngine On
+SecRequestBodyAccess On
+SecRequestBodyLimit 13107200
+SecRequestBodyNoFilesLimit 131072
+SecResponseBodyAccess Off
+SecAuditEngine Off
+SecDebugLogLevel 0
+SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\\+|/)|text/)xml" "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
+SecRule REQUEST_HEADERS:Content-Type "^application/json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+Include {CRS_DIR}/crs-setup.conf.example
+Include {CRS_DIR}/rules/*.conf
+""")
+    with open(f"{d}/nginx.conf") as f:
+        conf = f.read()
+    conf = ("load_module /usr/lib/nginx/modules/ngx_http_modsecurity_module.so;\n"
+            + conf.replace("pid " + d + "/nginx.pid", "pid " + d + "/nginx-modsec.pid")
+            .replace(f"127.0.0.1:{PORTS['nginx']}", f"127.0.0.1:{PORTS['nginx-modsec']}")
+            .replace("http {", f"http {{\n  modsecurity on;\n  modsecurity_rules_file {d}/modsec.conf;", 1))
+    with open(f"{d}/nginx-modsec.conf", "w") as f:
+        f.write(conf)
+    with open(f"{d}/gateway.toml") as f:
+        base = f.read()
+    with open(f"{d}/gateway-crs.toml", "w") as f:
+        f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-crs']}")
+                + f'\n[waf]\n[waf.crs]\npath = "{CRS_DIR}"\nparanoia_level = 1\n')
 
 
 def write_configs(d, cert, key):
@@ -218,8 +257,8 @@ def start(name, d, gateway_bin):
     pin = ["taskset", "-c", "0"]
     if name.startswith("gateway"):
         cmd = pin + [gateway_bin, "run", "--config", f"{d}/{name}.toml"]
-    elif name == "nginx":
-        cmd = pin + ["nginx", "-c", f"{d}/nginx.conf", "-g", "daemon off;"]
+    elif name in ("nginx", "nginx-modsec"):
+        cmd = pin + ["nginx", "-c", f"{d}/{name}.conf", "-g", "daemon off;"]
     else:
         cmd = pin + ["haproxy", "-db", "-f", f"{d}/haproxy.cfg"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -321,6 +360,8 @@ def main():
     time.sleep(0.3)
     g.terminate(); g.wait()
     write_configs(d, cert, key)
+    if any(p in args.only for p in ("gateway-crs", "nginx-modsec")):
+        write_crs_configs(d, cert, key)
 
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", f"{d}/backend.conf", "-g", "daemon off;"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -354,6 +395,9 @@ def main():
             plain = med(results.get((sc, "gateway"), []), "cpu_us_per_req")
             if proxy == "gateway-secure" and plain:
                 ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
+            modsec = med(results.get((sc, "nginx-modsec"), []), "cpu_us_per_req")
+            if proxy == "gateway-crs" and modsec:
+                ratio += f"  1/{modsec / m['cpu_us_per_req']:.1f} of nginx+ModSecurity CPU"
             print(f"{sc:13} {proxy:8} {fmt(m)}{ratio}")
     base = med(results.get(("peak-rss", "nginx"), []), "rss_kib")
     for proxy in proxies:

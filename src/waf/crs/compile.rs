@@ -349,6 +349,11 @@ pub struct Rule {
     /// Its bit in the per-value literal prefilter of its transformation chain
     /// ([`NO_SLOT`]: not prefiltered).
     pub pf_slot: u32,
+    /// Unique among all rules and chain links (indexes per-value operator results).
+    pub uid: u32,
+    /// Its operator's result depends on the value alone (no captures, no macros), so
+    /// it may be kept per value.
+    pub memo: bool,
     pub chain: Vec<Rule>,
     chain_next: bool,
 }
@@ -395,6 +400,8 @@ pub struct Crs {
     pub prefilters: Vec<Option<Prefilter>>,
     /// 64-bit words of a per-value prefilter result.
     pub pf_words: usize,
+    /// 64-bit words of a per-value set of operator results (two bits per rule).
+    pub memo_words: usize,
     pub initial_tx: Vec<(String, Vec<u8>)>,
     /// The disruptive action `block` stands for, per phase.
     pub block_action: [Disruptive; 2],
@@ -515,6 +522,7 @@ impl Crs {
         }
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
         let (prefilters, slots) = l.prefilters();
+        let links = l.number_links();
         let chain_sets = l
             .chains
             .iter()
@@ -526,6 +534,7 @@ impl Crs {
             chain_sets,
             prefilters,
             pf_words: slots.div_ceil(64),
+            memo_words: (2 * links).div_ceil(64),
             initial_tx,
             block_action,
             report: l.report,
@@ -770,6 +779,39 @@ impl Loader {
         }
     }
 
+    /// Numbers every rule and chain link and marks those whose result may be kept per
+    /// value; returns how many there are.
+    fn number_links(&mut self) -> usize {
+        let mut n = 0u32;
+        let mut number = |link: &mut Rule| {
+            link.uid = n;
+            n += 1;
+            link.memo = !link.capture
+                && !link.multi_match
+                && matches!(
+                    link.op,
+                    Op::Rx { .. }
+                        | Op::Pm(_)
+                        | Op::DetectSqli
+                        | Op::DetectXss
+                        | Op::ValidateByteRange(_)
+                        | Op::ValidateUrlEncoding
+                        | Op::ValidateUtf8
+                );
+        };
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                if let Entry::Rule(r) = e {
+                    number(r);
+                    for link in &mut r.chain {
+                        number(link);
+                    }
+                }
+            }
+        }
+        n as usize
+    }
+
     /// Gives each plain (not negated, not multiMatch) regex with required literals a slot
     /// and builds one literal automaton per transformation chain.
     fn prefilters(&mut self) -> (Vec<Option<Prefilter>>, usize) {
@@ -876,6 +918,8 @@ impl Loader {
             skip_after: None,
             skip_to: 0,
             pf_slot: NO_SLOT,
+            uid: 0,
+            memo: false,
             chain: Vec::new(),
             chain_next: false,
         };

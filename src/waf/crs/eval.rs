@@ -73,6 +73,10 @@ struct Data<'a> {
     by_kind: Vec<Vec<u32>>,
     /// Each item's byte set.
     item_bs: Vec<ByteSet>,
+    /// Each item's first item with the same value bytes.
+    canon: Vec<u32>,
+    /// Whether the item's value occurs more than once.
+    repeated: Vec<bool>,
     filename: Vec<u8>,
     basename: Option<Range<usize>>,
     uri: Vec<u8>,
@@ -122,6 +126,7 @@ struct Bufs {
     cranges: Vec<Cached>,
     /// Prefilter results, `pf_words` per cached value that needed one.
     cands: Vec<u64>,
+    memo: Vec<u64>,
     cbuf: Vec<u8>,
     new_matches: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -132,6 +137,9 @@ struct Cached {
     bs: ByteSet,
     /// Offset of its prefilter result in `Bufs::cands` (`u32::MAX`: not computed yet).
     cands: u32,
+    /// Offset of its operator results in `Bufs::memo` (`u32::MAX`: none yet); two bits
+    /// per rule: tested, matched.
+    memo: u32,
 }
 
 /// One value of a rule's targets: from the request items, or copied into `vbuf`.
@@ -200,6 +208,7 @@ impl Crs {
             bufs.cranges.clear();
             bufs.cbuf.clear();
             bufs.cands.clear();
+            bufs.memo.clear();
             let mut i = 0;
             while i < rules.len() {
                 let Entry::Rule(r) = &rules[i] else {
@@ -345,7 +354,9 @@ impl Crs {
                 let (value, bs, entry): (&[u8], ByteSet, Option<usize>) = match v.item {
                     Some(idx) => {
                         // Transformed once per request and chain, with its byte set.
-                        let slot = idx as usize * nchains + link.xforms as usize;
+                        // Keyed by the first item with the same bytes.
+                        let slot =
+                            data.canon[idx as usize] as usize * nchains + link.xforms as usize;
                         let mut ci = bufs.cache[slot];
                         if ci == u32::MAX {
                             let (res, bs) = transform(
@@ -364,6 +375,7 @@ impl Crs {
                                 range: start..bufs.cbuf.len() as u32,
                                 bs,
                                 cands: u32::MAX,
+                                memo: u32::MAX,
                             });
                         }
                         let e = &bufs.cranges[ci as usize];
@@ -396,9 +408,36 @@ impl Crs {
                         candidate = bufs.cands[e.cands as usize + s / 64] & (1 << (s % 64)) != 0;
                     }
                 }
-                if candidate {
+                // A value repeated in the request (JSON arrays repeat names and values)
+                // is tested once per rule: the result is kept with its cached entry.
+                let memo = match entry {
+                    Some(ci) if link.memo && data.repeated[v.item.unwrap_or(0) as usize] => {
+                        let e = &mut bufs.cranges[ci];
+                        if e.memo == u32::MAX {
+                            e.memo = bufs.memo.len() as u32;
+                            bufs.memo.resize(bufs.memo.len() + self.memo_words, 0);
+                        }
+                        Some(e.memo as usize)
+                    }
+                    _ => None,
+                };
+                let bit = 2 * link.uid as usize;
+                let known = memo.filter(|&m| bufs.memo[m + bit / 64] & (1 << (bit % 64)) != 0);
+                if let Some(m) = known {
+                    let b = bit + 1;
+                    if bufs.memo[m + b / 64] & (1 << (b % 64)) != 0 {
+                        hit = Some((value.to_vec(), None));
+                    }
+                } else if candidate {
                     if let Some(c) = self.op_matches(link, value, bs, data, st) {
                         hit = Some((value.to_vec(), c));
+                    }
+                }
+                if let (Some(m), None) = (memo, known) {
+                    bufs.memo[m + bit / 64] |= 1 << (bit % 64);
+                    if hit.is_some() {
+                        let b = bit + 1;
+                        bufs.memo[m + b / 64] |= 1 << (b % 64);
                     }
                 }
             }
@@ -956,6 +995,8 @@ impl<'a> Data<'a> {
             items,
             by_kind,
             item_bs,
+            canon: Vec::new(),
+            repeated: Vec::new(),
             filename,
             basename,
             uri: path_and_query.to_vec(),
@@ -992,9 +1033,22 @@ impl<'a> Data<'a> {
             k.clear();
         }
         self.item_bs.clear();
-        for (i, it) in self.items.items.iter().enumerate() {
+        self.canon.clear();
+        self.repeated.clear();
+        let items = &self.items;
+        let mut first: foldhash::HashMap<&[u8], u32> =
+            foldhash::HashMap::with_capacity_and_hasher(items.items.len(), Default::default());
+        for (i, it) in items.items.iter().enumerate() {
             self.by_kind[it.kind as usize].push(i as u32);
-            self.item_bs.push(ByteSet::of(self.items.value(it)));
+            let v = items.value(it);
+            self.item_bs.push(ByteSet::of(v));
+            let c = *first.entry(v).or_insert(i as u32);
+            self.canon.push(c);
+            self.repeated.push(false);
+            if c != i as u32 {
+                self.repeated[c as usize] = true;
+                self.repeated[i] = true;
+            }
         }
     }
 
