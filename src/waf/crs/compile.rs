@@ -354,6 +354,8 @@ pub struct Rule {
     /// Its operator's result depends on the value alone (no captures, no macros), so
     /// it may be kept per value.
     pub memo: bool,
+    /// The next link of its chain reads `MATCHED_VARS(_NAMES)`: its matches are kept.
+    pub feeds_matched_vars: bool,
     pub chain: Vec<Rule>,
     chain_next: bool,
 }
@@ -806,6 +808,18 @@ impl Loader {
                     for link in &mut r.chain {
                         number(link);
                     }
+                    let reads = |l: &Rule| {
+                        l.targets
+                            .iter()
+                            .any(|t| matches!(t.var, Var::MatchedVars | Var::MatchedVarsNames))
+                    };
+                    let next: Vec<bool> = r.chain.iter().map(reads).collect();
+                    if let Some(&n) = next.first() {
+                        r.feeds_matched_vars = n;
+                    }
+                    for (i, link) in r.chain.iter_mut().enumerate() {
+                        link.feeds_matched_vars = next.get(i + 1).copied().unwrap_or(false);
+                    }
                 }
             }
         }
@@ -920,6 +934,7 @@ impl Loader {
             pf_slot: NO_SLOT,
             uid: 0,
             memo: false,
+            feeds_matched_vars: false,
             chain: Vec::new(),
             chain_next: false,
         };

@@ -129,6 +129,8 @@ struct Bufs {
     memo: Vec<u64>,
     cbuf: Vec<u8>,
     new_matches: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The value of the current match.
+    hit_val: Vec<u8>,
 }
 
 /// A request value transformed by one chain.
@@ -330,11 +332,13 @@ impl Crs {
                     &bufs.vbuf[v.val.start as usize..v.val.end as usize],
                 ),
             };
-            let mut hit: Option<(Vec<u8>, Captures)> = None;
+            let mut hit: Option<Captures> = None;
             if link.multi_match {
                 let mut cur = raw.to_vec();
                 if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
-                    hit = Some((cur.clone(), c));
+                    bufs.hit_val.clear();
+                    bufs.hit_val.extend_from_slice(&cur);
+                    hit = Some(c);
                 }
                 for x in chain {
                     if hit.is_some() {
@@ -345,7 +349,9 @@ impl Crs {
                         x.apply(&cur, &mut next);
                         cur = next;
                         if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
-                            hit = Some((cur.clone(), c));
+                            bufs.hit_val.clear();
+                            bufs.hit_val.extend_from_slice(&cur);
+                            hit = Some(c);
                         }
                     }
                 }
@@ -426,11 +432,15 @@ impl Crs {
                 if let Some(m) = known {
                     let b = bit + 1;
                     if bufs.memo[m + b / 64] & (1 << (b % 64)) != 0 {
-                        hit = Some((value.to_vec(), None));
+                        bufs.hit_val.clear();
+                        bufs.hit_val.extend_from_slice(value);
+                        hit = Some(None);
                     }
                 } else if candidate {
                     if let Some(c) = self.op_matches(link, value, bs, data, st) {
-                        hit = Some((value.to_vec(), c));
+                        bufs.hit_val.clear();
+                        bufs.hit_val.extend_from_slice(value);
+                        hit = Some(c);
                     }
                 }
                 if let (Some(m), None) = (memo, known) {
@@ -444,15 +454,16 @@ impl Crs {
             if hit.is_some() && !v.checked && is_excluded(v.var, key, link, head, st) {
                 hit = None;
             }
-            if let Some((value, caps)) = hit {
+            if let Some(caps) = hit {
                 matched = true;
-                let mut name = v.var.name().as_bytes().to_vec();
+                st.matched_var.clear();
+                st.matched_var.extend_from_slice(&bufs.hit_val);
+                st.matched_name.clear();
+                st.matched_name.extend_from_slice(v.var.name().as_bytes());
                 if !key.is_empty() {
-                    name.push(b':');
-                    name.extend_from_slice(key);
+                    st.matched_name.push(b':');
+                    st.matched_name.extend_from_slice(key);
                 }
-                st.matched_var = value.clone();
-                st.matched_name = name.clone();
                 if let Some(caps) = caps {
                     for (i, c) in caps.into_iter().enumerate() {
                         const CAPS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
@@ -464,7 +475,10 @@ impl Crs {
                         }
                     }
                 }
-                bufs.new_matches.push((name, value));
+                if link.feeds_matched_vars {
+                    bufs.new_matches
+                        .push((st.matched_name.clone(), st.matched_var.clone()));
+                }
                 run_setvars(link, head, data, st);
             }
         }
