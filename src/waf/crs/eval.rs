@@ -5,9 +5,19 @@
 //! disruptive action take effect and `skipAfter` jumps to its marker.
 //!
 //! Request data ([`Data`]) is built once and only read; what rules change ([`State`]) is
-//! separate, so a rule's values can be borrowed while its actions write. Transformed
-//! values of request collections are cached per (value, transformation chain): CRS tests
-//! the same argument with the same chain in dozens of rules.
+//! separate, so a rule's values can be borrowed while its actions write.
+//!
+//! What is shared per request value (CRS tests the same argument with the same chain in
+//! dozens of rules): values with the same bytes are one value; per (value, chain) the
+//! transformed bytes and their byte set are computed once, the chain's literal automaton
+//! runs once (a regex whose required literals did not occur is skipped), and for a value
+//! that occurs more than once each pure operator's result is kept. A regex also needs one
+//! of its required bytes. Exclusions (`!ARGS:x`) are checked only for values that matched.
+//!
+//! Cost (criterion, `benches/crs.rs`, PL 1): about 200 µs for a browser GET and 0.6 ms
+//! for a 2 KiB JSON POST — the walk over rule × value pairs (about 1,800 for the GET)
+//! dominates, not the regexes. Buffers are reused per thread; a request allocates for
+//! its TX variables and matches.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
