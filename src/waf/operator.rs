@@ -55,6 +55,19 @@ pub enum Cmp {
     Le,
 }
 
+impl Cmp {
+    /// `x <cmp> y`.
+    pub fn holds(self, x: i64, y: i64) -> bool {
+        match self {
+            Cmp::Eq => x == y,
+            Cmp::Gt => x > y,
+            Cmp::Ge => x >= y,
+            Cmp::Lt => x < y,
+            Cmp::Le => x <= y,
+        }
+    }
+}
+
 fn syntax_config() -> syntax::Config {
     syntax::Config::new()
         .unicode(false)
@@ -179,13 +192,7 @@ impl Operator {
             Operator::Within(set) => set.contains(v),
             Operator::Compare(cmp, n) => {
                 let Some(x) = parse_int(v) else { return false };
-                match cmp {
-                    Cmp::Eq => x == *n,
-                    Cmp::Gt => x > *n,
-                    Cmp::Ge => x >= *n,
-                    Cmp::Lt => x < *n,
-                    Cmp::Le => x <= *n,
-                }
+                cmp.holds(x, *n)
             }
             Operator::ByteRange(allowed) => v.iter().any(|&b| !allowed[b as usize]),
             Operator::ValidateUrlEncoding => invalid_url_encoding(v),

@@ -45,6 +45,11 @@ fn crs_section(extra: &str) -> String {
     )
 }
 
+/// A browser-like GET through `c`.
+async fn browse(c: &mut Sender, path: &str) -> Reply {
+    Reply::from(c.send(browser_get(path)).await.unwrap()).await
+}
+
 fn browser_get(path: &str) -> http::Request<BoxBody> {
     http::Request::get(format!("https://localhost{path}"))
         .header(
@@ -64,12 +69,7 @@ async fn crs_blocks_attacks_with_its_rule_ids_and_lets_real_traffic_through() {
     let mut c = gw.tls().h2(gw.addr("https")).await;
 
     // Benign browsing and a JSON POST reach the app.
-    let r = Reply::from(
-        c.send(browser_get("/products?q=blue+running+shoes&page=2"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = browse(&mut c, "/products?q=blue+running+shoes&page=2").await;
     assert_eq!(r.status, 200);
     let doc =
         serde_json::json!({"name": "Anne-Marie O'Neil", "note": "Leave it at the door -- thanks!"})
@@ -85,12 +85,7 @@ async fn crs_blocks_attacks_with_its_rule_ids_and_lets_real_traffic_through() {
     assert_eq!(up.hits(), 2);
 
     // SQL injection: 403, the app never sees it, the event names CRS's rules.
-    let r = Reply::from(
-        c.send(browser_get("/products?q=1%27%20OR%20%271%27%3D%271"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = browse(&mut c, "/products?q=1%27%20OR%20%271%27%3D%271").await;
     assert_eq!(r.status, 403);
     assert_eq!(up.hits(), 2);
     // XSS in a cookie: blocked, and the cookie's value is never written to the event.
@@ -156,12 +151,7 @@ async fn detect_mode_reports_crs_matches_and_exclusions_remove_crs_rules() {
     );
     let gw = TestGateway::start(&cfg).await;
     let mut c = gw.tls().h2(gw.addr("https")).await;
-    let r = Reply::from(
-        c.send(browser_get("/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = browse(&mut c, "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     assert_eq!(r.status, 200, "detect mode forwards");
     let events = events_of(&gw, "waf_detected").await;
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -174,19 +164,9 @@ async fn detect_mode_reports_crs_matches_and_exclusions_remove_crs_rules() {
     );
     let gw = TestGateway::start(&base_config(&[up.url()], &ex)).await;
     let mut c = gw.tls().h2(gw.addr("https")).await;
-    let r = Reply::from(
-        c.send(browser_get("/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = browse(&mut c, "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     assert_eq!(r.status, 200, "excluded rules do not block");
-    let r = Reply::from(
-        c.send(browser_get("/other?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = browse(&mut c, "/other?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     assert_eq!(r.status, 403, "only on the excluded path");
 }
 

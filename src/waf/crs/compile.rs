@@ -17,7 +17,7 @@ use regex_automata::meta;
 use super::seclang::{self, Action, Selector, VarRef};
 use super::xform::Xform;
 use super::{CrsError, CrsSettings};
-use crate::waf::operator::{compile_regex, required_bytes, required_literals_within, ByteSet};
+use crate::waf::operator::{compile_regex, required_bytes, required_literals_within, ByteSet, Cmp};
 use crate::waf::rule::Kind;
 
 /// A request variable (collection or scalar) SecLang names.
@@ -234,15 +234,6 @@ impl Arg {
             None => Arg::Macro(m),
         })
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum Cmp {
-    Eq,
-    Gt,
-    Ge,
-    Lt,
-    Le,
 }
 
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::compile::{
-    Arg, Cmp, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var, NO_SLOT,
+    Arg, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var, NO_SLOT,
 };
 use super::xform::Xform;
 use crate::waf::operator::{invalid_url_encoding, ByteSet};
@@ -553,13 +553,7 @@ impl Crs {
             Op::ContainsWord(a) => contains_word(v, &arg(a, data, st, link)),
             Op::Compare(c, a) => {
                 let (x, y) = (atoi(v), atoi(&arg(a, data, st, link)));
-                match c {
-                    Cmp::Eq => x == y,
-                    Cmp::Gt => x > y,
-                    Cmp::Ge => x >= y,
-                    Cmp::Lt => x < y,
-                    Cmp::Le => x <= y,
-                }
+                c.holds(x, y)
             }
             Op::DetectSqli => sqli::is_sqli(v),
             Op::DetectXss => xss::is_xss(v),

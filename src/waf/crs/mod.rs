@@ -7,10 +7,13 @@
 //! anomaly scoring and the blocking evaluation of `REQUEST-949`.
 //!
 //! Cost: a request pays for the rules its paranoia level reaches (CRS skips the others
-//! with markers), one transformation per distinct (value, transformation chain) pair (a
-//! per-request cache shares them between rules), and a byte prefilter before each regex.
-//! Memory: the compiled set of CRS v4 is a few MiB (data files as phrase automata;
-//! every regex with a lazy DFA cache capped at 256 KiB per thread).
+//! with markers), one transformation and one literal scan per distinct (value,
+//! transformation chain) pair, and the operators of the rules whose prefilters pass (see
+//! [`eval`] for what is shared and the measured cost: about 200 µs for a browser GET at
+//! PL 1, 1/10 of nginx + ModSecurity's CPU on the same files).
+//! Memory: compiled CRS v4 (regexes, data files as phrase automata) plus each regex's lazy
+//! DFA cache, capped at 256 KiB per thread: measured peak RSS under load 92 MiB with CRS
+//! against 58 MiB without.
 //! Failure modes: a rule the front end cannot translate (an unknown variable, operator,
 //! transformation or action, or a regex needing look-around or back-references) is
 //! reported by id and reason and fails the load unless `allow_partial`; response-phase
