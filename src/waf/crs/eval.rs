@@ -19,6 +19,7 @@
 //! dominates, not the regexes. Buffers are reused per thread; a request allocates for
 //! its TX variables and matches.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -89,14 +90,15 @@ struct Data<'a> {
     repeated: Vec<bool>,
     filename: Vec<u8>,
     basename: Option<Range<usize>>,
-    uri: Vec<u8>,
+    /// REQUEST_URI: the target from its path on.
+    uri: &'a [u8],
     processor: &'static str,
     xml_text: Option<Vec<u8>>,
     xml_attrs: Vec<Vec<u8>>,
     part_headers: Vec<(Vec<u8>, Vec<u8>)>,
     files_size: usize,
-    unique_id: String,
-    remote: String,
+    /// UNIQUE_ID, made when a rule first reads it.
+    unique_id: std::cell::OnceCell<String>,
 }
 
 /// What rules change.
@@ -788,19 +790,18 @@ fn collect(
 }
 
 /// The value of a scalar variable (`None`: not present in this request).
-fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
+fn scalar<'d>(var: Var, data: &'d Data<'_>, st: &'d State) -> Option<Cow<'d, [u8]>> {
     let req = data.req;
     let target = req.target.as_bytes();
-    Some(match var {
-        Var::MatchedVar => st.matched_var.clone(),
-        Var::MatchedVarName => st.matched_name.clone(),
-        Var::RequestUri => data.uri.clone(),
-        Var::RequestUriRaw => target.to_vec(),
-        Var::RequestFilename => data.filename.clone(),
-        Var::RequestBasename => data
-            .basename
-            .clone()
-            .map_or(Vec::new(), |r| data.filename[r].to_vec()),
+    let b = |v: &'d [u8]| Some(Cow::Borrowed(v));
+    let owned = |v: Vec<u8>| Some(Cow::Owned(v));
+    match var {
+        Var::MatchedVar => b(&st.matched_var),
+        Var::MatchedVarName => b(&st.matched_name),
+        Var::RequestUri => b(data.uri),
+        Var::RequestUriRaw => b(target),
+        Var::RequestFilename => b(&data.filename),
+        Var::RequestBasename => b(data.basename.clone().map_or(&[][..], |r| &data.filename[r])),
         Var::RequestLine => {
             let mut l = Vec::with_capacity(target.len() + 16);
             l.extend_from_slice(req.method.as_bytes());
@@ -808,31 +809,42 @@ fn scalar(var: Var, data: &Data<'_>, st: &State) -> Option<Vec<u8>> {
             l.extend_from_slice(target);
             l.push(b' ');
             l.extend_from_slice(req.version.as_bytes());
-            l
+            owned(l)
         }
-        Var::RequestMethod => req.method.as_bytes().to_vec(),
-        Var::RequestProtocol => req.version.as_bytes().to_vec(),
-        Var::QueryString => req.target.split_once('?')?.1.as_bytes().to_vec(),
+        Var::RequestMethod => b(req.method.as_bytes()),
+        Var::RequestProtocol => b(req.version.as_bytes()),
+        Var::QueryString => b(req.target.split_once('?')?.1.as_bytes()),
         Var::RequestBody => {
             // As in ModSecurity: with the URLENCODED processor, or when forced.
-            let b = req.body?;
+            let body = req.body?;
             if data.processor != "URLENCODED" && !st.force_body {
                 return None;
             }
-            b.to_vec()
+            b(body)
         }
-        Var::RequestBodyLength => req.body.map_or(0, <[u8]>::len).to_string().into_bytes(),
-        Var::ReqbodyProcessor => data.processor.as_bytes().to_vec(),
+        Var::RequestBodyLength => owned(req.body.map_or(0, <[u8]>::len).to_string().into_bytes()),
+        Var::ReqbodyProcessor => b(data.processor.as_bytes()),
         Var::ReqbodyError => {
             let failed = matches!(data.items.body, Some(BodyParse::Failed(_)));
-            (if failed { "1" } else { "0" }).as_bytes().to_vec()
+            b(if failed { b"1" } else { b"0" })
         }
-        Var::ArgsCombinedSize => data.items.arg_bytes.to_string().into_bytes(),
-        Var::FilesCombinedSize => data.files_size.to_string().into_bytes(),
-        Var::RemoteAddr => data.remote.as_bytes().to_vec(),
-        Var::UniqueId => data.unique_id.as_bytes().to_vec(),
-        _ => return None,
-    })
+        Var::ArgsCombinedSize => owned(data.items.arg_bytes.to_string().into_bytes()),
+        Var::FilesCombinedSize => owned(data.files_size.to_string().into_bytes()),
+        Var::RemoteAddr => owned(
+            req.client_ip
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+                .to_string()
+                .into_bytes(),
+        ),
+        Var::UniqueId => b(data
+            .unique_id
+            .get_or_init(|| {
+                let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+                format!("{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            })
+            .as_bytes()),
+        _ => None,
+    }
 }
 
 fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
@@ -1017,22 +1029,13 @@ impl<'a> Data<'a> {
             repeated: Vec::new(),
             filename,
             basename,
-            uri: path_and_query.to_vec(),
+            uri: path_and_query,
             processor,
             xml_text: None,
             xml_attrs: Vec::new(),
             part_headers: Vec::new(),
             files_size: 0,
-            unique_id: format!(
-                "{:016x}",
-                UNIQUE
-                    .fetch_add(1, Ordering::Relaxed)
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            ),
-            remote: req
-                .client_ip
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-                .to_string(),
+            unique_id: std::cell::OnceCell::new(),
         };
         if let Some(body) = req.body {
             if processor == "XML" {

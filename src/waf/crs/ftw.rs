@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::{Crs, CrsSettings};
 use crate::waf::operator::compile_regex;
 use crate::waf::request::RequestParts;
+use crate::waf::transform::Transform;
 
 #[derive(Debug, Deserialize)]
 struct TestFile {
@@ -292,7 +293,8 @@ struct Req {
 
 fn build(input: &Input) -> Result<Req, String> {
     if let Some(enc) = &input.encoded_request {
-        let raw = b64(enc.trim()).ok_or("encoded_request is not base64")?;
+        let mut raw = Vec::new();
+        Transform::Base64Decode.apply(enc.trim().as_bytes(), &mut raw);
         return Ok(parse_raw(&raw));
     }
     let mut r = Req {
@@ -364,12 +366,6 @@ fn parse_raw(raw: &[u8]) -> Req {
         headers,
         body: body.to_vec(),
     }
-}
-
-fn b64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    crate::waf::transform::Transform::Base64Decode.apply(s.as_bytes(), &mut out);
-    Some(out)
 }
 
 /// What the gateway's HTTP/1 layer (hyper) does with the request before the WAF: the

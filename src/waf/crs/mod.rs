@@ -93,13 +93,16 @@ fn list(v: &[(u32, String)]) -> String {
 /// Whether a CRS variable name (`REQUEST_COOKIES:sid`, `REQUEST_HEADERS:Authorization`)
 /// holds a secret whose value must not be logged.
 pub fn is_secret_var(var: &str) -> bool {
+    use crate::waf::rule::Kind;
     let (coll, key) = var.split_once(':').unwrap_or((var, ""));
-    let coll = coll.to_ascii_uppercase();
-    coll == "REQUEST_COOKIES"
-        || (coll == "REQUEST_HEADERS"
-            && ["authorization", "proxy-authorization", "cookie"]
-                .iter()
-                .any(|s| key.eq_ignore_ascii_case(s)))
+    let kind = if coll.eq_ignore_ascii_case("REQUEST_COOKIES") {
+        Kind::Cookie
+    } else if coll.eq_ignore_ascii_case("REQUEST_HEADERS") {
+        Kind::Header
+    } else {
+        return false;
+    };
+    kind.is_secret(key.as_bytes())
 }
 
 /// The files CRS loads, in order: the setup file, then `rules/*.conf` sorted by name.

@@ -61,6 +61,29 @@ pub fn directives(text: &str) -> Result<Vec<Directive>, SyntaxError> {
     Ok(out)
 }
 
+/// The quoted string starting at `start` (just after its opening `q`): its text with `\q`
+/// unescaped (every other backslash kept) and the position after the closing `q`.
+fn quoted(text: &str, start: usize, q: char) -> Option<(String, usize)> {
+    let b = text.as_bytes();
+    let qb = q as u8;
+    let mut s = String::new();
+    let (mut i, mut seg) = (start, start);
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&qb) {
+            s.push_str(&text[seg..i]);
+            s.push(q);
+            i += 2;
+            seg = i;
+        } else if b[i] == qb {
+            s.push_str(&text[seg..i]);
+            return Some((s, i + 1));
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 fn directive(text: &str, line: usize) -> Result<Directive, SyntaxError> {
     let err = |msg: &str| SyntaxError {
         line,
@@ -75,28 +98,9 @@ fn directive(text: &str, line: usize) -> Result<Directive, SyntaxError> {
             continue;
         }
         if b[i] == b'"' {
-            let mut s = String::new();
-            i += 1;
-            let mut closed = false;
-            let mut seg = i;
-            while i < b.len() {
-                if b[i] == b'\\' && b.get(i + 1) == Some(&b'"') {
-                    s.push_str(&text[seg..i]);
-                    s.push('"');
-                    i += 2;
-                    seg = i;
-                } else if b[i] == b'"' {
-                    s.push_str(&text[seg..i]);
-                    closed = true;
-                    i += 1;
-                    break;
-                } else {
-                    i += 1;
-                }
-            }
-            if !closed {
-                return Err(err("unterminated quoted argument"));
-            }
+            let (s, end) =
+                quoted(text, i + 1, '"').ok_or_else(|| err("unterminated quoted argument"))?;
+            i = end;
             args.push(s);
         } else {
             let st = i;
@@ -144,28 +148,9 @@ pub fn actions(text: &str) -> Result<Vec<Action>, String> {
                 i += 1;
             }
             if i < b.len() && b[i] == b'\'' {
-                i += 1;
-                let mut s = String::new();
-                let mut seg = i;
-                let mut closed = false;
-                while i < b.len() {
-                    if b[i] == b'\\' && b.get(i + 1) == Some(&b'\'') {
-                        s.push_str(&text[seg..i]);
-                        s.push('\'');
-                        i += 2;
-                        seg = i;
-                    } else if b[i] == b'\'' {
-                        s.push_str(&text[seg..i]);
-                        i += 1;
-                        closed = true;
-                        break;
-                    } else {
-                        i += 1;
-                    }
-                }
-                if !closed {
-                    return Err(format!("action `{name}`: unterminated quoted value"));
-                }
+                let (s, end) = quoted(text, i + 1, '\'')
+                    .ok_or_else(|| format!("action `{name}`: unterminated quoted value"))?;
+                i = end;
                 value = Some(s);
             } else {
                 let st = i;
