@@ -84,6 +84,7 @@ fn req<'a>(
     body: Option<&'a [u8]>,
 ) -> RequestParts<'a> {
     RequestParts {
+        canonical: None,
         method,
         target,
         version: "HTTP/2.0",

@@ -118,6 +118,7 @@ fn prose(len: usize) -> Vec<u8> {
 fn inspect(waf: &Waf, target: &str, h: &HeaderMap, body: &[u8]) -> u32 {
     let v = waf.inspect(
         &RequestParts {
+            canonical: None,
             client_ip: None,
             method: "POST",
             target,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod bans;
+pub mod canonical;
 pub mod client_ip;
 pub mod config;
 pub mod events;

@@ -60,6 +60,8 @@ pub struct Runtime {
     pub listener_binds: Vec<ListenerBind>,
     pub trusted: TrustedProxies,
     pub limits: LimitsSection,
+    /// `[requests]`, compiled.
+    pub requests: RequestPolicy,
     pub access_log: bool,
     pub unmatched: RouteMetrics,
     pub admin: AdminSettings,
@@ -80,6 +82,72 @@ pub struct Runtime {
     pub apps: Vec<Arc<AppPolicy>>,
     /// The compiled WAF (`None`: no rule files configured).
     pub waf: Option<Arc<crate::waf::Waf>>,
+}
+
+/// `[requests]`, validated: what phase 1 enforces beyond the framing.
+#[derive(Debug, Clone)]
+pub struct RequestPolicy {
+    /// Dropped from requests of peers that are not trusted proxies.
+    pub untrusted_drop: Vec<http::HeaderName>,
+    pub drop_underscore_headers: bool,
+    /// Lower-case `Upgrade` protocol names that are tunnelled.
+    pub upgrades: Vec<String>,
+    pub allow_content_encoding: bool,
+    pub body_charsets: Vec<String>,
+    /// Prefix length that keys an IPv6 client.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        let raw = crate::config::RequestsSection::default();
+        RequestPolicy {
+            untrusted_drop: raw
+                .untrusted_headers
+                .iter()
+                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            drop_underscore_headers: raw.drop_underscore_headers,
+            upgrades: raw.upgrades,
+            allow_content_encoding: false,
+            body_charsets: raw.body_charsets,
+            ipv6_prefix: raw.ipv6_prefix,
+        }
+    }
+}
+
+fn compile_requests(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> RequestPolicy {
+    let r = &cfg.raw.requests;
+    let at = KeyPath::root().key("requests");
+    let mut untrusted_drop = Vec::new();
+    for (i, h) in r.untrusted_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => untrusted_drop.push(n),
+            Err(_) => errs.push(cfg.error(
+                &at.key("untrusted_headers").index(i),
+                format!("`{h}` is not a header name"),
+            )),
+        }
+    }
+    for (i, u) in r.upgrades.iter().enumerate() {
+        if u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            errs.push(cfg.error(
+                &at.key("upgrades").index(i),
+                format!("`{u}` is not a protocol name"),
+            ));
+        }
+    }
+    if !(1..=128).contains(&r.ipv6_prefix) {
+        errs.push(cfg.error(&at.key("ipv6_prefix"), "must be between 1 and 128"));
+    }
+    RequestPolicy {
+        untrusted_drop,
+        drop_underscore_headers: r.drop_underscore_headers,
+        upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
+        allow_content_encoding: r.content_encoding == crate::config::ContentEncodingPolicy::Allow,
+        body_charsets: r.body_charsets.clone(),
+        ipv6_prefix: r.ipv6_prefix.clamp(1, 128),
+    }
 }
 
 impl Runtime {
@@ -584,6 +652,8 @@ impl Runtime {
                         .find(|(_, routes)| routes.contains(&r.name))
                         .map(|(a, _)| a.clone()),
                     waf: crate::waf::config::route_policy(cfg, i),
+                    path_escapes: r.path_escapes,
+                    forward_target: r.forward_target,
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(
@@ -625,6 +695,7 @@ impl Runtime {
             ));
         }
         let events = compile_events(cfg, &mut errs);
+        let requests = compile_requests(cfg, &mut errs);
         let ip = compile_ip_rules(cfg, metrics, &mut errs);
         let b = &raw.bans;
         if b.threshold == 0 {
@@ -671,6 +742,7 @@ impl Runtime {
             listener_binds: binds,
             trusted: TrustedProxies::new(nets),
             limits: l.clone(),
+            requests,
             access_log: raw.server.access_log,
             unmatched: metrics.route_metrics("(none)"),
             admin: AdminSettings {

@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub timeouts: TimeoutsSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Request hardening: identity headers, upgrades, body encodings, client keys.
+    #[serde(default)]
+    pub requests: RequestsSection,
     #[serde(default)]
     pub upstreams: Vec<UpstreamSection>,
     #[serde(default)]
@@ -784,6 +787,84 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[requests]`: what the gateway accepts from clients beyond the HTTP framing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsSection {
+    /// Headers dropped from requests whose peer is not a trusted proxy.
+    #[serde(default = "default_untrusted_drop")]
+    pub untrusted_headers: Vec<String>,
+    /// Drop header names containing `_` from untrusted peers (some servers read `_` as `-`).
+    #[serde(default = "yes")]
+    pub drop_underscore_headers: bool,
+    /// `Upgrade` protocols that are tunnelled; any other `Upgrade` header is removed.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+    /// A request `Content-Encoding` other than `identity`: `refuse` (415) or `allow`
+    /// (forwarded; the WAF then inspects the compressed bytes only).
+    #[serde(default)]
+    pub content_encoding: ContentEncodingPolicy,
+    /// Charsets accepted on form, multipart and JSON bodies; others are refused (415).
+    #[serde(default = "default_body_charsets")]
+    pub body_charsets: Vec<String>,
+    /// IPv6 clients are one client per prefix of this length (rate limits, bans, brute
+    /// force): an address in a /64 costs nothing to change.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RequestsSection {
+    fn default() -> Self {
+        RequestsSection {
+            untrusted_headers: default_untrusted_drop(),
+            drop_underscore_headers: true,
+            upgrades: default_upgrades(),
+            content_encoding: ContentEncodingPolicy::default(),
+            body_charsets: default_body_charsets(),
+            ipv6_prefix: default_ipv6_prefix(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentEncodingPolicy {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+fn default_untrusted_drop() -> Vec<String> {
+    [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-scheme",
+        "x-original-forwarded-for",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_string()]
+}
+fn default_body_charsets() -> Vec<String> {
+    ["utf-8", "utf8", "us-ascii", "iso-8859-1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
@@ -866,6 +947,13 @@ pub struct RouteSection {
     /// The WAF mode on this route (`off`, `detect`, `block`); default `waf.mode`.
     #[serde(default)]
     pub waf: Option<crate::waf::Mode>,
+    /// Encoded slashes and backslashes, NUL and non-UTF-8 escapes in the path: `reject`
+    /// (400) or `keep` them percent-encoded.
+    #[serde(default)]
+    pub path_escapes: crate::canonical::Escapes,
+    /// `canonical` (what was checked) or `original` (the bytes the client sent).
+    #[serde(default)]
+    pub forward_target: crate::pipeline::checks::ForwardTarget,
 }
 
 fn default_rate_key() -> String {

@@ -25,6 +25,7 @@ use super::headers::{is_upgrade_request, set_forwarded, strip_hop_by_hop};
 use super::route::Route;
 use super::upstream::{Pool, Target};
 use super::{echo, ResponseBody};
+use crate::pipeline::checks::ForwardTarget;
 use crate::pipeline::RequestCtx;
 use crate::server::ConnInfo;
 
@@ -116,7 +117,10 @@ pub async fn forward(
         && pool.servers.len() > 1
         && is_idempotent(&parts.method)
         && matches!(body, Some(RequestBody::Empty));
-    let path_and_query = parts.uri.path_and_query().cloned();
+    let path_and_query = match (&ctx.original_uri, route.forward_target) {
+        (Some(original), ForwardTarget::Original) => original.path_and_query().cloned(),
+        _ => parts.uri.path_and_query().cloned(),
+    };
 
     let mut tried: u64 = 0;
     let mut attempts = 0usize;
@@ -151,6 +155,13 @@ pub async fn forward(
 
         let (scheme, authority) = match &server.target {
             Target::BuiltinEcho => {
+                if let Some(pq) = &path_and_query {
+                    let mut u = http::uri::Parts::default();
+                    u.path_and_query = Some(pq.clone());
+                    if let Ok(u) = Uri::from_parts(u) {
+                        *upstream_req.uri_mut() = u;
+                    }
+                }
                 let started = Instant::now();
                 let res = echo::answer(upstream_req).await;
                 ctx.upstream_duration = Some(started.elapsed());

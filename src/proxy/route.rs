@@ -24,4 +24,8 @@ pub struct Route {
     pub app: Option<Arc<crate::session::AppPolicy>>,
     /// WAF mode and exclusions on this route.
     pub waf: crate::waf::RoutePolicy,
+    /// Whether escapes servers disagree on (`%2F`, `%5C`…) may stay encoded in the path.
+    pub path_escapes: crate::canonical::Escapes,
+    /// The target the upstream receives.
+    pub forward_target: crate::pipeline::checks::ForwardTarget,
 }

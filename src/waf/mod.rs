@@ -17,6 +17,7 @@ pub mod config;
 pub mod crs;
 pub mod engine;
 pub mod json;
+pub mod multipart;
 pub mod operator;
 pub mod phase;
 pub mod request;
@@ -204,7 +205,8 @@ impl Waf {
         route: &RoutePolicy,
         body_truncated: bool,
     ) -> Verdict {
-        let path = req.target.split('?').next().unwrap_or("");
+        let path = req.canonical.unwrap_or(req.target);
+        let path = path.split('?').next().unwrap_or("");
         self.engine.with_scratch(|s| {
             // Argument limits need the arguments parsed even if no rule reads them.
             let args = Kind::QueryArg.bit() | Kind::BodyArg.bit();
@@ -330,8 +332,13 @@ impl Waf {
                 tags: vec!["protocol-limits".to_string()],
             });
         };
-        if let Some(BodyParse::Failed(why)) = items.body {
-            if !body_truncated {
+        if let Some(parse) = items.body {
+            let failed = match parse {
+                BodyParse::Failed(why) if !body_truncated => Some(why),
+                BodyParse::Invalid(why) => Some(why),
+                _ => None,
+            };
+            if let Some(why) = failed {
                 add(
                     builtin::BODY_UNPARSABLE,
                     why,

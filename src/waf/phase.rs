@@ -77,9 +77,16 @@ pub async fn on_request(
         }
     }
 
-    let target = super::request::target_of(&parts.uri);
+    // Raw targets are inspected as sent; the decoded path and exclusions use the canonical
+    // target (what the upstream receives).
+    let canonical = super::request::target_of(&parts.uri);
+    let (target, canonical) = match &ctx.original_uri {
+        Some(original) => (super::request::target_of(original), Some(canonical)),
+        None => (canonical, None),
+    };
     let verdict = waf.inspect(
         &RequestParts {
+            canonical,
             client_ip: Some(ctx.client_ip),
             method: parts.method.as_str(),
             target,

@@ -19,8 +19,12 @@ use super::rule::Kind;
 #[derive(Clone, Copy)]
 pub struct RequestParts<'a> {
     pub method: &'a str,
-    /// The request target as sent (path and query, or absolute form).
+    /// The request target as sent (path and query, or absolute form): raw URI, request
+    /// line, and everything CRS reads (as ModSecurity sees it).
     pub target: &'a str,
+    /// The canonical target (what the upstream receives) when it differs from `target`:
+    /// the decoded path and route exclusions are taken from it.
+    pub canonical: Option<&'a str>,
     /// `HTTP/1.1`, `HTTP/2.0`…
     pub version: &'a str,
     pub headers: &'a HeaderMap,
@@ -52,8 +56,21 @@ pub fn target_of(uri: &http::Uri) -> &str {
 pub enum BodyParse {
     None,
     Ok,
-    /// The body does not parse as its declared type.
+    /// The body does not parse as its declared type (perhaps only because it was cut at
+    /// the inspection limit).
     Failed(&'static str),
+    /// The body breaks its format within what was read: refused even when truncated.
+    Invalid(&'static str),
+}
+
+impl BodyParse {
+    /// The reason, when the body did not parse.
+    pub fn failure(self) -> Option<&'static str> {
+        match self {
+            BodyParse::Failed(m) | BodyParse::Invalid(m) => Some(m),
+            BodyParse::None | BodyParse::Ok => None,
+        }
+    }
 }
 
 /// The values of one request.
@@ -124,6 +141,10 @@ impl Items {
         let (path, query) = match req.target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.target, None),
+        };
+        let path = match req.canonical {
+            Some(c) => c.split_once('?').map_or(c, |(p, _)| p),
+            None => path,
         };
         if want(Kind::Path) {
             let start = self.buf.len() as u32;
@@ -211,9 +232,9 @@ impl Items {
                     Err(e) => BodyParse::Failed(e),
                 }
             } else if mime == "multipart/form-data" {
-                match boundary(ctype) {
-                    Some(b) => self.multipart(body, b.as_bytes()),
-                    None => BodyParse::Failed("multipart body without a boundary"),
+                match super::multipart::boundary(ctype.as_bytes()) {
+                    Ok(b) => self.multipart(body, b, want(Kind::Body)),
+                    Err(e) => BodyParse::Invalid(e.message()),
                 }
             } else {
                 if want(Kind::Body) {
@@ -312,64 +333,52 @@ impl Items {
         }
     }
 
-    fn multipart(&mut self, body: &[u8], boundary: &[u8]) -> BodyParse {
-        let mut delim = Vec::with_capacity(boundary.len() + 4);
-        delim.extend_from_slice(b"--");
-        delim.extend_from_slice(boundary);
-        let finder = memchr::memmem::Finder::new(&delim);
-        let Some(first) = finder.find(body) else {
-            return BodyParse::Failed("multipart body without its boundary");
-        };
-        let mut at = first + delim.len();
-        loop {
-            if body[at..].starts_with(b"--") {
-                return BodyParse::Ok;
+    /// Parts of a multipart body (strictly, see [`super::multipart`]): fields and parts
+    /// with an empty `filename` are body arguments (every occurrence); uploads give their
+    /// file name, field name and contents (as `body` values named by the field).
+    fn multipart(&mut self, body: &[u8], boundary: &[u8], want_content: bool) -> BodyParse {
+        let mark = (
+            self.buf.len(),
+            self.items.len(),
+            self.seen_names.len(),
+            (self.args, self.largest_arg, self.arg_bytes),
+        );
+        let r = super::multipart::parse(body, boundary, |p| self.part(p, want_content));
+        if let Err(super::multipart::Error::Invalid(_)) = r {
+            // Refused, but still inspected and reported in full: the parts as a lenient
+            // parser (ModSecurity's) reads them.
+            self.buf.truncate(mark.0);
+            self.items.truncate(mark.1);
+            self.seen_names.truncate(mark.2);
+            (self.args, self.largest_arg, self.arg_bytes) = mark.3;
+            super::multipart::parse_lenient(body, boundary, |p| self.part(p, want_content));
+        }
+        match r {
+            Ok(()) => BodyParse::Ok,
+            Err(super::multipart::Error::Incomplete) => {
+                BodyParse::Failed(super::multipart::Error::Incomplete.message())
             }
-            // Skip the line end after the delimiter.
-            let Some(nl) = memchr::memchr(b'\n', &body[at..]) else {
-                return BodyParse::Failed("multipart body ends inside a delimiter line");
-            };
-            let part_start = at + nl + 1;
-            let Some(next) = finder.find(&body[part_start..]) else {
-                return BodyParse::Failed("multipart body without its closing boundary");
-            };
-            let part_end = part_start + next;
-            let part = &body[part_start..part_end];
-            let part = part
-                .strip_suffix(b"\r\n")
-                .or_else(|| part.strip_suffix(b"\n"))
-                .unwrap_or(part);
-            let (head, content) = match memchr::memmem::find(part, b"\r\n\r\n") {
-                Some(i) => (&part[..i], &part[i + 4..]),
-                None => match memchr::memmem::find(part, b"\n\n") {
-                    Some(i) => (&part[..i], &part[i + 2..]),
-                    None => return BodyParse::Failed("multipart part without headers"),
-                },
-            };
-            let (mut field, mut filename) = (None, None);
-            for line in head.split(|&b| b == b'\n') {
-                let line = trim(line);
-                if line.len() > 20 && line[..20].eq_ignore_ascii_case(b"content-disposition:") {
-                    field = disposition_param(line, b"name");
-                    filename = disposition_param(line, b"filename");
+            Err(e) => BodyParse::Invalid(e.message()),
+        }
+    }
+}
+
+impl Items {
+    fn part(&mut self, part: super::multipart::Part<'_>, want_content: bool) {
+        match part.filename {
+            Some(f) if !f.is_empty() => {
+                let n = self.span(part.name);
+                self.items.push(Item {
+                    kind: Kind::FileName,
+                    name: n.clone(),
+                    value: n.clone(),
+                });
+                self.push(Kind::File, n.clone(), f);
+                if want_content && !part.content.is_empty() {
+                    self.push(Kind::Body, n, part.content);
                 }
             }
-            let Some(field) = field else {
-                return BodyParse::Failed("multipart part without a field name");
-            };
-            match filename {
-                Some(f) => {
-                    let n = self.span(field);
-                    self.items.push(Item {
-                        kind: Kind::FileName,
-                        name: n.clone(),
-                        value: n.clone(),
-                    });
-                    self.push(Kind::File, n, f);
-                }
-                None => self.arg(Kind::BodyArg, field, content),
-            }
-            at = part_end + delim.len();
+            _ => self.arg(Kind::BodyArg, part.name, part.content),
         }
     }
 }
@@ -391,54 +400,6 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &s[start..end]
-}
-
-/// `name="x"` (or unquoted) in a `Content-Disposition` line. A quoted value runs to its
-/// closing quote (it may hold `;`, as `&auml;` does), with `\"` escapes kept as sent.
-fn disposition_param<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let mut i = memchr::memchr(b';', line)? + 1;
-    while i < line.len() {
-        while i < line.len() && matches!(line[i], b' ' | b'\t' | b';') {
-            i += 1;
-        }
-        let eq = i + memchr::memchr(b'=', &line[i..])?;
-        let k = trim(&line[i..eq]);
-        let mut j = eq + 1;
-        while j < line.len() && line[j] == b' ' {
-            j += 1;
-        }
-        let value;
-        if line.get(j) == Some(&b'"') {
-            let start = j + 1;
-            let mut e = start;
-            while e < line.len() && line[e] != b'"' {
-                e += if line[e] == b'\\' { 2 } else { 1 };
-            }
-            let e = e.min(line.len());
-            value = &line[start..e];
-            i = e + 1;
-        } else {
-            let e = memchr::memchr(b';', &line[j..]).map_or(line.len(), |e| j + e);
-            value = trim(&line[j..e]);
-            i = e;
-        }
-        if k.eq_ignore_ascii_case(key) {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// The `boundary` parameter of a multipart content type.
-fn boundary(ctype: &str) -> Option<&str> {
-    ctype.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        if !k.trim().eq_ignore_ascii_case("boundary") {
-            return None;
-        }
-        let v = v.trim().trim_matches('"');
-        (!v.is_empty() && v.len() <= 200).then_some(v)
-    })
 }
 
 /// Percent-decoding without `+` (paths).
@@ -479,6 +440,7 @@ mod tests {
         let mut items = Items::default();
         items.collect(
             &RequestParts {
+                canonical: None,
                 client_ip: None,
                 method: "POST",
                 target,
@@ -561,6 +523,7 @@ mod tests {
         );
         items.collect(
             &RequestParts {
+                canonical: None,
                 client_ip: None,
                 method: "POST",
                 target: "/",

@@ -77,7 +77,22 @@ pub fn judge(rt: &Runtime, waf: &Waf, file: &str, raw: &RawRequest) -> serde_jso
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let path = raw.target.split('?').next().unwrap_or("/");
+    let (path, query) = raw.target.split_once('?').unwrap_or((&raw.target, ""));
+    // The proxy decides on the canonical path; a path it would refuse (400) is inspected
+    // as sent.
+    let canonical = crate::canonical::canonical_path(path, crate::canonical::Escapes::Keep)
+        .ok()
+        .filter(|c| c != path)
+        .map(|c| {
+            if raw.target.contains('?') {
+                format!("{c}?{query}")
+            } else {
+                c.into_owned()
+            }
+        });
+    let path = canonical
+        .as_deref()
+        .map_or(path, |c| c.split('?').next().unwrap_or(c));
     let default = RoutePolicy::default();
     let policy = rt.router.route(host, path).map_or(&default, |r| &r.waf);
     let body_limit = waf.settings.body_limit;
@@ -85,6 +100,7 @@ pub fn judge(rt: &Runtime, waf: &Waf, file: &str, raw: &RawRequest) -> serde_jso
     let body = &raw.body[..raw.body.len().min(body_limit)];
     let v = waf.inspect(
         &RequestParts {
+            canonical: canonical.as_deref(),
             client_ip: None,
             method: &raw.method,
             target: &raw.target,

@@ -190,7 +190,9 @@ async fn upgrade_is_tunnelled_both_ways() {
             .unwrap()
     })
     .await;
-    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    // Only configured upgrade protocols are tunnelled.
+    let extra = "\n[requests]\nupgrades = [\"websocket\", \"shout\"]\n";
+    let gw = TestGateway::start(&base_config(&[up.url()], extra)).await;
     let mut s = gw.tls().connect(gw.addr("https"), "localhost", false).await;
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\n",

@@ -3,12 +3,14 @@
 mod support;
 
 mod admin;
+mod canonical;
 mod config;
 mod crs;
 mod events;
 mod forwarding;
 mod hardening;
 mod lifecycle;
+mod multipart;
 mod security;
 mod sessions;
 mod timeouts;

@@ -139,6 +139,7 @@ fn run_corpus(waf: &Waf) -> (Vec<String>, BTreeMap<String, (usize, usize)>) {
         let (method, target, headers, body) = build(&c);
         let v = waf.inspect(
             &RequestParts {
+                canonical: None,
                 client_ip: None,
                 method: &method,
                 target: &target,

@@ -825,7 +825,7 @@ fn scalar<'d>(var: Var, data: &'d Data<'_>, st: &'d State) -> Option<Cow<'d, [u8
         Var::RequestBodyLength => owned(req.body.map_or(0, <[u8]>::len).to_string().into_bytes()),
         Var::ReqbodyProcessor => b(data.processor.as_bytes()),
         Var::ReqbodyError => {
-            let failed = matches!(data.items.body, Some(BodyParse::Failed(_)));
+            let failed = data.items.body.and_then(BodyParse::failure).is_some();
             b(if failed { b"1" } else { b"0" })
         }
         Var::ArgsCombinedSize => owned(data.items.arg_bytes.to_string().into_bytes()),
@@ -1041,7 +1041,7 @@ impl<'a> Data<'a> {
             if processor == "XML" {
                 d.xml(body);
             } else if processor == "MULTIPART" {
-                d.multipart(body, &ctype);
+                d.multipart(body);
             }
         }
         d.index();
@@ -1129,80 +1129,34 @@ impl<'a> Data<'a> {
         self.xml_text = Some(xml_unescape(&text));
     }
 
-    /// Part headers and upload sizes of a multipart body.
-    fn multipart(&mut self, body: &[u8], ctype: &[u8]) {
-        let Some(b) = memchr::memmem::find(ctype, b"boundary=") else {
+    /// Part headers and upload sizes of a multipart body, read by the same strict parser
+    /// as the arguments (a body it refuses has set `REQBODY_ERROR` already).
+    fn multipart(&mut self, body: &[u8]) {
+        let Some(ctype) = self.req.headers.get(http::header::CONTENT_TYPE) else {
             return;
         };
-        let mut boundary = &ctype[b + 9..];
-        if let Some(e) = boundary.iter().position(|&c| c == b';') {
-            boundary = &boundary[..e];
-        }
-        let boundary = boundary.trim_ascii();
-        let boundary = boundary
-            .strip_prefix(b"\"")
-            .and_then(|x| x.strip_suffix(b"\""))
-            .unwrap_or(boundary);
-        // The boundary as sent (the content type was lowercased for matching).
-        let raw_ct = self
-            .req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default();
-        let bpos = memchr::memmem::find(&raw_ct.to_ascii_lowercase(), boundary).unwrap_or(0);
-        let boundary = raw_ct
-            .get(bpos..bpos + boundary.len())
-            .unwrap_or(boundary)
-            .to_vec();
-        let mut delim = b"--".to_vec();
-        delim.extend_from_slice(&boundary);
-        let parts: Vec<&[u8]> = split_all(body, &delim);
-        for part in parts.into_iter().skip(1) {
-            if part.starts_with(b"--") {
-                break;
+        let Ok(boundary) = crate::waf::multipart::boundary(ctype.as_bytes()) else {
+            return;
+        };
+        let (part_headers, files_size) = (&mut self.part_headers, &mut self.files_size);
+        let mut each = |part: crate::waf::multipart::Part<'_>| {
+            if part.filename.is_some_and(|f| !f.is_empty()) {
+                *files_size += part.content.len();
             }
-            let part = part
-                .strip_prefix(b"\r\n")
-                .or_else(|| part.strip_prefix(b"\n"))
-                .unwrap_or(part);
-            let (head, content) = match memchr::memmem::find(part, b"\r\n\r\n") {
-                Some(i) => (&part[..i], &part[i + 4..]),
-                None => match memchr::memmem::find(part, b"\n\n") {
-                    Some(i) => (&part[..i], &part[i + 2..]),
-                    None => (part, &b""[..]),
-                },
-            };
-            let lines: Vec<&[u8]> = head
-                .split(|&c| c == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.is_empty())
-                .collect();
-            let name = lines
-                .iter()
-                .find_map(|l| {
-                    let lower = l.to_ascii_lowercase();
-                    let i = memchr::memmem::find(&lower, b" name=")
-                        .or_else(|| memchr::memmem::find(&lower, b";name="))?;
-                    let v = &l[i + 6..];
-                    let v = v.strip_prefix(b"\"").unwrap_or(v);
-                    let e = v
-                        .iter()
-                        .position(|&c| c == b'"' || c == b';')
-                        .unwrap_or(v.len());
-                    Some(v[..e].to_vec())
-                })
-                .unwrap_or_default();
-            let is_file = lines
-                .iter()
-                .any(|l| memchr::memmem::find(&l.to_ascii_lowercase(), b"filename").is_some());
-            if is_file {
-                let c = content.strip_suffix(b"\r\n").unwrap_or(content);
-                self.files_size += c.len();
+            for line in part.header_lines() {
+                part_headers.push((part.name.to_vec(), line.to_vec()));
             }
-            for l in lines {
-                self.part_headers.push((name.clone(), l.to_vec()));
-            }
+        };
+        // A body the strict reader refuses is read as ModSecurity would (it is refused
+        // anyway: `REQBODY_ERROR`).
+        let refused = matches!(
+            crate::waf::multipart::parse(body, boundary, |_| {}),
+            Err(crate::waf::multipart::Error::Invalid(_))
+        );
+        if refused {
+            crate::waf::multipart::parse_lenient(body, boundary, &mut each);
+        } else {
+            let _ = crate::waf::multipart::parse(body, boundary, &mut each);
         }
     }
 }
@@ -1214,17 +1168,6 @@ fn xml_unescape(v: &[u8]) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(v.len());
     crate::waf::transform::Transform::HtmlEntityDecode.apply(v, &mut out);
-    out
-}
-
-fn split_all<'x>(hay: &'x [u8], delim: &[u8]) -> Vec<&'x [u8]> {
-    let mut out = Vec::new();
-    let mut last = 0;
-    for i in memchr::memmem::find_iter(hay, delim) {
-        out.push(&hay[last..i]);
-        last = i + delim.len();
-    }
-    out.push(&hay[last..]);
     out
 }
 

@@ -457,6 +457,7 @@ fn run_stage(crs: &Crs, input: &Input, expected: &Output) -> Result<(), String> 
         Ok((target, headers, body)) => {
             let body = (!body.is_empty()).then_some(&body[..]);
             let req = RequestParts {
+                canonical: None,
                 method: &r.method,
                 target: &target,
                 version: &r.version,

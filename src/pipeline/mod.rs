@@ -16,6 +16,8 @@
 //! A phase is a synchronous check over an immutable structure compiled from config that
 //! returns a verdict; only forwarding awaits.
 
+pub mod checks;
+
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct RequestCtx {
     pub bytes_in: Option<Arc<ByteCount>>,
     /// Set by phase 5 for routes of a protected app; read by phase 8.
     pub session: Option<SessionCtx>,
+    /// The target as the client sent it, when phase 1 rewrote it to its canonical form.
+    pub original_uri: Option<Uri>,
 }
 
 /// Handles one request from start to response head.
@@ -82,7 +86,12 @@ pub async fn handle(
         upstream_duration: None,
         bytes_in: None,
         session: None,
+        original_uri: None,
     };
+    // Phase 1 (request checks) rewrites the request to its canonical form before anything
+    // reads it, the access log included; a refusal is answered inside `run_phases`.
+    let mut req = req;
+    let checked = checks::check(&rt, conn.tls, peer_trusted, &mut req);
     // Created before any phase runs: if this future is dropped (client gone, HTTP/2 reset),
     // the guard's drop still releases the connection and logs the request, as 499.
     let mut finish = Finish::start(
@@ -102,7 +111,7 @@ pub async fn handle(
         rt.access_log,
     );
 
-    let mut resp = run_phases(&shared, &rt, &conn, &mut ctx, req).await;
+    let mut resp = run_phases(&shared, &rt, &conn, &mut ctx, checked, req).await;
 
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -126,23 +135,30 @@ async fn run_phases(
     rt: &Runtime,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
+    checked: Result<checks::Checked, checks::Refusal>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    // 1. Request checks.
-    if let Err((status, message)) = check_request(rt, &req) {
-        let mut resp = error_response(status, message, &ctx.request_id);
-        if status == StatusCode::BAD_REQUEST {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return resp;
-    }
+    // 1. Request checks (run in `handle`).
+    let checked = match checked {
+        Ok(c) => c,
+        Err((status, message)) => return refused_by_checks(status, message, ctx),
+    };
+    ctx.original_uri = checked.original_uri;
     // 2. Client IP: resolved in `handle` (ctx.client_ip).
     // The route is looked up now (rules may be scoped to it) but answered only in phase 7,
     // so a refused client learns nothing about routing.
     let host = request_host(&req);
     let route = rt.router.route(host, req.uri().path()).cloned();
     ctx.route = route.clone();
+    if let Some(e) = checked.kept_escape {
+        if route
+            .as_ref()
+            .is_none_or(|r| r.path_escapes != crate::canonical::Escapes::Keep)
+        {
+            let (status, message) = checks::path_refusal(e);
+            return refused_by_checks(status, message, ctx);
+        }
+    }
 
     // 3. Bans, then IP rules.
     if shared.bans.check(ctx.client_ip).is_some() {
@@ -322,48 +338,18 @@ fn request_host<B>(req: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
-/// Protocol hygiene the gateway enforces itself (hyper already refuses malformed framing,
-/// drops `Content-Length` when `Transfer-Encoding` is present and closes such connections).
-fn check_request<B>(rt: &Runtime, req: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
-    let limits = &rt.limits;
-    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if uri_len > limits.max_uri_bytes {
-        return Err((StatusCode::URI_TOO_LONG, "request target too long"));
+/// A phase-1 refusal; a 400 also closes the connection (the client may be out of step).
+fn refused_by_checks(
+    status: StatusCode,
+    message: &'static str,
+    ctx: &RequestCtx,
+) -> Response<ResponseBody> {
+    let mut resp = error_response(status, message, &ctx.request_id);
+    if status == StatusCode::BAD_REQUEST {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let headers = req.headers();
-    if headers.len() > limits.max_header_count {
-        return Err((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too many header fields",
-        ));
-    }
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
-        .sum();
-    if header_bytes > limits.max_header_bytes {
-        return Err((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header fields too large",
-        ));
-    }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first_host = hosts.next();
-    if hosts.next().is_some() {
-        return Err((StatusCode::BAD_REQUEST, "more than one Host header"));
-    }
-    if req.version() == Version::HTTP_11 && first_host.is_none() {
-        return Err((StatusCode::BAD_REQUEST, "missing Host header"));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
-    Ok(())
+    resp
 }
 
 /// What the access log and performance events say about the request (cheap clones of

@@ -1,0 +1,290 @@
+//! Phase 1, request checks: protocol hygiene and the canonical request view, before any
+//! decision is taken on the request.
+//!
+//! - sizes (target, header count and bytes), one `Host`, framing headers, one
+//!   `Content-Type`;
+//! - the canonical host and path ([`crate::canonical`]): the request is rewritten in place,
+//!   so every later phase, the events, the access log and the upstream read the one
+//!   canonical spelling; what was sent is kept for the WAF's raw targets and for routes
+//!   that forward it ([`ForwardTarget::Original`]);
+//! - body encodings the inspection cannot read: a request `Content-Encoding`, or a form or
+//!   JSON body in a charset other than UTF-8, US-ASCII or ISO-8859-1 → 415;
+//! - identity headers: from a peer that is not a trusted proxy, headers that name a client,
+//!   a URL or a prefix (`Forwarded`, `X-Real-IP`, `X-Original-URL`…) and header names with
+//!   `_` (which some servers read as `-`) are dropped; `Upgrade` is kept only for the
+//!   configured protocols.
+//!
+//! Every refusal is a `(status, message)` the pipeline answers with a JSON error.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, StatusCode, Version};
+
+use crate::canonical::{canonical_host, canonical_path, Escapes, PathError};
+use crate::runtime::Runtime;
+
+/// Which target the upstream receives on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardTarget {
+    /// The canonical target: exactly what the checks decided on.
+    #[default]
+    Canonical,
+    /// The target as the client sent it. The upstream may read it differently from the
+    /// gateway (a path the gateway saw as `/public/x` may be `/admin` to it): only for
+    /// applications that need the original bytes and enforce nothing by path.
+    Original,
+}
+
+/// A refusal: status and message.
+pub type Refusal = (StatusCode, &'static str);
+
+/// What the checks learned.
+#[derive(Default)]
+pub struct Checked {
+    /// The target as sent, when the canonical one differs.
+    pub original_uri: Option<Uri>,
+    /// The path kept an escape that only routes with `path_escapes = "keep"` accept.
+    pub kept_escape: Option<PathError>,
+}
+
+/// Runs the checks and rewrites `req` to its canonical form.
+pub fn check<B>(
+    rt: &Runtime,
+    tls: bool,
+    peer_trusted: bool,
+    req: &mut Request<B>,
+) -> Result<Checked, Refusal> {
+    limits(rt, req)?;
+    let mut checked = Checked::default();
+    canonical_host_of(req, tls)?;
+    canonical_target(req, &mut checked)?;
+    body_encoding(rt, req)?;
+    identity_headers(rt, peer_trusted, req);
+    Ok(checked)
+}
+
+/// Protocol hygiene the gateway enforces itself (hyper already refuses malformed framing,
+/// drops `Content-Length` when `Transfer-Encoding` is present and closes such connections).
+fn limits<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
+    let limits = &rt.limits;
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err((StatusCode::URI_TOO_LONG, "request target too long"));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_header_count {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        ));
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header fields too large",
+        ));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host header"));
+    }
+    if req.version() == Version::HTTP_11 && first_host.is_none() {
+        return Err((StatusCode::BAD_REQUEST, "missing Host header"));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    types.next();
+    if types.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Content-Type header"));
+    }
+    Ok(())
+}
+
+/// The `Host` header (or `:authority`, or an absolute-form target's authority) in its
+/// canonical form; a `Host` that disagrees with the target's authority is refused.
+fn canonical_host_of<B>(req: &mut Request<B>, tls: bool) -> Result<(), Refusal> {
+    const BAD_HOST: Refusal = (StatusCode::BAD_REQUEST, "invalid Host");
+    let from_target = match req.uri().authority() {
+        Some(a) if req.method() != http::Method::CONNECT => {
+            Some(canonical_host(a.as_str(), tls).map_err(|_| BAD_HOST)?)
+        }
+        _ => None,
+    };
+    let header = match req.headers().get(header::HOST) {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| BAD_HOST)?;
+            Some(canonical_host(text, tls).map_err(|_| BAD_HOST)?)
+        }
+        None => None,
+    };
+    let replacement = match (&header, &from_target) {
+        (Some(h), Some(t)) if h != t => {
+            return Err((StatusCode::BAD_REQUEST, "Host and request target disagree"));
+        }
+        (Some(h), _) if matches!(h, std::borrow::Cow::Owned(_)) => Some(h.to_string()),
+        (None, Some(t)) if matches!(t, std::borrow::Cow::Owned(_)) => Some(t.to_string()),
+        _ => None,
+    };
+    if let Some(h) = replacement {
+        let v = HeaderValue::try_from(h).map_err(|_| BAD_HOST)?;
+        req.headers_mut().insert(header::HOST, v);
+    }
+    Ok(())
+}
+
+/// The canonical path, written back into the request's target when it differs (an
+/// absolute-form HTTP/1 target becomes origin-form: its authority is the `Host` now).
+fn canonical_target<B>(req: &mut Request<B>, checked: &mut Checked) -> Result<(), Refusal> {
+    let uri = req.uri();
+    let path = uri.path();
+    if !path.starts_with('/') {
+        // `OPTIONS *` and `CONNECT host:port` have no path to canonicalize.
+        return Ok(());
+    }
+    let canonical = match canonical_path(path, Escapes::Reject) {
+        Ok(p) => p,
+        Err(e) if e.keepable() => {
+            checked.kept_escape = Some(e);
+            canonical_path(path, Escapes::Keep).map_err(path_refusal)?
+        }
+        Err(e) => return Err(path_refusal(e)),
+    };
+    let absolute_h1 = req.version() < Version::HTTP_2 && uri.scheme().is_some();
+    if matches!(canonical, std::borrow::Cow::Borrowed(_)) && !absolute_h1 {
+        return Ok(());
+    }
+    let mut pq = canonical.into_owned();
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq =
+        PathAndQuery::try_from(pq).map_err(|_| (StatusCode::BAD_REQUEST, "bad request target"))?;
+    let mut parts = http::uri::Parts::default();
+    if !absolute_h1 {
+        parts.scheme = uri.scheme().cloned();
+        parts.authority = uri.authority().cloned();
+    }
+    parts.path_and_query = Some(pq);
+    let new =
+        Uri::from_parts(parts).map_err(|_| (StatusCode::BAD_REQUEST, "bad request target"))?;
+    checked.original_uri = Some(std::mem::replace(req.uri_mut(), new));
+    Ok(())
+}
+
+pub fn path_refusal(e: PathError) -> Refusal {
+    let message = match e {
+        PathError::MalformedEscape => "malformed percent-escape in the path",
+        PathError::DotParameter => "dot segment with a path parameter",
+        PathError::AboveRoot => "path climbs above the root",
+        PathError::EncodedSlash => "encoded slash in the path",
+        PathError::Backslash => "backslash in the path",
+        PathError::Nul => "encoded NUL in the path",
+        PathError::InvalidUtf8 => "path is not valid UTF-8",
+    };
+    (StatusCode::BAD_REQUEST, message)
+}
+
+/// Bodies the inspection would read differently from the application: compressed, or in
+/// a charset the parsers do not decode.
+fn body_encoding<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
+    let headers = req.headers();
+    let policy = &rt.requests;
+    if !policy.allow_content_encoding {
+        for v in headers.get_all(header::CONTENT_ENCODING) {
+            let identity = v.as_bytes().split(|&b| b == b',').all(|t| {
+                t.trim_ascii().is_empty() || t.trim_ascii().eq_ignore_ascii_case(b"identity")
+            });
+            if !identity {
+                return Err((
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "request Content-Encoding is not accepted",
+                ));
+            }
+        }
+    }
+    let Some(ctype) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ctype = ctype.as_bytes();
+    let mut params = ctype.split(|&b| b == b';');
+    let mime = params.next().unwrap_or_default().trim_ascii();
+    let inspected = mime.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        || mime.eq_ignore_ascii_case(b"multipart/form-data")
+        || mime.eq_ignore_ascii_case(b"application/json")
+        || (mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"));
+    if !inspected {
+        return Ok(());
+    }
+    for p in params {
+        let Some(eq) = p.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        if !p[..eq].trim_ascii().eq_ignore_ascii_case(b"charset") {
+            continue;
+        }
+        let value = p[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        if !policy
+            .body_charsets
+            .iter()
+            .any(|c| c.as_bytes().eq_ignore_ascii_case(value))
+        {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request body charset is not accepted",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Headers only a trusted proxy may set, and upgrades that are not configured.
+fn identity_headers<B>(rt: &Runtime, peer_trusted: bool, req: &mut Request<B>) {
+    let policy = &rt.requests;
+    let headers = req.headers_mut();
+    if !peer_trusted {
+        for name in &policy.untrusted_drop {
+            headers.remove(name);
+        }
+        if policy.drop_underscore_headers && headers.keys().any(|k| k.as_str().contains('_')) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for n in names {
+                headers.remove(n);
+            }
+        }
+    }
+    if let Some(up) = headers.get(header::UPGRADE) {
+        let allowed = up.as_bytes().split(|&b| b == b',').all(|t| {
+            let proto = t.trim_ascii();
+            let proto = proto.split(|&b| b == b'/').next().unwrap_or(proto);
+            policy
+                .upgrades
+                .iter()
+                .any(|u| u.as_bytes().eq_ignore_ascii_case(proto))
+        });
+        if !allowed {
+            headers.remove(header::UPGRADE);
+        }
+    }
+}
