@@ -67,6 +67,24 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address a client is counted under (rate limits, bans, brute force): an IPv6
+/// address is cut to its first `v6_prefix` bits, since a host can pick any address in its
+/// /64 at no cost; IPv4 stays whole.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) if v6_prefix < 128 => {
+            let bits = u128::from(v6);
+            let mask = if v6_prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(v6_prefix))
+            };
+            IpAddr::V6((bits & mask).into())
+        }
+        other => other,
+    }
+}
+
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse::<IpAddr>() {
         return Some(canonical(ip));
@@ -129,5 +147,21 @@ mod tests {
         let t = TrustedProxies::new(vec![parse_net("127.0.0.1").unwrap()]);
         let peer: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert!(t.contains(peer));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1"), 48),
+            ip("2001:db8:1::")
+        );
+        assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_key(ip("192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
     }
 }

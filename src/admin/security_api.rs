@@ -266,7 +266,10 @@ async fn test_rule(State(st): State<AdminState>, b: JsonBody<TestRequest>) -> Ap
     }
     let rt = st.shared.runtime.load();
     let route = rt.router.route(&t.host, &t.path).map(|r| r.name.clone());
-    let banned = st.shared.bans.check(t.ip);
+    let banned = st
+        .shared
+        .bans
+        .check(crate::client_ip::client_key(t.ip, rt.requests.ipv6_prefix));
     let set = st.shared.ip_rules.load();
     let d = set.evaluate(&RequestView {
         ip: t.ip,
@@ -318,9 +321,10 @@ async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> Ap
         ));
     }
     let rt = st.shared.runtime.load();
+    // Bans apply to what clients are counted under (an IPv6 address's prefix).
     let ban = st.shared.bans.ban(
         &rt.bans,
-        req.ip,
+        crate::client_ip::client_key(req.ip, rt.requests.ipv6_prefix),
         Some(req.duration),
         req.reason.trim().to_string(),
         true,
@@ -349,6 +353,7 @@ async fn delete_ban(State(st): State<AdminState>, Path(ip): Path<String>) -> Api
             format!("`{ip}` is not an IP address"),
         )
     })?;
+    let ip = crate::client_ip::client_key(ip, st.shared.runtime.load().requests.ipv6_prefix);
     let Some(ban) = st.shared.bans.unban(ip) else {
         return Err(error(StatusCode::NOT_FOUND, format!("{ip} is not banned")));
     };

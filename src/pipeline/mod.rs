@@ -46,6 +46,9 @@ use crate::session::phase::SessionCtx;
 pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
+    /// What the client is counted under for rate limits, bans and brute force (its IPv6
+    /// prefix; see [`crate::client_ip::client_key`]).
+    pub client_key: IpAddr,
     /// The TCP peer is a trusted proxy (its forwarding headers are believed).
     pub peer_trusted: bool,
     pub is_head: bool,
@@ -79,6 +82,7 @@ pub async fn handle(
     let mut ctx = RequestCtx {
         request_id,
         client_ip,
+        client_key: crate::client_ip::client_key(client_ip, rt.requests.ipv6_prefix),
         peer_trusted,
         is_head: req.method() == Method::HEAD,
         route: None,
@@ -161,7 +165,7 @@ async fn run_phases(
     }
 
     // 3. Bans, then IP rules.
-    if shared.bans.check(ctx.client_ip).is_some() {
+    if shared.bans.check(ctx.client_key).is_some() {
         return error_response(StatusCode::FORBIDDEN, "forbidden", &ctx.request_id);
     }
     let rules = shared.ip_rules.set.load();
@@ -196,7 +200,7 @@ async fn run_phases(
         .as_ref()
         .map_or(&rt.unmatched_limits, |r| &r.rate_limits);
     for policy in policies {
-        let key = policy.key(ctx.client_ip, req.headers());
+        let key = policy.key(ctx.client_key, req.headers());
         if let Err(rejection) = policy.check(key) {
             rate_limited(shared, rt, &rules, ctx, &req, policy, &rejection);
             let mut resp = error_response(
@@ -294,12 +298,15 @@ fn rate_limited<B>(
             .detail("occurrences", n.to_string()),
         );
     }
-    if rules.bypasses(ctx.client_ip) {
+    // A client refused from the shared overflow bucket (the policy tracks `max_keys`
+    // clients already, as in a flood of new addresses) did not empty it itself: banning it
+    // would ban real clients during a flood.
+    if rules.bypasses(ctx.client_ip) || rejection.shared_bucket {
         return;
     }
     if let Some(ban) = shared
         .bans
-        .violation(&rt.bans, ctx.client_ip, Violation::RateLimited)
+        .violation(&rt.bans, ctx.client_key, Violation::RateLimited)
     {
         banned(shared, ctx, req, ban);
     }

@@ -103,6 +103,9 @@ pub struct Rejection {
     /// The key that was over (an IP as IPv6-mapped bits, a header hash, or 0 for a route).
     pub key: u128,
     window: usize,
+    /// The key shared the overflow bucket (the policy tracks `max_keys` already): the
+    /// client is not the one that emptied it, so this is no violation towards a ban.
+    pub shared_bucket: bool,
 }
 
 impl Policy {
@@ -131,6 +134,7 @@ impl Policy {
                     retry_after: secs.max(1),
                     key,
                     window: i,
+                    shared_bucket: slot.is_overflow(&self.state.entries),
                 });
             }
         }
@@ -325,13 +329,15 @@ mod tests {
         let p = reg.policy("p", KeySource::Ip, &w, 2, counter());
         assert!(p.check(1).is_ok());
         assert!(p.check(1).is_ok());
-        assert!(p.check(1).is_err());
+        // Its own bucket: a violation.
+        assert!(!p.check(1).unwrap_err().shared_bucket);
         assert!(p.check(2).is_ok());
         // Keys 3, 4, 5 share the overflow bucket: two tokens between them (the cap of 2 is
         // reached by keys 1 and 2).
         assert!(p.check(3).is_ok());
         assert!(p.check(4).is_ok());
-        assert!(p.check(5).is_err());
+        // The shared bucket: not this client's doing.
+        assert!(p.check(5).unwrap_err().shared_bucket);
         // The throttled key stays throttled through a sweep.
         reg.sweep();
         assert!(p.check(1).is_err());

@@ -41,6 +41,13 @@ pub struct Slot {
     pub window: usize,
 }
 
+impl Slot {
+    /// The slot is the shared overflow entry (the key was not tracked: the map was full).
+    pub fn is_overflow(&self, entries: &Entries) -> bool {
+        Arc::ptr_eq(&self.entry, &entries.overflow)
+    }
+}
+
 impl PartialEq for Slot {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.entry, &other.entry) && self.window == other.window

@@ -19,15 +19,64 @@ pub fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]
     None
 }
 
-/// Whether a `name=value` pair (already trimmed) is cookie `name`.
+/// The request carries its session cookie ambiguously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+/// The session cookie `name` of a request. Ambiguous when it appears more than once, or
+/// under a name a server reads as `name` (PHP turns `.`, space and `[` into `_`): which
+/// one the application uses is a guess, so the session is not valid.
+pub fn session_cookie<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a [u8]>, Ambiguous> {
+    let mut found = None;
+    for h in headers.get_all(COOKIE) {
+        for pair in h.as_bytes().split(|&b| b == b';') {
+            let pair = trim(pair);
+            let (n, value) = match memchr::memchr(b'=', pair) {
+                Some(i) => (trim(&pair[..i]), &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            if !same_cookie_name(n, name.as_bytes()) {
+                continue;
+            }
+            if found.is_some() || n != name.as_bytes() {
+                return Err(Ambiguous);
+            }
+            found = Some(unquote(trim(value)));
+        }
+    }
+    Ok(found)
+}
+
+/// Names a server could take for the same cookie.
+fn same_cookie_name(a: &[u8], b: &[u8]) -> bool {
+    let php = |c: u8| {
+        if matches!(c, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            c
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| php(x) == php(y))
+}
+
+/// Whether a `name=value` pair (already trimmed) is cookie `name`, or a spelling of it
+/// that a server would read as it.
 fn names(pair: &[u8], name: &str) -> bool {
-    pair.strip_prefix(name.as_bytes())
-        .is_some_and(|r| r.first() == Some(&b'='))
+    let n = memchr::memchr(b'=', pair).map_or(pair, |i| trim(&pair[..i]));
+    same_cookie_name(n, name.as_bytes())
 }
 
 /// Removes cookie `name` from the request's `Cookie` headers (dropping a header left empty).
 pub fn strip_request_cookie(headers: &mut HeaderMap, name: &str) {
-    if request_cookie(headers, name).is_none() {
+    let present = headers.get_all(COOKIE).iter().any(|h| {
+        h.as_bytes()
+            .split(|&b| b == b';')
+            .any(|p| names(trim(p), name))
+    });
+    if !present {
         return;
     }
     let kept: Vec<Vec<u8>> = headers
@@ -204,5 +253,31 @@ mod tests {
         let mut r2 = r.clone();
         strip_response_cookie(&mut r2, "sid");
         assert_eq!(r2.get_all(SET_COOKIE).iter().count(), 1);
+    }
+
+    #[test]
+    fn session_cookies_are_taken_once_and_only_by_their_name() {
+        let h = |values: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in values {
+                m.append(COOKIE, HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        let one = h(&["a=1; demo_session=abc; b=2"]);
+        assert_eq!(session_cookie(&one, "demo_session"), Ok(Some(&b"abc"[..])));
+        assert_eq!(session_cookie(&h(&["a=1"]), "demo_session"), Ok(None));
+        for twice in [
+            h(&["demo_session=abc; demo_session=x"]),
+            h(&["demo_session=abc", "demo_session=x"]),
+            h(&["demo.session=x; demo_session=abc"]),
+            h(&["demo session=x"]),
+            h(&["demo[session=x"]),
+        ] {
+            assert_eq!(session_cookie(&twice, "demo_session"), Err(Ambiguous));
+        }
+        let mut m = h(&["demo.session=x; keep=1; demo_session=abc"]);
+        strip_request_cookie(&mut m, "demo_session");
+        assert_eq!(m.get(COOKIE).unwrap(), "keep=1");
     }
 }

@@ -2,7 +2,7 @@
 //! member) or from an upstream response header, and the outcome from the response
 //! (status, redirect location, a marker header).
 
-use http::header::{CONTENT_TYPE, LOCATION};
+use http::header::LOCATION;
 use http::{HeaderMap, StatusCode};
 
 use super::policy::LoginPolicy;
@@ -19,33 +19,70 @@ pub enum Outcome {
     Unknown,
 }
 
-/// The user name in a login request body, when the policy names a field.
-pub fn user_from_body(policy: &LoginPolicy, headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let field = policy.user_field.as_deref()?;
-    let ctype = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let user = if ctype.starts_with("application/x-www-form-urlencoded") {
-        form_urlencoded::parse(body)
-            .find(|(k, _)| k == field)
-            .map(|(_, v)| v.into_owned())
-    } else if ctype.starts_with("application/json") || ctype.contains("+json") {
-        let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let mut cur = &doc;
-        for part in field.split('.') {
-            cur = cur.get(part)?;
+/// Why a login request's user name cannot be read: the request is refused (400) and
+/// counted as a failed login for the client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserFieldError {
+    /// The body does not parse as its declared type, or is not a form, multipart or JSON.
+    Unparsable,
+    Missing,
+    /// The field appears more than once (two parsers could pick different ones).
+    Repeated,
+}
+
+impl UserFieldError {
+    pub fn message(self) -> &'static str {
+        match self {
+            UserFieldError::Unparsable => "login body is not a readable form or JSON",
+            UserFieldError::Missing => "login request without its user field",
+            UserFieldError::Repeated => "login request with its user field more than once",
         }
-        match cur {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    } else {
-        None
-    }?;
-    clean(&user)
+    }
+}
+
+/// The user name in a login request body, read with the WAF's request model (the same
+/// form, multipart and JSON parsers, so the login phase and the rules see one request):
+/// exactly one occurrence of the policy's field (a dotted path for JSON). `Ok(None)` when
+/// the policy names no field.
+pub fn user_from_body(
+    policy: &LoginPolicy,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<String>, UserFieldError> {
+    use crate::waf::request::{BodyParse, Items, RequestParts};
+    use crate::waf::rule::Kind;
+    let Some(field) = policy.user_field.as_deref() else {
+        return Ok(None);
+    };
+    let mut items = Items::default();
+    items.repeat_names = true;
+    items.collect(
+        &RequestParts {
+            method: "POST",
+            target: "/",
+            canonical: None,
+            version: "HTTP/1.1",
+            headers,
+            body: Some(body),
+            client_ip: None,
+        },
+        Kind::BodyArg.bit(),
+    );
+    match items.body {
+        Some(BodyParse::Ok) => {}
+        None if body.is_empty() => return Err(UserFieldError::Missing),
+        _ => return Err(UserFieldError::Unparsable),
+    }
+    let mut found = items
+        .items
+        .iter()
+        .filter(|i| i.kind == Kind::BodyArg && items.name(i) == field.as_bytes());
+    let first = found.next().ok_or(UserFieldError::Missing)?;
+    if found.next().is_some() {
+        return Err(UserFieldError::Repeated);
+    }
+    let user = std::str::from_utf8(items.value(first)).map_err(|_| UserFieldError::Unparsable)?;
+    clean(user).map(Some).ok_or(UserFieldError::Missing)
 }
 
 /// The user name in an upstream response header.
@@ -104,6 +141,7 @@ fn location_path(l: &str) -> &str {
 mod tests {
     use super::*;
     use crate::session::policy::Endpoint;
+    use http::header::CONTENT_TYPE;
     use http::HeaderValue;
 
     fn policy() -> LoginPolicy {
@@ -129,25 +167,45 @@ mod tests {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
+        let user = |p: &LoginPolicy, h: &HeaderMap, b: &[u8]| user_from_body(p, h, b);
         assert_eq!(
-            user_from_body(&p, &h, b"password=x&username=Al%C3%AFce+B").as_deref(),
-            Some("Alïce B")
+            user(&p, &h, b"password=x&username=Al%C3%AFce+B"),
+            Ok(Some("Alïce B".into()))
+        );
+        assert_eq!(
+            user(&p, &h, b"username=a&username=b"),
+            Err(UserFieldError::Repeated)
+        );
+        assert_eq!(user(&p, &h, b"password=x"), Err(UserFieldError::Missing));
+        assert_eq!(
+            user(&p, &h, b"username=+&p=1"),
+            Err(UserFieldError::Missing)
         );
         h.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         assert_eq!(
-            user_from_body(&p, &h, br#"{"username":"bob"}"#).as_deref(),
-            Some("bob")
+            user(&p, &h, br#"{"username":"bob"}"#),
+            Ok(Some("bob".into()))
+        );
+        assert_eq!(
+            user(&p, &h, br#"{"username":"bob","username":"admin"}"#),
+            Err(UserFieldError::Repeated)
+        );
+        assert_eq!(
+            user(&p, &h, br#"{"username":["bob","admin"]}"#),
+            Err(UserFieldError::Repeated)
         );
         let mut nested = policy();
         nested.user_field = Some("auth.user".into());
         assert_eq!(
-            user_from_body(&nested, &h, br#"{"auth":{"user":"carol"}}"#).as_deref(),
-            Some("carol")
+            user(&nested, &h, br#"{"auth":{"user":"carol"}}"#),
+            Ok(Some("carol".into()))
         );
-        assert_eq!(user_from_body(&p, &h, b"not json"), None);
+        assert_eq!(user(&p, &h, b"not json"), Err(UserFieldError::Unparsable));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(user(&p, &h, b"username=x"), Err(UserFieldError::Unparsable));
 
         let mut r = HeaderMap::new();
         r.insert(

@@ -51,6 +51,8 @@ pub struct SessionCtx {
 enum Problem {
     /// No session cookie on a path that needs one.
     Missing,
+    /// The session cookie twice, or under a name the application may read as it.
+    Ambiguous,
     Tampered(SignedError),
     Invalid(Invalid, Option<Box<Session>>),
 }
@@ -86,7 +88,21 @@ pub async fn on_request(
             let bytes = read_body(body, policy.max_body_bytes)
                 .await
                 .map_err(|(status, m)| error_response(status, m, &ctx.request_id))?;
-            user = login::user_from_body(policy, &parts.headers, &bytes);
+            match login::user_from_body(policy, &parts.headers, &bytes) {
+                Ok(u) => user = u,
+                Err(why) => {
+                    // Refused, and a failed login for the address: probing the parser
+                    // costs what guessing passwords costs.
+                    shared.metrics.logins.with_label_values(&["failed"]).inc();
+                    let rt = shared.runtime.load();
+                    login_failed(shared, &rt, app, ctx, None, now, why.message());
+                    return Err(error_response(
+                        StatusCode::BAD_REQUEST,
+                        why.message(),
+                        &ctx.request_id,
+                    ));
+                }
+            }
             body = ClientBody::Buffered(bytes);
         }
         if let Some(u) = &user {
@@ -125,10 +141,11 @@ pub async fn on_request(
         if let Some(h) = &app.user_header {
             parts.headers.remove(h);
         }
-        let problem = match cookies::request_cookie(&parts.headers, &app.cookie) {
-            None if app.requires_session(parts.uri.path()) => Some(Problem::Missing),
-            None => None,
-            Some(value) => check(shared, app, ctx, &parts, value, now, &mut sctx),
+        let problem = match cookies::session_cookie(&parts.headers, &app.cookie) {
+            Err(cookies::Ambiguous) => Some(Problem::Ambiguous),
+            Ok(None) if app.requires_session(parts.uri.path()) => Some(Problem::Missing),
+            Ok(None) => None,
+            Ok(Some(value)) => check(shared, app, ctx, &parts, value, now, &mut sctx),
         };
         if let Some(problem) = problem {
             refuse(shared, app, ctx, &mut parts, &mut sctx, problem).map_err(|r| *r)?;
@@ -222,6 +239,7 @@ fn refuse(
 ) -> Result<(), Box<Response<ResponseBody>>> {
     let label = match &problem {
         Problem::Missing => "missing",
+        Problem::Ambiguous => "ambiguous",
         Problem::Tampered(_) => "tampered",
         Problem::Invalid(i, _) => i.label(),
     };
@@ -232,6 +250,11 @@ fn refuse(
         .inc();
     let (kind, reason, session) = match &problem {
         Problem::Missing => (None, String::new(), None),
+        Problem::Ambiguous => (
+            Some(EventType::SessionRevoked),
+            "more than one session cookie".to_string(),
+            None,
+        ),
         Problem::Tampered(e) => (Some(EventType::SessionRevoked), e.to_string(), None),
         Problem::Invalid(i @ (Invalid::IdleTimeout | Invalid::AbsoluteTimeout), s) => (
             Some(EventType::SessionTimeout),
@@ -351,7 +374,7 @@ pub fn on_response(
             }
             Outcome::Failed => {
                 shared.metrics.logins.with_label_values(&["failed"]).inc();
-                login_failed(shared, rt, app, ctx, user.as_deref(), now);
+                login_failed(shared, rt, app, ctx, user.as_deref(), now, "login failed");
             }
             Outcome::Unknown => {
                 shared.metrics.logins.with_label_values(&["unknown"]).inc();
@@ -582,14 +605,15 @@ fn login_failed(
     ctx: &RequestCtx,
     user: Option<&str>,
     now: u64,
+    message: &str,
 ) {
     let bf = &app.brute_force;
     let f = shared
         .sessions
         .brute_force
-        .failure(bf, &app.name, user, ctx.client_ip, now);
+        .failure(bf, &app.name, user, ctx.client_key, now);
     let path = app.login.as_ref().map_or("", |l| l.endpoint.path.as_str());
-    let mut e = event(EventType::LoginFailed, "login failed", ctx, app)
+    let mut e = event(EventType::LoginFailed, message, ctx, app)
         .path(path)
         .detail("user_failures", f.user_failures.to_string())
         .detail("ip_failures", f.ip_failures.to_string());
@@ -642,10 +666,10 @@ fn login_failed(
         }
         d.user = user.map(str::to_string);
         shared.events.sink.audit(d);
-        if bf.ban_ip && !bypass && shared.bans.check(ctx.client_ip).is_none() {
+        if bf.ban_ip && !bypass && shared.bans.check(ctx.client_key).is_none() {
             let ban = shared
                 .bans
-                .ban(&rt.bans, ctx.client_ip, None, message, false);
+                .ban(&rt.bans, ctx.client_key, None, message, false);
             record_ban(
                 shared,
                 event(EventType::IpBanned, String::new(), ctx, app),
@@ -653,11 +677,11 @@ fn login_failed(
             );
         }
     } else if !bypass {
-        if let Some(ban) =
-            shared
-                .bans
-                .violation(&rt.bans, ctx.client_ip, crate::bans::Violation::LoginFailed)
-        {
+        if let Some(ban) = shared.bans.violation(
+            &rt.bans,
+            ctx.client_key,
+            crate::bans::Violation::LoginFailed,
+        ) {
             record_ban(
                 shared,
                 event(EventType::IpBanned, String::new(), ctx, app),

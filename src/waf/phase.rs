@@ -155,7 +155,7 @@ fn record<B>(
     if !bypass {
         if let Some(ban) = shared
             .bans
-            .violation(&rt.bans, ctx.client_ip, Violation::WafBlocked)
+            .violation(&rt.bans, ctx.client_key, Violation::WafBlocked)
         {
             record_ban(
                 shared,

@@ -492,3 +492,69 @@ max_keys = {MAX_KEYS}
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+#[tokio::test]
+async fn ipv6_clients_are_counted_by_prefix_and_shared_bucket_429s_do_not_ban() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let extra = r#"
+[[rate_limits]]
+name = "tight"
+limits = [{ requests = 1, per = "1h" }]
+max_keys = 3
+
+[bans]
+threshold = 2
+window = "1m"
+duration = "1m"
+"#;
+    let gw = TestGateway::start(&trusted_config(&up, extra)).await;
+    let mut s = Sender::plain(gw.addr("http")).await;
+    // Addresses in one /64 are one client: its allowance is spent by the first; the next
+    // two (other addresses, same /64) are its violations, and the second bans the /64.
+    assert_eq!(
+        get_as(&mut s, "2001:db8:1:2::1", "/", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get_as(&mut s, "2001:db8:1:2::2", "/", &[]).await.status,
+        429
+    );
+    assert_eq!(
+        get_as(&mut s, "2001:db8:1:2:ffff::9", "/", &[])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        get_as(&mut s, "2001:db8:1:2::abcd", "/", &[]).await.status,
+        403
+    );
+    // Another /64 is another client.
+    assert_eq!(
+        get_as(&mut s, "2001:db8:1:3::1", "/", &[]).await.status,
+        200
+    );
+    let list = api(&gw, "GET", "/api/v1/bans", None).await.json();
+    assert_eq!(list["items"][0]["ip"], "2001:db8:1:2::", "{list}");
+
+    // The policy tracks 3 clients now (the /64s and one IPv4 below); beyond that, new
+    // addresses share one overflow bucket. Its 429s are not their violations: nobody
+    // is banned, however many arrive.
+    assert_eq!(get_as(&mut s, "192.0.2.1", "/", &[]).await.status, 200);
+    let mut statuses = Vec::new();
+    for i in 10..30 {
+        statuses.push(
+            get_as(&mut s, &format!("192.0.2.{i}"), "/", &[])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses[1..].iter().all(|&st| st == 429), "{statuses:?}");
+    let bans = api(&gw, "GET", "/api/v1/bans", None).await.json();
+    assert_eq!(bans["items"].as_array().unwrap().len(), 1, "{bans}");
+    // A tracked client that empties its own bucket still earns its ban.
+    assert_eq!(get_as(&mut s, "192.0.2.1", "/", &[]).await.status, 429);
+    assert_eq!(get_as(&mut s, "192.0.2.1", "/", &[]).await.status, 429);
+    assert_eq!(get_as(&mut s, "192.0.2.1", "/", &[]).await.status, 403);
+}

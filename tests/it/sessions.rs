@@ -692,3 +692,71 @@ async fn shipped_config_protects_the_demo_apps_sessions_and_logins() {
     assert_eq!(b.get("/account").await.status, 200);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_session_cookies_and_login_fields_are_refused() {
+    let up = login_app().await;
+    let gw = TestGateway::start(&trusted_config(&up, SHOP)).await;
+    let mut b = Browser::plain(&gw, "198.51.100.40").await;
+    assert_eq!(b.login("/login", "alice", "secret").await.status, 302);
+    let sid = b.jar["sid"].clone();
+    assert_eq!(b.get("/home").await.status, 200);
+
+    // The valid cookie plus a second one of the same name (in one header or two): which
+    // one the app uses is a guess, so neither is taken.
+    for headers in [
+        vec![format!("sid={sid}; sid=forged")],
+        vec![format!("sid=forged; sid={sid}")],
+        vec![format!("sid={sid}"), "sid=forged".to_string()],
+    ] {
+        let mut req = Request::get("/home")
+            .header("host", "localhost")
+            .header("x-forwarded-for", "198.51.100.40");
+        for h in &headers {
+            req = req.header("cookie", h);
+        }
+        let r = Reply::from(b.sender.send(req.body(full("")).unwrap()).await.unwrap()).await;
+        assert_refused(&r, "sid");
+    }
+    // The session itself is still good.
+    assert_eq!(b.get("/home").await.status, 200);
+    let before = up.hits();
+    let events = events_of(&gw, "session_revoked").await;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than one session cookie")),
+        "{events:?}"
+    );
+
+    // A login whose user field is missing, repeated or unreadable: 400 without the app,
+    // and a failed login for the address.
+    let mut m = Browser::plain(&gw, "198.51.100.41").await;
+    for form in [
+        "password=x",
+        "user=alice&user=bob&password=x",
+        "user=&password=x",
+    ] {
+        let r = m.request("POST", "/login", form).await;
+        assert_eq!(r.status, 400, "{form}: {}", r.text());
+    }
+    let req = Request::post("/login")
+        .header("host", "localhost")
+        .header("x-forwarded-for", "198.51.100.41")
+        .header("content-type", "application/json")
+        .body(full("{\"user\": "))
+        .unwrap();
+    let r = Reply::from(m.sender.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(up.hits(), before, "refused logins reached the app");
+    let failed = events_of(&gw, "login_failed").await;
+    let from_m: Vec<_> = failed
+        .iter()
+        .filter(|e| e["client_ip"] == "198.51.100.41")
+        .collect();
+    assert_eq!(from_m.len(), 4, "{failed:?}");
+    assert!(from_m
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains("more than once")));
+}
