@@ -40,6 +40,30 @@ fn bench(c: &mut Criterion) {
     c.bench_function("request_id::generate", |b| {
         b.iter(gateway::request_id::generate)
     });
+
+    // Phase 1's canonical view: a typical target that is canonical already (the common
+    // case: scanned, not copied), one that needs rewriting, and a Host header.
+    use gateway::canonical::{canonical_host, canonical_path, Escapes};
+    for (name, path) in [
+        (
+            "canonical_path (canonical, 38 bytes)",
+            "/api/v1/customers/12345/orders/recent",
+        ),
+        (
+            "canonical_path (rewritten)",
+            "/api/v1/%63ustomers//12345/./orders/../orders/recent",
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| canonical_path(black_box(path), Escapes::Reject).map(|p| p.len()))
+        });
+    }
+    c.bench_function("canonical_host (canonical)", |b| {
+        b.iter(|| canonical_host(black_box("www.example.com:8443"), true).map(|h| h.len()))
+    });
+    c.bench_function("canonical_host (rewritten)", |b| {
+        b.iter(|| canonical_host(black_box("WWW.Example.com.:443"), true).map(|h| h.len()))
+    });
 }
 
 criterion_group!(benches, bench);

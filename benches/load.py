@@ -20,6 +20,8 @@ Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
 Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
 WAF: python3 benches/load.py --only gateway-crs,nginx-modsec --scenarios h1-keepalive
 (CRS v4 from ../shared/crs at paranoia level 1 in both; libnginx-mod-http-modsecurity)
+Before/after: --baseline-bin PATH (another build of the gateway, e.g. of the previous
+commit) adds "gateway-baseline", the same config on that binary, to every round.
 "gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
 limit on, to measure what those phases cost against plain "gateway" in the same run.
 All traffic stays on 127.0.0.1.
@@ -40,7 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
 PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446,
-         "gateway-crs": 19447, "nginx-modsec": 19448}
+         "gateway-crs": 19447, "nginx-modsec": 19448, "gateway-baseline": 19449}
 # OWASP CRS v4 for the WAF comparison (`--only gateway-crs,nginx-modsec`): the gateway's
 # compiled CRS against nginx + libmodsecurity3 (Debian) running the same files.
 CRS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "crs"))
@@ -253,9 +255,11 @@ upstream = "backend"
                 + rules)
 
 
-def start(name, d, gateway_bin):
+def start(name, d, gateway_bin, baseline_bin=None):
     pin = ["taskset", "-c", "0"]
-    if name.startswith("gateway"):
+    if name == "gateway-baseline":
+        cmd = pin + [baseline_bin, "run", "--config", f"{d}/{name}.toml"]
+    elif name.startswith("gateway"):
         cmd = pin + [gateway_bin, "run", "--config", f"{d}/{name}.toml"]
     elif name in ("nginx", "nginx-modsec"):
         cmd = pin + ["nginx", "-c", f"{d}/{name}.conf", "-g", "daemon off;"]
@@ -339,6 +343,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", default="gateway,nginx,haproxy")
     ap.add_argument("--scenarios", default="h1-keepalive,h2,new-conn,fixed-rate")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="another gateway build, run as gateway-baseline beside the current one")
     args = ap.parse_args()
     ensure_tools()
     print("building the gateway (release)...", flush=True)
@@ -360,6 +366,13 @@ def main():
     time.sleep(0.3)
     g.terminate(); g.wait()
     write_configs(d, cert, key)
+    if args.baseline_bin:
+        args.only += ",gateway-baseline"
+        with open(f"{d}/gateway.toml") as f:
+            base = f.read()
+        with open(f"{d}/gateway-baseline.toml", "w") as f:
+            f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-baseline']}")
+                    .replace(f'data_dir = "{d}/data"', f'data_dir = "{d}/data-baseline"'))
     if any(p in args.only for p in ("gateway-crs", "nginx-modsec")):
         write_crs_configs(d, cert, key)
 
@@ -372,7 +385,7 @@ def main():
     try:
         for rnd in range(args.rounds):
             for proxy in proxies:
-                p = start(proxy, d, gateway_bin)
+                p = start(proxy, d, gateway_bin, args.baseline_bin)
                 pids = proc_tree(p.pid)
                 for sc in scenarios:
                     before = cpu_seconds(pids)
@@ -393,6 +406,9 @@ def main():
             m = {k: med(rs, k) for k in rs[0] if rs[0][k] is not None}
             ratio = f"  {m['cpu_us_per_req'] / base:.2f}x nginx CPU" if base else ""
             plain = med(results.get((sc, "gateway"), []), "cpu_us_per_req")
+            baseline = med(results.get((sc, "gateway-baseline"), []), "cpu_us_per_req")
+            if proxy == "gateway" and baseline:
+                ratio += f"  {m['cpu_us_per_req'] / baseline:.3f}x baseline CPU"
             if proxy == "gateway-secure" and plain:
                 ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
             modsec = med(results.get((sc, "nginx-modsec"), []), "cpu_us_per_req")

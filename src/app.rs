@@ -425,7 +425,7 @@ impl Gateway {
         }
         // Last-activity times not yet written, then every queued event and the partial
         // trend minute.
-        crate::session::phase::persist(&self.shared, self.shared.sessions.table.take_dirty());
+        crate::session::persist(&self.shared.events, self.shared.sessions.table.take_dirty());
         let events = self.shared.events.clone();
         let _ = tokio::task::spawn_blocking(move || events.stop()).await;
         drained
@@ -511,7 +511,7 @@ async fn session_housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<boo
 /// One housekeeping pass (see [`session_housekeeping`]); public for tests.
 pub fn session_pass(shared: &Shared, cleanup: bool) {
     use crate::events::EventType;
-    use crate::session::phase::session_event;
+    use crate::session::session_event;
     let sessions = &shared.sessions;
     let now = sessions.clock.now();
     let rt = shared.runtime.load();
@@ -542,7 +542,7 @@ pub fn session_pass(shared: &Shared, cleanup: bool) {
             }
         });
     }
-    crate::session::phase::persist(shared, sessions.table.take_dirty());
+    crate::session::persist(&shared.events, sessions.table.take_dirty());
     let (active, suspicious, _) = sessions.table.stats();
     shared.metrics.sessions_active.set(active as i64);
     shared.metrics.sessions_suspicious.set(suspicious as i64);

@@ -2,7 +2,8 @@
 //!
 //! Exact hosts are looked up in a hash map; wildcard (`*.example.com`) hosts are tried by
 //! longest suffix; routes without a host come last. Within a host, the longest matching
-//! path prefix wins. A lookup is one hash probe plus a scan of that host's prefixes.
+//! path prefix wins (a `case_insensitive` route's prefix in any ASCII case). A lookup is one
+//! hash probe plus a scan of that host's prefixes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,7 +79,14 @@ impl Router {
 }
 
 fn first_prefix<'a>(routes: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
-    routes.iter().find(|r| path.starts_with(&*r.path_prefix))
+    routes.iter().find(|r| {
+        if r.case_insensitive {
+            let n = r.path_prefix.len();
+            path.len() >= n && path.as_bytes()[..n].eq_ignore_ascii_case(r.path_prefix.as_bytes())
+        } else {
+            path.starts_with(&*r.path_prefix)
+        }
+    })
 }
 
 /// `example.com:8443` → `example.com`; `[::1]:8443` → `[::1]`.

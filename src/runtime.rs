@@ -640,7 +640,11 @@ impl Runtime {
                 Some(pool) => routes.push(Arc::new(Route {
                     name: r.name.as_str().into(),
                     host: r.host.clone(),
-                    path_prefix: r.path_prefix.clone(),
+                    path_prefix: if r.case_insensitive {
+                        r.path_prefix.to_ascii_lowercase()
+                    } else {
+                        r.path_prefix.clone()
+                    },
                     pool: pool.clone(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(l.max_body_bytes),
                     metrics: metrics.route_metrics(&r.name),
@@ -654,6 +658,7 @@ impl Runtime {
                     waf: crate::waf::config::route_policy(cfg, i),
                     path_escapes: r.path_escapes,
                     forward_target: r.forward_target,
+                    case_insensitive: r.case_insensitive,
                 })),
                 None if raw.upstreams.iter().any(|u| u.name == r.upstream) => {}
                 None => errs.push(cfg.error(

@@ -17,9 +17,9 @@ use super::events_api::{error, query, ApiError};
 use super::AdminState;
 use crate::events::model::format_time;
 use crate::events::{AuditEvent, EventType};
-use crate::session::phase::{persist, session_event};
 use crate::session::table::{hex_id, Session, State as SessionState};
 use crate::session::{brute_force, store};
+use crate::session::{persist, session_event};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -150,7 +150,7 @@ async fn revoke_session(State(st): State<AdminState>, Path(id): Path<String>) ->
     let id = parse_id(&id)?;
     match revoke(&st, id, "revoked by an operator") {
         Some(s) => {
-            persist(&st.shared, vec![s.clone()]);
+            persist(&st.shared.events, vec![s.clone()]);
             Ok(Json(json!({"revoked": s})).into_response())
         }
         None if st.shared.sessions.table.get(id).is_some() => Err(error(
@@ -177,7 +177,7 @@ async fn revoke_user(State(st): State<AdminState>, Path(user): Path<String>) -> 
         })
         .collect();
     let n = ended.len();
-    persist(&st.shared, ended);
+    persist(&st.shared.events, ended);
     Ok(Json(json!({"user": user, "revoked": n})).into_response())
 }
 

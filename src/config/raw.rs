@@ -954,6 +954,10 @@ pub struct RouteSection {
     /// `canonical` (what was checked) or `original` (the bytes the client sent).
     #[serde(default)]
     pub forward_target: crate::pipeline::checks::ForwardTarget,
+    /// The application matches paths without regard to ASCII case: the route's prefix
+    /// matches any case, and every decision takes the lower-cased path.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 fn default_rate_key() -> String {

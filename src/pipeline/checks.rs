@@ -185,6 +185,26 @@ fn canonical_target<B>(req: &mut Request<B>, checked: &mut Checked) -> Result<()
     Ok(())
 }
 
+/// On a `case_insensitive` route: the path lower-cased (ASCII) for every decision after
+/// routing; returns the target with its case, which the upstream receives.
+pub fn lower_case_path<B>(req: &mut Request<B>) -> Option<Uri> {
+    let uri = req.uri();
+    if !uri.path().bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut pq = uri.path().to_ascii_lowercase();
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = uri.scheme().cloned();
+    parts.authority = uri.authority().cloned();
+    parts.path_and_query = PathAndQuery::try_from(pq).ok();
+    let lower = Uri::from_parts(parts).ok()?;
+    Some(std::mem::replace(req.uri_mut(), lower))
+}
+
 pub fn path_refusal(e: PathError) -> Refusal {
     let message = match e {
         PathError::MalformedEscape => "malformed percent-escape in the path",

@@ -28,4 +28,6 @@ pub struct Route {
     pub path_escapes: crate::canonical::Escapes,
     /// The target the upstream receives.
     pub forward_target: crate::pipeline::checks::ForwardTarget,
+    /// Paths match without regard to ASCII case (`path_prefix` is stored lower-cased).
+    pub case_insensitive: bool,
 }

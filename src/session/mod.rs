@@ -17,12 +17,12 @@
 //! reach the store in batches every `persist_every`; new, ended and suspicious sessions at
 //! once. Failed logins are counted in [`brute_force`].
 //!
-//! Time comes from [`Clock`], which tests can move forward.
+//! Time comes from [`Clock`], which tests can move forward. The request and response
+//! phases that use all this are in [`crate::pipeline::session`].
 
 pub mod brute_force;
 pub mod cookies;
 pub mod login;
-pub mod phase;
 pub mod policy;
 pub mod signed;
 pub mod store;
@@ -141,4 +141,37 @@ pub fn compile_settings(
         retention: s.retention,
         max_sessions: s.max_sessions.max(1),
     }
+}
+
+/// Writes sessions to the store without waiting (the event writer thread owns it).
+pub fn persist(events: &crate::events::Events, sessions: Vec<Session>) {
+    if sessions.is_empty() {
+        return;
+    }
+    events.write_detached(move |store| {
+        if let Err(e) = store::save(store, &sessions) {
+            tracing::error!(error = %e, "storing sessions failed");
+        }
+    });
+}
+
+/// Adds a session's user and id to an event.
+pub fn with_session(mut e: crate::events::AuditEvent, s: &Session) -> crate::events::AuditEvent {
+    e.user = s.user.as_deref().map(str::to_string);
+    e.session = Some(format!("{:032x}", s.id));
+    e
+}
+
+/// An event about a session outside any request (admin API, housekeeping).
+pub fn session_event(
+    kind: crate::events::EventType,
+    message: impl Into<String>,
+    s: &Session,
+) -> crate::events::AuditEvent {
+    with_session(
+        crate::events::AuditEvent::new(kind, message)
+            .ip(s.client_ip)
+            .detail("app", &*s.app),
+        s,
+    )
 }

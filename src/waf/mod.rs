@@ -19,7 +19,6 @@ pub mod engine;
 pub mod json;
 pub mod multipart;
 pub mod operator;
-pub mod phase;
 pub mod request;
 pub mod rule;
 pub mod sqli;

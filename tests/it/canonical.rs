@@ -25,6 +25,18 @@ path_prefix = "/legacy/"
 upstream = "app"
 forward_target = "original"
 
+[[routes]]
+name = "shop"
+path_prefix = "/Shop/"
+upstream = "app"
+case_insensitive = true
+
+[[ip_rules.rules]]
+name = "no-shop-admin"
+action = "deny"
+cidr = "0.0.0.0/0"
+path_prefixes = ["/shop/admin"]
+
 [[ip_rules.rules]]
 name = "no-private"
 action = "deny"
@@ -88,6 +100,11 @@ const TABLE: &[(&str, u16, &str)] = &[
     // A route that keeps encoded slashes; one that forwards the original bytes.
     ("/files/a%2fb/./c", 200, "/files/a%2Fb/c"),
     ("/legacy/./x%41", 200, "/legacy/./x%41"),
+    // A case-insensitive route: decided on the lower-cased path, forwarded with its case.
+    ("/SHOP/Admin/x", 403, ""),
+    ("/shop/%41DMIN", 403, ""),
+    ("/Shop/Items/AbC", 200, "/Shop/Items/AbC"),
+    ("/sHoP/./Items/AbC?Q=1", 200, "/sHoP/Items/AbC?Q=1"),
 ];
 
 async fn h1(gw: &TestGateway, target: &str, headers: &str) -> (u16, String) {
@@ -137,7 +154,15 @@ async fn every_spelling_is_decided_and_forwarded_in_canonical_form_h1() {
     for e in &blocked {
         let path = e["path"].as_str().unwrap();
         assert!(
-            ["/admin", "/admin/x", "/admin/", "/private/x", "/private"].contains(&path),
+            [
+                "/admin",
+                "/admin/x",
+                "/admin/",
+                "/private/x",
+                "/private",
+                "/shop/admin/x"
+            ]
+            .contains(&path),
             "{e}"
         );
     }

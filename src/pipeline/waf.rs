@@ -14,23 +14,23 @@ use http::{header, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::request::RequestParts;
-use super::{Match, Mode, OverLimit, Verdict, Waf};
-use crate::app::Shared;
+use super::report::SAMPLE_WAF;
+use super::{request_event, Report, RequestCtx};
 use crate::bans::Violation;
 use crate::events::{AuditEvent, EventType};
-use crate::pipeline::{record_ban, request_event, RequestCtx, SAMPLE_WAF};
+use crate::metrics::Metrics;
 use crate::proxy::body::ClientBody;
 use crate::proxy::error::error_response;
 use crate::proxy::route::Route;
 use crate::proxy::ResponseBody;
 use crate::rate_limit::ip_bits;
-use crate::runtime::Runtime;
+use crate::waf::request::RequestParts;
+use crate::waf::{Match, Mode, OverLimit, Verdict, Waf};
 
 /// Phase 6. Returns the request to forward (its body possibly read), or the refusal.
 pub async fn on_request(
-    shared: &Shared,
-    rt: &Runtime,
+    report: &Report<'_>,
+    metrics: &Metrics,
     waf: &Waf,
     route: &Route,
     ctx: &RequestCtx,
@@ -62,12 +62,12 @@ pub async fn on_request(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if st.over_limit == OverLimit::Block && declared.is_some_and(|n| n > st.body_limit as u64) {
-            return Err(too_large(shared, ctx, &parts, waf));
+            return Err(too_large(report, metrics, ctx, &parts, waf));
         }
         match read_prefix(body, st.body_limit, st.body_timeout).await {
             Ok((b, seen, more)) => {
                 if more && st.over_limit == OverLimit::Block {
-                    return Err(too_large(shared, ctx, &parts, waf));
+                    return Err(too_large(report, metrics, ctx, &parts, waf));
                 }
                 truncated = more;
                 inspected = Some(seen);
@@ -79,9 +79,9 @@ pub async fn on_request(
 
     // Raw targets are inspected as sent; the decoded path and exclusions use the canonical
     // target (what the upstream receives).
-    let canonical = super::request::target_of(&parts.uri);
+    let canonical = crate::waf::request::target_of(&parts.uri);
     let (target, canonical) = match &ctx.original_uri {
-        Some(original) => (super::request::target_of(original), Some(canonical)),
+        Some(original) => (crate::waf::request::target_of(original), Some(canonical)),
         None => (canonical, None),
     };
     let verdict = waf.inspect(
@@ -98,7 +98,7 @@ pub async fn on_request(
         truncated,
     );
     let req = Request::from_parts(parts, body);
-    match record(shared, rt, ctx, &req, policy.mode, &verdict) {
+    match record(report, metrics, ctx, &req, policy.mode, &verdict) {
         Some(refusal) => Err(refusal),
         None => Ok(req),
     }
@@ -106,14 +106,14 @@ pub async fn on_request(
 
 /// Metrics and events for a verdict; the 403 when it blocks.
 fn record<B>(
-    shared: &Shared,
-    rt: &Runtime,
+    report: &Report<'_>,
+    metrics: &Metrics,
     ctx: &RequestCtx,
     req: &Request<B>,
     mode: Mode,
     v: &Verdict,
 ) -> Option<Response<ResponseBody>> {
-    let m = &shared.metrics;
+    let m = metrics;
     let block = v.blocked && mode == Mode::Block;
     let result = match () {
         _ if v.passed_by.is_some() => "passed",
@@ -132,7 +132,7 @@ fn record<B>(
     }
     let first = v.matches[0].rule;
     let key = ip_bits(ctx.client_ip) ^ (u128::from(first) << 96);
-    if let Some(n) = shared.sampler.sample(SAMPLE_WAF, key) {
+    if let Some(n) = report.sample(SAMPLE_WAF, key) {
         let kind = if block {
             EventType::WafBlocked
         } else {
@@ -142,28 +142,18 @@ fn record<B>(
         if block
             && v.matches
                 .iter()
-                .any(|x| x.severity == super::rule::Severity::Critical)
+                .any(|x| x.severity == crate::waf::rule::Severity::Critical)
         {
             e = e.escalated();
         }
-        shared.events.sink.audit(e);
+        report.audit(e);
     }
     if !block {
         return None;
     }
-    let bypass = shared.ip_rules.set.load().bypasses(ctx.client_ip);
-    if !bypass {
-        if let Some(ban) = shared
-            .bans
-            .violation(&rt.bans, ctx.client_key, Violation::WafBlocked)
-        {
-            record_ban(
-                shared,
-                request_event(EventType::IpBanned, String::new(), ctx, req),
-                ban,
-            );
-        }
-    }
+    report.violation(ctx, Violation::WafBlocked, || {
+        request_event(EventType::IpBanned, String::new(), ctx, req)
+    });
     Some(error_response(
         StatusCode::FORBIDDEN,
         "forbidden by the web application firewall",
@@ -203,18 +193,18 @@ fn event<B>(kind: EventType, ctx: &RequestCtx, req: &Request<B>, v: &Verdict) ->
 
 /// 413 for a body beyond the inspection limit under `over_limit = "block"`.
 fn too_large(
-    shared: &Shared,
+    report: &Report<'_>,
+    metrics: &Metrics,
     ctx: &RequestCtx,
     parts: &http::request::Parts,
     waf: &Waf,
 ) -> Response<ResponseBody> {
-    shared
-        .metrics
+    metrics
         .waf_inspections
         .with_label_values(&["too_large"])
         .inc();
-    let key = ip_bits(ctx.client_ip) ^ (u128::from(super::builtin::BODY_OVER_LIMIT) << 96);
-    if let Some(n) = shared.sampler.sample(SAMPLE_WAF, key) {
+    let key = ip_bits(ctx.client_ip) ^ (u128::from(crate::waf::builtin::BODY_OVER_LIMIT) << 96);
+    if let Some(n) = report.sample(SAMPLE_WAF, key) {
         let req = Request::from_parts(parts.clone(), ());
         let mut e = request_event(
             EventType::WafBlocked,
@@ -226,8 +216,9 @@ fn too_large(
             &req,
         )
         .detail("occurrences", n.to_string());
-        e.rule_ids.push(super::builtin::BODY_OVER_LIMIT.to_string());
-        shared.events.sink.audit(e);
+        e.rule_ids
+            .push(crate::waf::builtin::BODY_OVER_LIMIT.to_string());
+        report.audit(e);
     }
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,

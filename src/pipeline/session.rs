@@ -6,7 +6,6 @@
 //! detection is an event (invalid-session and lock events sampled per session or address,
 //! so a client replaying a dead cookie cannot flood the store).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,18 +15,19 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::cookies::{self, SetCookie};
-use super::login::{self, Outcome};
-use super::signed::SignedError;
-use super::table::{Checked, Invalid, Registered, Session, State};
-use super::{AppPolicy, InvalidAction, Mode, Sessions, Unknown};
+use super::report::{SAMPLE_LOGIN_LOCKED, SAMPLE_SESSION_INVALID};
+use super::{Report, RequestCtx};
 use crate::app::Shared;
 use crate::events::{AuditEvent, EventType};
-use crate::pipeline::{record_ban, RequestCtx, SAMPLE_LOGIN_LOCKED, SAMPLE_SESSION_INVALID};
 use crate::proxy::body::ClientBody;
 use crate::proxy::error::error_response;
 use crate::proxy::ResponseBody;
 use crate::runtime::Runtime;
+use crate::session::cookies::{self, SetCookie};
+use crate::session::login::{self, Outcome};
+use crate::session::signed::SignedError;
+use crate::session::table::{Checked, Invalid, Registered, Session, State};
+use crate::session::{persist, with_session, AppPolicy, InvalidAction, Mode, Sessions, Unknown};
 
 /// The longest a login body may take to arrive.
 const LOGIN_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -287,7 +287,7 @@ fn refuse(
         Problem::Invalid(Invalid::IdleTimeout | Invalid::AbsoluteTimeout, _)
     ) {
         if let Some(s) = session {
-            persist(shared, vec![s.clone()]);
+            persist(&shared.events, vec![s.clone()]);
         }
     }
 
@@ -524,7 +524,7 @@ fn registered(
         }
         changed.push(s);
     }
-    persist(shared, changed);
+    persist(&shared.events, changed);
     !reg.refused
 }
 
@@ -576,7 +576,7 @@ fn end(
             .detail("reason", reason),
             &s,
         ));
-        persist(shared, vec![s]);
+        persist(&shared.events, vec![s]);
     }
 }
 
@@ -594,7 +594,7 @@ fn suspicious(shared: &Shared, app: &AppPolicy, ctx: &RequestCtx, s: &Session, r
             .detail("user_agent_changes", s.user_agent_changes.to_string()),
         s,
     ));
-    persist(shared, vec![s.clone()]);
+    persist(&shared.events, vec![s.clone()]);
 }
 
 /// A failed login: event, brute-force windows, locks and bans.
@@ -623,7 +623,7 @@ fn login_failed(
     }
     shared.events.sink.audit(e);
 
-    let bypass = shared.ip_rules.set.load().bypasses(ctx.client_ip);
+    let report = Report::of(shared, rt);
     if f.detected() {
         let kind = if f.stuffing_detected {
             "credential_stuffing"
@@ -666,45 +666,23 @@ fn login_failed(
         }
         d.user = user.map(str::to_string);
         shared.events.sink.audit(d);
-        if bf.ban_ip && !bypass && shared.bans.check(ctx.client_key).is_none() {
-            let ban = shared
+        // Detected brute force bans at once (unless the IP rules exempt the address).
+        let bypass = report.ip_rules.set.load().bypasses(ctx.client_ip);
+        if bf.ban_ip && !bypass && report.bans.check(ctx.client_key).is_none() {
+            let ban = report
                 .bans
-                .ban(&rt.bans, ctx.client_key, None, message, false);
-            record_ban(
-                shared,
-                event(EventType::IpBanned, String::new(), ctx, app),
-                ban,
-            );
+                .ban(report.ban_settings, ctx.client_key, None, message, false);
+            report.record_ban(event(EventType::IpBanned, String::new(), ctx, app), ban);
         }
-    } else if !bypass {
-        if let Some(ban) = shared.bans.violation(
-            &rt.bans,
-            ctx.client_key,
-            crate::bans::Violation::LoginFailed,
-        ) {
-            record_ban(
-                shared,
-                event(EventType::IpBanned, String::new(), ctx, app),
-                ban,
-            );
-        }
+    } else {
+        report.violation(ctx, crate::bans::Violation::LoginFailed, || {
+            event(EventType::IpBanned, String::new(), ctx, app)
+        });
     }
 }
 
 fn window_text(micros: u64) -> String {
     humantime::format_duration(Duration::from_secs(micros / 1_000_000)).to_string()
-}
-
-/// Writes sessions to the store without waiting.
-pub fn persist(shared: &Shared, sessions: Vec<Session>) {
-    if sessions.is_empty() {
-        return;
-    }
-    shared.events.write_detached(move |store| {
-        if let Err(e) = super::store::save(store, &sessions) {
-            tracing::error!(error = %e, "storing sessions failed");
-        }
-    });
 }
 
 fn event(
@@ -719,22 +697,6 @@ fn event(
     e.route = ctx.route.as_ref().map(|r| r.name.to_string());
     e.request_id = ctx.request_id.to_str().ok().map(str::to_string);
     e
-}
-
-/// Adds a session's user and id to an event.
-pub fn with_session(mut e: AuditEvent, s: &Session) -> AuditEvent {
-    e.user = s.user.as_deref().map(str::to_string);
-    e.session = Some(format!("{:032x}", s.id));
-    e
-}
-
-/// An event about a session outside any request (admin API, housekeeping).
-pub fn session_event(kind: EventType, message: impl Into<String>, s: &Session) -> AuditEvent {
-    let ip: IpAddr = s.client_ip;
-    with_session(
-        AuditEvent::new(kind, message).ip(ip).detail("app", &*s.app),
-        s,
-    )
 }
 
 async fn read_body(body: ClientBody, max: usize) -> Result<Bytes, (StatusCode, &'static str)> {
