@@ -17,6 +17,12 @@
 //!   not valid UTF-8 (overlong `%C0%AF` included). Application servers disagree on all of
 //!   them, so by default the gateway does not guess.
 //!
+//! Path parameters ([`without_parameters`]): servers in the Servlet family (Tomcat, Jetty,
+//! Spring) drop `;params` from every segment before routing (`/admin;x/panel` is
+//! `/admin/panel`, `/;x/admin` is `/admin`), others keep them. Decisions are taken on the
+//! path without them — at least as strict for both kinds — while the upstream receives the
+//! canonical path with them.
+//!
 //! Host ([`canonical_host`]): lower-cased, one trailing dot removed, the scheme's default
 //! port removed; user information (`user@host`), empty labels, characters outside a DNS
 //! name or an IP literal, and ports that are not numbers up to 65535 are refused.
@@ -159,8 +165,9 @@ pub fn canonical_path(path: &str, escapes: Escapes) -> Result<Cow<'_, str>, Path
     // 1. Escapes: decode the unreserved ones, normalize the rest, and check that the bytes
     // the path stands for are UTF-8.
     let mut norm: Vec<u8> = Vec::with_capacity(raw.len() + 8);
-    let mut decoded: Vec<u8> = Vec::new();
-    let mut any_high = false;
+    // The non-ASCII bytes the path stands for, runs separated by a space: the path is
+    // UTF-8 exactly when each run is (allocated only for a path that has any).
+    let mut high: Vec<u8> = Vec::new();
     let mut i = 0;
     let push_escaped = |out: &mut Vec<u8>, b: u8| {
         out.push(b'%');
@@ -182,8 +189,11 @@ pub fn canonical_path(path: &str, escapes: Escapes) -> Result<Cow<'_, str>, Path
             i += 1;
             (b, false)
         };
-        decoded.push(byte);
-        any_high |= byte >= 0x80;
+        if byte >= 0x80 {
+            high.push(byte);
+        } else if high.last().is_some_and(|&b| b >= 0x80) {
+            high.push(b' ');
+        }
         match byte {
             b'/' if was_escaped => {
                 if !keep {
@@ -208,7 +218,7 @@ pub fn canonical_path(path: &str, escapes: Escapes) -> Result<Cow<'_, str>, Path
             _ => push_escaped(&mut norm, byte),
         }
     }
-    if any_high && !keep && std::str::from_utf8(&decoded).is_err() {
+    if !high.is_empty() && !keep && std::str::from_utf8(&high).is_err() {
         return Err(PathError::InvalidUtf8);
     }
 
@@ -243,6 +253,26 @@ pub fn canonical_path(path: &str, escapes: Escapes) -> Result<Cow<'_, str>, Path
     }
     // Only ASCII was pushed (everything else is escaped).
     Ok(Cow::Owned(String::from_utf8(out).unwrap_or_default()))
+}
+
+/// A canonical path without the `;parameters` of its segments, empty segments merged;
+/// borrowed when it has none.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/') {
+        let name = seg.split(';').next().unwrap_or("");
+        if !name.is_empty() {
+            out.push('/');
+            out.push_str(name);
+        }
+    }
+    if out.is_empty() || path.ends_with('/') {
+        out.push('/');
+    }
+    Cow::Owned(out)
 }
 
 /// `.;x`, `..;x`, `.%3Bx`: a dot segment with a path parameter, which some servers read as
@@ -391,6 +421,20 @@ mod tests {
             ("/a/..%3b/admin", PathError::DotParameter),
         ] {
             assert_eq!(p(input), Err(err), "{input}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_left_out_of_decisions() {
+        for (input, want) in [
+            ("/account", "/account"),
+            ("/account;jsessionid=1", "/account"),
+            ("/admin;x/panel", "/admin/panel"),
+            ("/;x/admin", "/admin"),
+            ("/a;b/", "/a/"),
+            ("/;", "/"),
+        ] {
+            assert_eq!(without_parameters(input), want, "{input}");
         }
     }
 

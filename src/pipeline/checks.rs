@@ -6,7 +6,8 @@
 //! - the canonical host and path ([`crate::canonical`]): the request is rewritten in place,
 //!   so every later phase, the events, the access log and the upstream read the one
 //!   canonical spelling; what was sent is kept for the WAF's raw targets and for routes
-//!   that forward it ([`ForwardTarget::Original`]);
+//!   that forward it ([`ForwardTarget::Original`]). Decisions take the path without its
+//!   `;parameters`, which the upstream still receives;
 //! - body encodings the inspection cannot read: a request `Content-Encoding`, or a form or
 //!   JSON body in a charset other than UTF-8, US-ASCII or ISO-8859-1 → 415;
 //! - identity headers: from a peer that is not a trusted proxy, headers that name a client,
@@ -20,7 +21,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode, Version};
 
-use crate::canonical::{canonical_host, canonical_path, Escapes, PathError};
+use crate::canonical::{canonical_host, canonical_path, without_parameters, Escapes, PathError};
 use crate::runtime::Runtime;
 
 /// Which target the upstream receives on a route.
@@ -46,6 +47,9 @@ pub struct Checked {
     pub original_uri: Option<Uri>,
     /// The path kept an escape that only routes with `path_escapes = "keep"` accept.
     pub kept_escape: Option<PathError>,
+    /// The canonical target with its path parameters, when the request now holds it
+    /// without them (for decisions): what the upstream receives.
+    pub upstream_uri: Option<Uri>,
 }
 
 /// Runs the checks and rewrites `req` to its canonical form.
@@ -59,6 +63,7 @@ pub fn check<B>(
     let mut checked = Checked::default();
     canonical_host_of(req, tls)?;
     canonical_target(req, &mut checked)?;
+    checked.upstream_uri = parameters_left_out(req);
     body_encoding(rt, req)?;
     identity_headers(rt, peer_trusted, req);
     Ok(checked)
@@ -185,14 +190,19 @@ fn canonical_target<B>(req: &mut Request<B>, checked: &mut Checked) -> Result<()
     Ok(())
 }
 
-/// On a `case_insensitive` route: the path lower-cased (ASCII) for every decision after
-/// routing; returns the target with its case, which the upstream receives.
-pub fn lower_case_path<B>(req: &mut Request<B>) -> Option<Uri> {
+/// The request's path without its `;parameters` (for decisions); returns the target with
+/// them, which the upstream receives.
+fn parameters_left_out<B>(req: &mut Request<B>) -> Option<Uri> {
     let uri = req.uri();
-    if !uri.path().bytes().any(|b| b.is_ascii_uppercase()) {
+    let std::borrow::Cow::Owned(path) = without_parameters(uri.path()) else {
         return None;
-    }
-    let mut pq = uri.path().to_ascii_lowercase();
+    };
+    let decided = with_path(uri, path)?;
+    Some(std::mem::replace(req.uri_mut(), decided))
+}
+
+/// `uri` with another path (its query kept).
+fn with_path(uri: &Uri, mut pq: String) -> Option<Uri> {
     if let Some(q) = uri.query() {
         pq.push('?');
         pq.push_str(q);
@@ -201,7 +211,17 @@ pub fn lower_case_path<B>(req: &mut Request<B>) -> Option<Uri> {
     parts.scheme = uri.scheme().cloned();
     parts.authority = uri.authority().cloned();
     parts.path_and_query = PathAndQuery::try_from(pq).ok();
-    let lower = Uri::from_parts(parts).ok()?;
+    Uri::from_parts(parts).ok()
+}
+
+/// On a `case_insensitive` route: the path lower-cased (ASCII) for every decision after
+/// routing; returns the target with its case, which the upstream receives.
+pub fn lower_case_path<B>(req: &mut Request<B>) -> Option<Uri> {
+    let uri = req.uri();
+    if !uri.path().bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let lower = with_path(uri, uri.path().to_ascii_lowercase())?;
     Some(std::mem::replace(req.uri_mut(), lower))
 }
 

@@ -68,9 +68,9 @@ pub struct RequestCtx {
     pub session: Option<SessionCtx>,
     /// The target as the client sent it, when phase 1 rewrote it to its canonical form.
     pub original_uri: Option<Uri>,
-    /// The canonical target with its case, on a `case_insensitive` route whose decisions
-    /// took the lower-cased path: what the upstream receives.
-    pub cased_uri: Option<Uri>,
+    /// What the upstream receives, when decisions took a narrower view of the canonical
+    /// target: without its path parameters, or lower-cased on a `case_insensitive` route.
+    pub upstream_uri: Option<Uri>,
 }
 
 /// Handles one request from start to response head.
@@ -102,7 +102,7 @@ pub async fn handle(
         bytes_in: None,
         session: None,
         original_uri: None,
-        cased_uri: None,
+        upstream_uri: None,
     };
     // Phase 1 (request checks) rewrites the request to its canonical form before anything
     // reads it, the access log included; a refusal is answered inside `run_phases`.
@@ -160,6 +160,7 @@ async fn run_phases(
         Err((status, message)) => return refused_by_checks(status, message, ctx),
     };
     ctx.original_uri = checked.original_uri;
+    ctx.upstream_uri = checked.upstream_uri;
     // 2. Client IP: resolved in `handle` (ctx.client_ip).
     // The route is looked up now (rules may be scoped to it) but answered only in phase 7,
     // so a refused client learns nothing about routing.
@@ -177,7 +178,8 @@ async fn run_phases(
     }
     let mut req = req;
     if route.as_ref().is_some_and(|r| r.case_insensitive) {
-        ctx.cased_uri = checks::lower_case_path(&mut req);
+        let cased = checks::lower_case_path(&mut req);
+        ctx.upstream_uri = ctx.upstream_uri.take().or(cased);
     }
 
     // 3. Bans, then IP rules.

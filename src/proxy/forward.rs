@@ -117,9 +117,9 @@ pub async fn forward(
         && pool.servers.len() > 1
         && is_idempotent(&parts.method)
         && matches!(body, Some(RequestBody::Empty));
-    let path_and_query = match (&ctx.original_uri, &ctx.cased_uri, route.forward_target) {
+    let path_and_query = match (&ctx.original_uri, &ctx.upstream_uri, route.forward_target) {
         (Some(original), _, ForwardTarget::Original) => original.path_and_query().cloned(),
-        (_, Some(cased), _) => cased.path_and_query().cloned(),
+        (_, Some(upstream), _) => upstream.path_and_query().cloned(),
         _ => parts.uri.path_and_query().cloned(),
     };
 

@@ -5,7 +5,7 @@
 //! matcher per group) and evaluated over the values [`request`] extracts from a request.
 //! Matches add up to an anomaly score; at the inbound threshold the request is blocked
 //! (route mode `block`) or only reported (`detect`). Per-route exclusions switch a rule, or
-//! a rule for one target, off on a path, for false positives. [`phase`] is the pipeline
+//! a rule for one target, off on a path, for false positives. [`crate::pipeline::waf`] is the pipeline
 //! phase; [`tester`] the `gateway waf test` command, on exactly the same engine.
 //!
 //! The engine's own checks have ids below [`rule::FIRST_RULE_ID`]: a body that does not

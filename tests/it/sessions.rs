@@ -667,6 +667,17 @@ async fn shipped_config_protects_the_demo_apps_sessions_and_logins() {
     let r = b.get("/account").await;
     assert_eq!(r.status, 303);
     assert_eq!(r.headers["location"], "/login");
+    // However the path is spelled (HTTP/2 sends `:path` as given).
+    for spelling in [
+        "/%61ccount",
+        "/acc%6funt",
+        "//account",
+        "/./account",
+        "/x/../account",
+    ] {
+        let r = b.get(spelling).await;
+        assert_eq!(r.status, 303, "{spelling}");
+    }
     assert!(b.get("/login").await.text().contains("<form"));
     let r = b
         .request("POST", "/login", "username=alice&password=demo")
