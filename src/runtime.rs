@@ -92,7 +92,9 @@ pub struct RequestPolicy {
     pub drop_underscore_headers: bool,
     /// Lower-case `Upgrade` protocol names that are tunnelled.
     pub upgrades: Vec<String>,
-    pub allow_content_encoding: bool,
+    /// Decode gzip/deflate request bodies for inspection (otherwise any coding is 415).
+    pub decode_content: bool,
+    pub max_decompression_ratio: usize,
     pub body_charsets: Vec<String>,
     /// Prefix length that keys an IPv6 client.
     pub ipv6_prefix: u8,
@@ -109,7 +111,8 @@ impl Default for RequestPolicy {
                 .collect(),
             drop_underscore_headers: raw.drop_underscore_headers,
             upgrades: raw.upgrades,
-            allow_content_encoding: false,
+            decode_content: false,
+            max_decompression_ratio: raw.max_decompression_ratio,
             body_charsets: raw.body_charsets,
             ipv6_prefix: raw.ipv6_prefix,
         }
@@ -137,6 +140,9 @@ fn compile_requests(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> RequestPolic
             ));
         }
     }
+    if r.max_decompression_ratio == 0 {
+        errs.push(cfg.error(&at.key("max_decompression_ratio"), "must be at least 1"));
+    }
     if !(1..=128).contains(&r.ipv6_prefix) {
         errs.push(cfg.error(&at.key("ipv6_prefix"), "must be between 1 and 128"));
     }
@@ -144,7 +150,8 @@ fn compile_requests(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> RequestPolic
         untrusted_drop,
         drop_underscore_headers: r.drop_underscore_headers,
         upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
-        allow_content_encoding: r.content_encoding == crate::config::ContentEncodingPolicy::Allow,
+        decode_content: r.content_encoding == crate::config::ContentEncodingPolicy::Decode,
+        max_decompression_ratio: r.max_decompression_ratio.max(1),
         body_charsets: r.body_charsets.clone(),
         ipv6_prefix: r.ipv6_prefix.clamp(1, 128),
     }

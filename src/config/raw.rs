@@ -800,10 +800,13 @@ pub struct RequestsSection {
     /// `Upgrade` protocols that are tunnelled; any other `Upgrade` header is removed.
     #[serde(default = "default_upgrades")]
     pub upgrades: Vec<String>,
-    /// A request `Content-Encoding` other than `identity`: `refuse` (415) or `allow`
-    /// (forwarded; the WAF then inspects the compressed bytes only).
+    /// A request `Content-Encoding` other than `identity`: `refuse` (415) or `decode`
+    /// (gzip and deflate are decoded for inspection, others refused).
     #[serde(default)]
     pub content_encoding: ContentEncodingPolicy,
+    /// Decoding stops (413) when the output outgrows the compressed body this many times.
+    #[serde(default = "default_decompression_ratio")]
+    pub max_decompression_ratio: usize,
     /// Charsets accepted on form, multipart and JSON bodies; others are refused (415).
     #[serde(default = "default_body_charsets")]
     pub body_charsets: Vec<String>,
@@ -820,6 +823,7 @@ impl Default for RequestsSection {
             drop_underscore_headers: true,
             upgrades: default_upgrades(),
             content_encoding: ContentEncodingPolicy::default(),
+            max_decompression_ratio: default_decompression_ratio(),
             body_charsets: default_body_charsets(),
             ipv6_prefix: default_ipv6_prefix(),
         }
@@ -831,7 +835,11 @@ impl Default for RequestsSection {
 pub enum ContentEncodingPolicy {
     #[default]
     Refuse,
-    Allow,
+    Decode,
+}
+
+fn default_decompression_ratio() -> usize {
+    100
 }
 
 fn default_untrusted_drop() -> Vec<String> {

@@ -8,7 +8,8 @@
 //!   canonical spelling; what was sent is kept for the WAF's raw targets and for routes
 //!   that forward it ([`ForwardTarget::Original`]). Decisions take the path without its
 //!   `;parameters`, which the upstream still receives;
-//! - body encodings the inspection cannot read: a request `Content-Encoding`, or a form or
+//! - body encodings the inspection cannot read: a request `Content-Encoding` (unless
+//!   `requests.content_encoding = "decode"`, and then only gzip or deflate), or a form or
 //!   JSON body in a charset other than UTF-8, US-ASCII or ISO-8859-1 → 415;
 //! - identity headers: from a peer that is not a trusted proxy, headers that name a client,
 //!   a URL or a prefix (`Forwarded`, `X-Real-IP`, `X-Original-URL`…) and header names with
@@ -243,18 +244,17 @@ pub fn path_refusal(e: PathError) -> Refusal {
 fn body_encoding<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
     let headers = req.headers();
     let policy = &rt.requests;
-    if !policy.allow_content_encoding {
-        for v in headers.get_all(header::CONTENT_ENCODING) {
-            let identity = v.as_bytes().split(|&b| b == b',').all(|t| {
-                t.trim_ascii().is_empty() || t.trim_ascii().eq_ignore_ascii_case(b"identity")
-            });
-            if !identity {
-                return Err((
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "request Content-Encoding is not accepted",
-                ));
-            }
-        }
+    let coding = crate::waf::coding::Coding::of(headers);
+    let refused = match coding {
+        Ok(None) => false,
+        Ok(Some(_)) => !policy.decode_content,
+        Err(_) => true,
+    };
+    if refused {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "request Content-Encoding is not accepted",
+        ));
     }
     let Some(ctype) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());

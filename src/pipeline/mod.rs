@@ -215,7 +215,8 @@ async fn run_phases(
         .as_ref()
         .filter(|_| route.waf.mode != crate::waf::Mode::Off)
     {
-        req = match waf::on_request(&report, &shared.metrics, waf, &route, ctx, req).await {
+        let ratio = rt.requests.max_decompression_ratio;
+        req = match waf::on_request(&report, &shared.metrics, waf, ratio, &route, ctx, req).await {
             Ok(req) => req,
             Err(resp) => return resp,
         };

@@ -88,7 +88,23 @@ pub async fn on_request(
             let bytes = read_body(body, policy.max_body_bytes)
                 .await
                 .map_err(|(status, m)| error_response(status, m, &ctx.request_id))?;
-            match login::user_from_body(policy, &parts.headers, &bytes) {
+            // A compressed login (phase 1 let it through only to be decoded) is read as
+            // the application will read it.
+            let decoded = match crate::waf::coding::Coding::of(&parts.headers) {
+                Ok(Some(coding)) => {
+                    let ratio = shared.runtime.load().requests.max_decompression_ratio;
+                    crate::waf::coding::decode(coding, &bytes, true, policy.max_body_bytes, ratio)
+                        .ok()
+                        .filter(|d| !d.truncated)
+                        .map(|d| Bytes::from(d.bytes))
+                }
+                _ => Some(bytes.clone()),
+            };
+            let read = match decoded {
+                Some(plain) => login::user_from_body(policy, &parts.headers, &plain),
+                None => Err(login::UserFieldError::Unparsable),
+            };
+            match read {
                 Ok(u) => user = u,
                 Err(why) => {
                     // Refused, and a failed login for the address: probing the parser

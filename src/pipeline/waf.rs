@@ -24,6 +24,7 @@ use crate::proxy::error::error_response;
 use crate::proxy::route::Route;
 use crate::proxy::ResponseBody;
 use crate::rate_limit::ip_bits;
+use crate::waf::coding::{decode, Coding, DecodeError};
 use crate::waf::request::RequestParts;
 use crate::waf::{Match, Mode, OverLimit, Verdict, Waf};
 
@@ -32,6 +33,7 @@ pub async fn on_request(
     report: &Report<'_>,
     metrics: &Metrics,
     waf: &Waf,
+    max_decompression_ratio: usize,
     route: &Route,
     ctx: &RequestCtx,
     req: Request<ClientBody>,
@@ -74,6 +76,36 @@ pub async fn on_request(
                 body = b;
             }
             Err((status, msg)) => return Err(error_response(status, msg, &ctx.request_id)),
+        }
+        // A compressed body (phase 1 let it through only to be decoded): the rules read
+        // what the application will, the upstream still gets the bytes as sent.
+        if let (Ok(Some(coding)), Some(raw)) = (Coding::of(&parts.headers), &inspected) {
+            match decode(
+                coding,
+                raw,
+                !truncated,
+                st.body_limit,
+                max_decompression_ratio,
+            ) {
+                Ok(d) => {
+                    if d.truncated && st.over_limit == OverLimit::Block {
+                        return Err(too_large(report, metrics, ctx, &parts, waf));
+                    }
+                    truncated |= d.truncated;
+                    inspected = Some(Bytes::from(d.bytes));
+                }
+                Err(e) => {
+                    let status = match e {
+                        DecodeError::Ratio => StatusCode::PAYLOAD_TOO_LARGE,
+                        DecodeError::Corrupt => StatusCode::BAD_REQUEST,
+                    };
+                    let message = match e {
+                        DecodeError::Ratio => "request body decompresses too far",
+                        DecodeError::Corrupt => "request body does not decode",
+                    };
+                    return Err(error_response(status, message, &ctx.request_id));
+                }
+            }
         }
     }
 

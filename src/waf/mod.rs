@@ -13,6 +13,7 @@
 //! inspection limit. They fail closed (critical) except the last, which follows
 //! `waf.over_limit`.
 
+pub mod coding;
 pub mod config;
 pub mod crs;
 pub mod engine;

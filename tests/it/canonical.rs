@@ -351,3 +351,52 @@ async fn bodies_the_inspection_cannot_read_are_refused() {
     assert_eq!(post(form).await, "200");
     assert_eq!(up.hits(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_decoded_for_inspection_when_configured() {
+    use std::io::Write;
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let up = echo_upstream().await;
+    let extra = format!(
+        "\n[bans]\nenabled = false\n\n[requests]\ncontent_encoding = \"decode\"\nmax_decompression_ratio = 50\n\n[waf]\nrules = [\"{}/rules/*.toml\"]\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let gw = TestGateway::start(&base_config(&[up.url()], &extra)).await;
+    let post = |coding: &'static str, body: Vec<u8>| {
+        let addr = gw.addr("http");
+        async move {
+            let mut c = Sender::plain(addr).await;
+            let req = http::Request::post("/search")
+                .header("host", "localhost")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-encoding", coding)
+                .body(full(body))
+                .unwrap();
+            Reply::from(c.send(req).await.unwrap()).await
+        }
+    };
+    // An attack the rules only see once the body is decoded.
+    let attack = gzip(b"q=1%27%20UNION%20SELECT%20password%20FROM%20users--");
+    assert_eq!(post("gzip", attack).await.status, 403);
+    // A benign compressed form reaches the app as sent (still compressed).
+    let benign = gzip(b"q=blue+running+shoes&page=2");
+    let r = post("gzip", benign.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["body_len"], benign.len());
+    assert_eq!(
+        echoed_header(&echo, "content-encoding").as_deref(),
+        Some("gzip")
+    );
+    // A bomb, a body that does not decode, and a coding that cannot be decoded.
+    let bomb = gzip(&vec![b'a'; 100_000]);
+    assert_eq!(post("gzip", bomb).await.status, 413);
+    assert_eq!(post("gzip", b"not gzip".to_vec()).await.status, 400);
+    assert_eq!(post("br", b"x".to_vec()).await.status, 415);
+    assert_eq!(post("gzip, gzip", gzip(&gzip(b"q=1"))).await.status, 415);
+    assert_eq!(up.hits(), 1);
+}
