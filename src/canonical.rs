@@ -34,6 +34,8 @@
 
 use std::borrow::Cow;
 
+use crate::waf::transform::hex_val;
+
 /// What a route does with escapes application servers disagree on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,15 +116,6 @@ fn plain(b: u8) -> bool {
         )
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// True when `path` is already canonical: only plain bytes, no `//`, no dot segments.
@@ -178,8 +171,8 @@ pub fn canonical_path(path: &str, escapes: Escapes) -> Result<Cow<'_, str>, Path
         let b = raw[i];
         let (byte, was_escaped) = if b == b'%' {
             let (Some(h), Some(l)) = (
-                raw.get(i + 1).copied().and_then(hex),
-                raw.get(i + 2).copied().and_then(hex),
+                raw.get(i + 1).copied().and_then(hex_val),
+                raw.get(i + 2).copied().and_then(hex_val),
             ) else {
                 return Err(PathError::MalformedEscape);
             };
@@ -275,6 +268,38 @@ pub fn without_parameters(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The common case in one scan: lower-case DNS labels (or dotted digits), no empty label,
+/// and an optional port of 1–5 digits that is not the default one.
+fn is_canonical_host(b: &[u8], tls: bool) -> bool {
+    let (name, port) = match memchr::memchr(b':', b) {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    let mut prev = b'.';
+    for &c in name {
+        let ok = c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
+        if !(ok || (c == b'.' && prev != b'.')) {
+            return false;
+        }
+        prev = c;
+    }
+    if prev == b'.' {
+        // Empty, or a trailing dot.
+        return false;
+    }
+    match port {
+        None => true,
+        Some(p) => {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && (p.len() < 5 || p <= &b"65535"[..])
+                && p != if tls { &b"443"[..] } else { &b"80"[..] }
+                && p[0] != b'0'
+        }
+    }
+}
+
 /// `.;x`, `..;x`, `.%3Bx`: a dot segment with a path parameter, which some servers read as
 /// the dot segment itself.
 fn is_dot_with_parameter(seg: &[u8]) -> bool {
@@ -288,6 +313,9 @@ fn is_dot_with_parameter(seg: &[u8]) -> bool {
 /// The canonical form of a `Host` header or `:authority` (no user information allowed);
 /// `tls` says which default port is dropped. Borrowed when canonical already.
 pub fn canonical_host(host: &str, tls: bool) -> Result<Cow<'_, str>, HostError> {
+    if is_canonical_host(host.as_bytes(), tls) {
+        return Ok(Cow::Borrowed(host));
+    }
     let b = host.as_bytes();
     if b.contains(&b'@') {
         return Err(HostError::UserInfo);
@@ -323,7 +351,7 @@ pub fn canonical_host(host: &str, tls: bool) -> Result<Cow<'_, str>, HostError> 
                 return Err(HostError::Port);
             }
             let default = if tls { 443 } else { 80 };
-            (n != default).then_some(p)
+            (n != default).then_some((p, n))
         }
     };
     let is_literal = name.starts_with('[');
@@ -344,8 +372,11 @@ pub fn canonical_host(host: &str, tls: bool) -> Result<Cow<'_, str>, HostError> 
     }
     let trailing_dot = !is_literal && name.ends_with('.');
     let upper = name_b.iter().any(u8::is_ascii_uppercase);
-    let dropped_port = port.is_none() && name.len() != host.len();
-    if !trailing_dot && !upper && !dropped_port {
+    let port_changed = match port {
+        None => name.len() != host.len(),
+        Some((p, _)) => p.starts_with('0'),
+    };
+    if !trailing_dot && !upper && !port_changed {
         return Ok(Cow::Borrowed(host));
     }
     let name = if trailing_dot {
@@ -356,9 +387,9 @@ pub fn canonical_host(host: &str, tls: bool) -> Result<Cow<'_, str>, HostError> 
     let mut out = String::with_capacity(host.len());
     out.push_str(name);
     out.make_ascii_lowercase();
-    if let Some(p) = port {
+    if let Some((_, n)) = port {
         out.push(':');
-        out.push_str(p);
+        out.push_str(&n.to_string());
     }
     Ok(Cow::Owned(out))
 }
@@ -458,6 +489,13 @@ mod tests {
         assert_eq!(h("example.com:80", false).as_deref(), Ok("example.com"));
         assert_eq!(h("example.com:80", true).as_deref(), Ok("example.com:80"));
         assert_eq!(h("localhost:8443", true).as_deref(), Ok("localhost:8443"));
+        assert_eq!(h("localhost:08443", true).as_deref(), Ok("localhost:8443"));
+        assert_eq!(h("localhost:0443", true).as_deref(), Ok("localhost"));
+        assert_eq!(h("a-b_c.d9", false).as_deref(), Ok("a-b_c.d9"));
+        assert!(matches!(
+            canonical_host("a.b:8080", false),
+            Ok(Cow::Borrowed(_))
+        ));
         assert_eq!(h("[::1]:443", true).as_deref(), Ok("[::1]"));
         assert_eq!(h("[::1]:8443", true).as_deref(), Ok("[::1]:8443"));
         assert_eq!(h("127.0.0.1", true).as_deref(), Ok("127.0.0.1"));

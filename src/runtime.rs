@@ -100,6 +100,14 @@ pub struct RequestPolicy {
     pub ipv6_prefix: u8,
 }
 
+impl RequestPolicy {
+    /// A header field dropped from peers that are not trusted proxies.
+    pub fn drops(&self, name: &http::HeaderName) -> bool {
+        let n = name.as_str();
+        (self.drop_underscore_headers && n.contains('_')) || self.untrusted_drop.contains(name)
+    }
+}
+
 impl Default for RequestPolicy {
     fn default() -> Self {
         let raw = crate::config::RequestsSection::default();

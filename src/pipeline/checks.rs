@@ -23,7 +23,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode, Version};
 
 use crate::canonical::{canonical_host, canonical_path, without_parameters, Escapes, PathError};
-use crate::runtime::Runtime;
+use crate::runtime::{RequestPolicy, Runtime};
 
 /// Which target the upstream receives on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -60,60 +60,91 @@ pub fn check<B>(
     peer_trusted: bool,
     req: &mut Request<B>,
 ) -> Result<Checked, Refusal> {
-    limits(rt, req)?;
+    let facts = HeaderFacts::of(req.headers(), &rt.requests, peer_trusted);
+    limits(rt, req, &facts)?;
     let mut checked = Checked::default();
     canonical_host_of(req, tls)?;
     canonical_target(req, &mut checked)?;
     checked.upstream_uri = parameters_left_out(req);
-    body_encoding(rt, req)?;
-    identity_headers(rt, peer_trusted, req);
+    body_encoding(rt, req, &facts)?;
+    identity_headers(rt, &facts, req);
     Ok(checked)
+}
+
+/// What phase 1 needs to know about the header fields, from one pass over them (a lookup
+/// per field name would hash each name again).
+#[derive(Default)]
+struct HeaderFacts {
+    bytes: usize,
+    hosts: u32,
+    content_types: u32,
+    content_encoding: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+    upgrade: bool,
+    /// A field only a trusted proxy may send is present (looked for only when the peer is
+    /// not one).
+    untrusted: bool,
+}
+
+impl HeaderFacts {
+    fn of(headers: &http::HeaderMap, policy: &RequestPolicy, peer_trusted: bool) -> HeaderFacts {
+        let mut f = HeaderFacts::default();
+        for (name, value) in headers {
+            f.bytes += name.as_str().len() + value.len();
+            if name == header::HOST {
+                f.hosts += 1;
+            } else if name == header::CONTENT_TYPE {
+                f.content_types += 1;
+            } else if name == header::CONTENT_ENCODING {
+                f.content_encoding = true;
+            } else if name == header::TRANSFER_ENCODING {
+                f.transfer_encoding = true;
+            } else if name == header::CONTENT_LENGTH {
+                f.content_length = true;
+            } else if name == header::UPGRADE {
+                f.upgrade = true;
+            } else if !peer_trusted && !f.untrusted {
+                f.untrusted = policy.drops(name);
+            }
+        }
+        f
+    }
 }
 
 /// Protocol hygiene the gateway enforces itself (hyper already refuses malformed framing,
 /// drops `Content-Length` when `Transfer-Encoding` is present and closes such connections).
-fn limits<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
+fn limits<B>(rt: &Runtime, req: &Request<B>, f: &HeaderFacts) -> Result<(), Refusal> {
     let limits = &rt.limits;
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > limits.max_uri_bytes {
         return Err((StatusCode::URI_TOO_LONG, "request target too long"));
     }
-    let headers = req.headers();
-    if headers.len() > limits.max_header_count {
+    if req.headers().len() > limits.max_header_count {
         return Err((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
         ));
     }
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
-        .sum();
-    if header_bytes > limits.max_header_bytes {
+    if f.bytes > limits.max_header_bytes {
         return Err((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header fields too large",
         ));
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first_host = hosts.next();
-    if hosts.next().is_some() {
+    if f.hosts > 1 {
         return Err((StatusCode::BAD_REQUEST, "more than one Host header"));
     }
-    if req.version() == Version::HTTP_11 && first_host.is_none() {
+    if req.version() == Version::HTTP_11 && f.hosts == 0 {
         return Err((StatusCode::BAD_REQUEST, "missing Host header"));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+    if f.transfer_encoding && f.content_length {
         return Err((
             StatusCode::BAD_REQUEST,
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
-    types.next();
-    if types.next().is_some() {
+    if f.content_types > 1 {
         return Err((StatusCode::BAD_REQUEST, "more than one Content-Type header"));
     }
     Ok(())
@@ -241,7 +272,10 @@ pub fn path_refusal(e: PathError) -> Refusal {
 
 /// Bodies the inspection would read differently from the application: compressed, or in
 /// a charset the parsers do not decode.
-fn body_encoding<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
+fn body_encoding<B>(rt: &Runtime, req: &Request<B>, f: &HeaderFacts) -> Result<(), Refusal> {
+    if f.content_types == 0 && !f.content_encoding {
+        return Ok(());
+    }
     let headers = req.headers();
     let policy = &rt.requests;
     let coding = crate::waf::coding::Coding::of(headers);
@@ -296,23 +330,21 @@ fn body_encoding<B>(rt: &Runtime, req: &Request<B>) -> Result<(), Refusal> {
 }
 
 /// Headers only a trusted proxy may set, and upgrades that are not configured.
-fn identity_headers<B>(rt: &Runtime, peer_trusted: bool, req: &mut Request<B>) {
+fn identity_headers<B>(rt: &Runtime, f: &HeaderFacts, req: &mut Request<B>) {
     let policy = &rt.requests;
     let headers = req.headers_mut();
-    if !peer_trusted {
-        for name in &policy.untrusted_drop {
-            headers.remove(name);
+    if f.untrusted {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| policy.drops(k))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
         }
-        if policy.drop_underscore_headers && headers.keys().any(|k| k.as_str().contains('_')) {
-            let names: Vec<HeaderName> = headers
-                .keys()
-                .filter(|k| k.as_str().contains('_'))
-                .cloned()
-                .collect();
-            for n in names {
-                headers.remove(n);
-            }
-        }
+    }
+    if !f.upgrade {
+        return;
     }
     if let Some(up) = headers.get(header::UPGRADE) {
         let allowed = up.as_bytes().split(|&b| b == b',').all(|t| {

@@ -143,14 +143,7 @@ impl SigningKeys {
 
 /// 32 lowercase or uppercase hex digits as 16 bytes.
 fn hex16(hex: &[u8]) -> Option<[u8; 16]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
+    use crate::waf::transform::hex_val as nibble;
     let mut out = [0u8; 16];
     for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
         *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
