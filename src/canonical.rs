@@ -275,15 +275,33 @@ fn is_canonical_host(b: &[u8], tls: bool) -> bool {
         Some(i) => (&b[..i], Some(&b[i + 1..])),
         None => (b, None),
     };
-    let mut prev = b'.';
+    // 1: a label byte (lower-case letter, digit, `-`, `_`), 2: a dot, 0: anything else.
+    static CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_' {
+                1
+            } else if c == b'.' {
+                2
+            } else {
+                0
+            };
+            i += 1;
+        }
+        t
+    };
+    let mut prev = 2u8;
     for &c in name {
-        let ok = c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
-        if !(ok || (c == b'.' && prev != b'.')) {
+        let class = CLASS[usize::from(c)];
+        // Not a host byte, or a dot after a dot (or first).
+        if class & prev & 2 != 0 || class == 0 {
             return false;
         }
-        prev = c;
+        prev = class;
     }
-    if prev == b'.' {
+    if prev == 2 {
         // Empty, or a trailing dot.
         return false;
     }

@@ -89,6 +89,8 @@ pub struct Runtime {
 pub struct RequestPolicy {
     /// Dropped from requests of peers that are not trusted proxies.
     pub untrusted_drop: Vec<http::HeaderName>,
+    /// Bit `n` is set when a name of length `n` is in `untrusted_drop` (64 and longer: bit 0).
+    pub untrusted_lengths: u64,
     pub drop_underscore_headers: bool,
     /// Lower-case `Upgrade` protocol names that are tunnelled.
     pub upgrades: Vec<String>,
@@ -104,19 +106,26 @@ impl RequestPolicy {
     /// A header field dropped from peers that are not trusted proxies.
     pub fn drops(&self, name: &http::HeaderName) -> bool {
         let n = name.as_str();
-        (self.drop_underscore_headers && n.contains('_')) || self.untrusted_drop.contains(name)
+        if self.drop_underscore_headers && n.as_bytes().contains(&b'_') {
+            return true;
+        }
+        // Most names are ruled out by their length alone.
+        let bit = if n.len() < 64 { 1u64 << n.len() } else { 1 };
+        self.untrusted_lengths & bit != 0 && self.untrusted_drop.contains(name)
     }
 }
 
 impl Default for RequestPolicy {
     fn default() -> Self {
         let raw = crate::config::RequestsSection::default();
+        let untrusted_drop: Vec<http::HeaderName> = raw
+            .untrusted_headers
+            .iter()
+            .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
         RequestPolicy {
-            untrusted_drop: raw
-                .untrusted_headers
-                .iter()
-                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-                .collect(),
+            untrusted_lengths: lengths_of(&untrusted_drop),
+            untrusted_drop,
             drop_underscore_headers: raw.drop_underscore_headers,
             upgrades: raw.upgrades,
             decode_content: false,
@@ -125,6 +134,14 @@ impl Default for RequestPolicy {
             ipv6_prefix: raw.ipv6_prefix,
         }
     }
+}
+
+/// The length mask of [`RequestPolicy::untrusted_lengths`].
+fn lengths_of(names: &[http::HeaderName]) -> u64 {
+    names
+        .iter()
+        .map(|n| n.as_str().len())
+        .fold(0, |m, l| m | if l < 64 { 1 << l } else { 1 })
 }
 
 fn compile_requests(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> RequestPolicy {
@@ -155,6 +172,7 @@ fn compile_requests(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> RequestPolic
         errs.push(cfg.error(&at.key("ipv6_prefix"), "must be between 1 and 128"));
     }
     RequestPolicy {
+        untrusted_lengths: lengths_of(&untrusted_drop),
         untrusted_drop,
         drop_underscore_headers: r.drop_underscore_headers,
         upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),

@@ -45,12 +45,12 @@ pub type Refusal = (StatusCode, &'static str);
 #[derive(Default)]
 pub struct Checked {
     /// The target as sent, when the canonical one differs.
-    pub original_uri: Option<Uri>,
+    pub original_uri: Option<Box<Uri>>,
     /// The path kept an escape that only routes with `path_escapes = "keep"` accept.
     pub kept_escape: Option<PathError>,
     /// The canonical target with its path parameters, when the request now holds it
     /// without them (for decisions): what the upstream receives.
-    pub upstream_uri: Option<Uri>,
+    pub upstream_uri: Option<Box<Uri>>,
 }
 
 /// Runs the checks and rewrites `req` to its canonical form.
@@ -60,12 +60,12 @@ pub fn check<B>(
     peer_trusted: bool,
     req: &mut Request<B>,
 ) -> Result<Checked, Refusal> {
-    let facts = HeaderFacts::of(req.headers(), &rt.requests, peer_trusted);
+    let mut facts = HeaderFacts::of(req.headers(), &rt.requests, peer_trusted);
     limits(rt, req, &facts)?;
     let mut checked = Checked::default();
-    canonical_host_of(req, tls)?;
+    canonical_host_of(req, facts.host.take(), tls)?;
     canonical_target(req, &mut checked)?;
-    checked.upstream_uri = parameters_left_out(req);
+    checked.upstream_uri = parameters_left_out(req).map(Box::new);
     body_encoding(rt, req, &facts)?;
     identity_headers(rt, &facts, req);
     Ok(checked)
@@ -77,6 +77,8 @@ pub fn check<B>(
 struct HeaderFacts {
     bytes: usize,
     hosts: u32,
+    /// The (first) `Host` field.
+    host: Option<HeaderValue>,
     content_types: u32,
     content_encoding: bool,
     transfer_encoding: bool,
@@ -94,6 +96,9 @@ impl HeaderFacts {
             f.bytes += name.as_str().len() + value.len();
             if name == header::HOST {
                 f.hosts += 1;
+                if f.host.is_none() {
+                    f.host = Some(value.clone());
+                }
             } else if name == header::CONTENT_TYPE {
                 f.content_types += 1;
             } else if name == header::CONTENT_ENCODING {
@@ -152,7 +157,11 @@ fn limits<B>(rt: &Runtime, req: &Request<B>, f: &HeaderFacts) -> Result<(), Refu
 
 /// The `Host` header (or `:authority`, or an absolute-form target's authority) in its
 /// canonical form; a `Host` that disagrees with the target's authority is refused.
-fn canonical_host_of<B>(req: &mut Request<B>, tls: bool) -> Result<(), Refusal> {
+fn canonical_host_of<B>(
+    req: &mut Request<B>,
+    host: Option<HeaderValue>,
+    tls: bool,
+) -> Result<(), Refusal> {
     const BAD_HOST: Refusal = (StatusCode::BAD_REQUEST, "invalid Host");
     let from_target = match req.uri().authority() {
         Some(a) if req.method() != http::Method::CONNECT => {
@@ -160,7 +169,7 @@ fn canonical_host_of<B>(req: &mut Request<B>, tls: bool) -> Result<(), Refusal> 
         }
         _ => None,
     };
-    let header = match req.headers().get(header::HOST) {
+    let header = match &host {
         Some(v) => {
             let text = v.to_str().map_err(|_| BAD_HOST)?;
             Some(canonical_host(text, tls).map_err(|_| BAD_HOST)?)
@@ -218,7 +227,7 @@ fn canonical_target<B>(req: &mut Request<B>, checked: &mut Checked) -> Result<()
     parts.path_and_query = Some(pq);
     let new =
         Uri::from_parts(parts).map_err(|_| (StatusCode::BAD_REQUEST, "bad request target"))?;
-    checked.original_uri = Some(std::mem::replace(req.uri_mut(), new));
+    checked.original_uri = Some(Box::new(std::mem::replace(req.uri_mut(), new)));
     Ok(())
 }
 

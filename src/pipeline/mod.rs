@@ -67,10 +67,10 @@ pub struct RequestCtx {
     /// Set by phase 5 for routes of a protected app; read by phase 8.
     pub session: Option<SessionCtx>,
     /// The target as the client sent it, when phase 1 rewrote it to its canonical form.
-    pub original_uri: Option<Uri>,
+    pub original_uri: Option<Box<Uri>>,
     /// What the upstream receives, when decisions took a narrower view of the canonical
     /// target: without its path parameters, or lower-cased on a `case_insensitive` route.
-    pub upstream_uri: Option<Uri>,
+    pub upstream_uri: Option<Box<Uri>>,
 }
 
 /// Handles one request from start to response head.
@@ -179,7 +179,7 @@ async fn run_phases(
     let mut req = req;
     if route.as_ref().is_some_and(|r| r.case_insensitive) {
         let cased = checks::lower_case_path(&mut req);
-        ctx.upstream_uri = ctx.upstream_uri.take().or(cased);
+        ctx.upstream_uri = ctx.upstream_uri.take().or(cased.map(Box::new));
     }
 
     // 3. Bans, then IP rules.
