@@ -271,11 +271,8 @@ pub fn without_parameters(path: &str) -> Cow<'_, str> {
 /// The common case in one scan: lower-case DNS labels (or dotted digits), no empty label,
 /// and an optional port of 1–5 digits that is not the default one.
 fn is_canonical_host(b: &[u8], tls: bool) -> bool {
-    let (name, port) = match memchr::memchr(b':', b) {
-        Some(i) => (&b[..i], Some(&b[i + 1..])),
-        None => (b, None),
-    };
-    // 1: a label byte (lower-case letter, digit, `-`, `_`), 2: a dot, 0: anything else.
+    // 1: a label byte (lower-case letter, digit, `-`, `_`), 2: a dot, 4: the port's colon,
+    // 0: anything else.
     static CLASS: [u8; 256] = {
         let mut t = [0u8; 256];
         let mut i = 0;
@@ -285,6 +282,8 @@ fn is_canonical_host(b: &[u8], tls: bool) -> bool {
                 1
             } else if c == b'.' {
                 2
+            } else if c == b':' {
+                4
             } else {
                 0
             };
@@ -293,8 +292,13 @@ fn is_canonical_host(b: &[u8], tls: bool) -> bool {
         t
     };
     let mut prev = 2u8;
-    for &c in name {
+    let mut port = None;
+    for (i, &c) in b.iter().enumerate() {
         let class = CLASS[usize::from(c)];
+        if class == 4 {
+            port = Some(&b[i + 1..]);
+            break;
+        }
         // Not a host byte, or a dot after a dot (or first).
         if class & prev & 2 != 0 || class == 0 {
             return false;

@@ -4,7 +4,7 @@
 use http::{Request, StatusCode};
 
 use super::report::{request_event, Report, SAMPLE_IP_BLOCKED};
-use super::{request_host, RequestCtx};
+use super::RequestCtx;
 use crate::events::EventType;
 use crate::ip_rules::{Action, RequestView};
 use crate::proxy::error::error_response;
@@ -17,6 +17,7 @@ pub fn check<B>(
     report: &Report<'_>,
     ctx: &RequestCtx,
     listener: &str,
+    host: &str,
     route: Option<&Route>,
     req: &Request<B>,
 ) -> Option<http::Response<ResponseBody>> {
@@ -30,7 +31,7 @@ pub fn check<B>(
     let rules = report.ip_rules.set.load();
     let decision = rules.decide(&RequestView {
         ip: ctx.client_ip,
-        host: request_host(req),
+        host,
         route: route.map(|r| &*r.name),
         listener,
         path: req.uri().path(),

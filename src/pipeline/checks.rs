@@ -171,7 +171,8 @@ fn canonical_host_of<B>(
     };
     let header = match &host {
         Some(v) => {
-            let text = v.to_str().map_err(|_| BAD_HOST)?;
+            // UTF-8 is enough here: `canonical_host` accepts nothing but ASCII host bytes.
+            let text = std::str::from_utf8(v.as_bytes()).map_err(|_| BAD_HOST)?;
             Some(canonical_host(text, tls).map_err(|_| BAD_HOST)?)
         }
         None => None,

@@ -152,7 +152,7 @@ async fn run_phases(
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     checked: Result<checks::Checked, checks::Refusal>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     // 1. Request checks (run in `handle`).
     let checked = match checked {
@@ -176,15 +176,18 @@ async fn run_phases(
             return refused_by_checks(status, message, ctx);
         }
     }
-    let mut req = req;
-    if route.as_ref().is_some_and(|r| r.case_insensitive) {
+    let host = if route.as_ref().is_some_and(|r| r.case_insensitive) {
         let cased = checks::lower_case_path(&mut req);
         ctx.upstream_uri = ctx.upstream_uri.take().or(cased.map(Box::new));
-    }
+        request_host(&req)
+    } else {
+        host
+    };
 
     // 3. Bans, then IP rules.
     let report = Report::of(shared, rt);
-    if let Some(refusal) = access::check(&report, ctx, &conn.listener, route.as_deref(), &req) {
+    if let Some(refusal) = access::check(&report, ctx, &conn.listener, host, route.as_deref(), &req)
+    {
         return refusal;
     }
 
