@@ -192,7 +192,7 @@ keys = [{ id = "k1", secret = "bench-signing-key-of-32-bytes-at-least" }]
             b.iter_batched_ref(
                 || header("sid", &values[rng.next() as usize % n]),
                 |h| {
-                    let value = cookies::request_cookie(h, "sid").unwrap();
+                    let value = cookies::session_cookie(h, "sid").unwrap().unwrap();
                     let id = sessions.id_for(app, value);
                     black_box(sessions.table.validate(app, id, ip, ua, now))
                 },
@@ -223,7 +223,9 @@ keys = [{ id = "k1", secret = "bench-signing-key-of-32-bytes-at-least" }]
                     )
                 },
                 |h| {
-                    let value = cookies::request_cookie(h, "__Host-gw_session").unwrap();
+                    let value = cookies::session_cookie(h, "__Host-gw_session")
+                        .unwrap()
+                        .unwrap();
                     let id = signed.keys.verify(value).unwrap();
                     black_box(issued.table.validate(signed, id, ip, ua, now))
                 },

@@ -213,21 +213,8 @@ fn canonical_target<B>(req: &mut Request<B>, checked: &mut Checked) -> Result<()
     if matches!(canonical, std::borrow::Cow::Borrowed(_)) && !absolute_h1 {
         return Ok(());
     }
-    let mut pq = canonical.into_owned();
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq =
-        PathAndQuery::try_from(pq).map_err(|_| (StatusCode::BAD_REQUEST, "bad request target"))?;
-    let mut parts = http::uri::Parts::default();
-    if !absolute_h1 {
-        parts.scheme = uri.scheme().cloned();
-        parts.authority = uri.authority().cloned();
-    }
-    parts.path_and_query = Some(pq);
-    let new =
-        Uri::from_parts(parts).map_err(|_| (StatusCode::BAD_REQUEST, "bad request target"))?;
+    let new = with_path(uri, canonical.into_owned(), !absolute_h1)
+        .ok_or((StatusCode::BAD_REQUEST, "bad request target"))?;
     checked.original_uri = Some(Box::new(std::mem::replace(req.uri_mut(), new)));
     Ok(())
 }
@@ -239,19 +226,22 @@ fn parameters_left_out<B>(req: &mut Request<B>) -> Option<Uri> {
     let std::borrow::Cow::Owned(path) = without_parameters(uri.path()) else {
         return None;
     };
-    let decided = with_path(uri, path)?;
+    let decided = with_path(uri, path, true)?;
     Some(std::mem::replace(req.uri_mut(), decided))
 }
 
-/// `uri` with another path (its query kept).
-fn with_path(uri: &Uri, mut pq: String) -> Option<Uri> {
+/// `uri` with another path (its query kept); without its scheme and authority (origin
+/// form) unless `keep_authority`.
+fn with_path(uri: &Uri, mut pq: String, keep_authority: bool) -> Option<Uri> {
     if let Some(q) = uri.query() {
         pq.push('?');
         pq.push_str(q);
     }
     let mut parts = http::uri::Parts::default();
-    parts.scheme = uri.scheme().cloned();
-    parts.authority = uri.authority().cloned();
+    if keep_authority {
+        parts.scheme = uri.scheme().cloned();
+        parts.authority = uri.authority().cloned();
+    }
     parts.path_and_query = PathAndQuery::try_from(pq).ok();
     Uri::from_parts(parts).ok()
 }
@@ -263,7 +253,7 @@ pub fn lower_case_path<B>(req: &mut Request<B>) -> Option<Uri> {
     if !uri.path().bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    let lower = with_path(uri, uri.path().to_ascii_lowercase())?;
+    let lower = with_path(uri, uri.path().to_ascii_lowercase(), true)?;
     Some(std::mem::replace(req.uri_mut(), lower))
 }
 

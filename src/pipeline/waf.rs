@@ -95,13 +95,14 @@ pub async fn on_request(
                     inspected = Some(Bytes::from(d.bytes));
                 }
                 Err(e) => {
-                    let status = match e {
-                        DecodeError::Ratio => StatusCode::PAYLOAD_TOO_LARGE,
-                        DecodeError::Corrupt => StatusCode::BAD_REQUEST,
-                    };
-                    let message = match e {
-                        DecodeError::Ratio => "request body decompresses too far",
-                        DecodeError::Corrupt => "request body does not decode",
+                    let (status, message) = match e {
+                        DecodeError::Ratio => (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body decompresses too far",
+                        ),
+                        DecodeError::Corrupt => {
+                            (StatusCode::BAD_REQUEST, "request body does not decode")
+                        }
                     };
                     return Err(error_response(status, message, &ctx.request_id));
                 }
