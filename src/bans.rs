@@ -18,18 +18,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::events::model::{format_time, now_micros};
-use crate::events::store::{ip_key, Store, StoreError};
+use crate::events::schema::BANS;
+use crate::events::store::{ip_key, Store, StoreError, StoreWriter};
 
 /// How long an expired ban is remembered for repeat-offender durations.
 pub const HISTORY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most addresses with a violation score at once.
 pub const MAX_TRACKED: usize = 100_000;
-
-const BANS: TableDefinition<u128, &[u8]> = TableDefinition::new("bans");
 
 /// What counts towards a ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +261,7 @@ impl Bans {
 }
 
 /// Stores a ban (writer thread).
-pub fn save(store: &Store, ban: &Ban) -> Result<(), StoreError> {
+pub fn save(store: &StoreWriter, ban: &Ban) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(ban).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let tx = store.begin_write()?;
     tx.open_table(BANS)?
@@ -272,7 +271,7 @@ pub fn save(store: &Store, ban: &Ban) -> Result<(), StoreError> {
 }
 
 /// Deletes stored bans (writer thread).
-pub fn remove(store: &Store, ips: &[IpAddr]) -> Result<(), StoreError> {
+pub fn remove(store: &StoreWriter, ips: &[IpAddr]) -> Result<(), StoreError> {
     let tx = store.begin_write()?;
     {
         let mut t = tx.open_table(BANS)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gateway::events::model::now_micros;
-use gateway::events::{archive, backup, Store, StoreError};
+use gateway::events::{archive, backup, Store, StoreError, StoreWriter};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -222,10 +222,10 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Opens the store; `Ok(None)` when a running gateway holds it.
-fn open_store(rt: &gateway::runtime::Runtime) -> Result<Option<Store>, ExitCode> {
+/// Opens the store as its one writer; `Ok(None)` when a running gateway holds it.
+fn open_store(rt: &gateway::runtime::Runtime) -> Result<Option<StoreWriter>, ExitCode> {
     match Store::open(&rt.events.store_path) {
-        Ok(s) => Ok(Some(s)),
+        Ok(s) => Ok(std::sync::Arc::new(s).claim_writer()),
         Err(StoreError::Locked(_)) => Ok(None),
         Err(e) => Err(fail(e)),
     }

@@ -40,7 +40,7 @@ fn body<T>(b: JsonBody<T>) -> Result<T, ApiError> {
 /// Runs a store write on the writer thread; its failure becomes the API's error.
 async fn store_write<T: Send + 'static>(
     st: &AdminState,
-    f: impl FnOnce(&crate::events::Store) -> Result<T, crate::events::StoreError> + Send + 'static,
+    f: impl FnOnce(&crate::events::StoreWriter) -> Result<T, crate::events::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     st.shared
         .events

@@ -26,8 +26,8 @@ use super::model::{
     format_time, now_micros, AuditEvent, EventId, EventType, Investigation, PerfEvent, Risk,
 };
 use super::store::{
-    decode, ip_key, Slim, Store, StoreError, AUDIT, BY_IP, BY_SESSION, HOLDS, INVESTIGATIONS,
-    OPEN_SEVERE, PERF, TRENDS,
+    decode, ip_key, Slim, Store, StoreError, StoreWriter, AUDIT, BY_IP, BY_SESSION, HOLDS,
+    INVESTIGATIONS, OPEN_SEVERE, PERF, TRENDS,
 };
 use super::trends::{Bucket, Closed, Granularity, Trends, HOURS_KEPT, MINUTES_KEPT};
 
@@ -105,7 +105,7 @@ struct Expired {
 
 /// Moves up to `max` expired records into one new archive. `None`: nothing has expired.
 pub fn archive_chunk(
-    store: &Store,
+    store: &StoreWriter,
     policy: &RetentionPolicy,
     now: u64,
     max: usize,
@@ -262,7 +262,11 @@ pub fn archive_chunk(
 
 /// Puts an archive's records back (those not already present), checking the file against
 /// its manifest first. Restored records are held from retention for `hold`.
-pub fn restore(store: &Store, file: &Path, hold: Duration) -> Result<RestoreReport, StoreError> {
+pub fn restore(
+    store: &StoreWriter,
+    file: &Path,
+    hold: Duration,
+) -> Result<RestoreReport, StoreError> {
     let manifest_file = manifest_path(file);
     let raw = std::fs::read(&manifest_file).map_err(StoreError::io(format!(
         "reading {}",
@@ -378,7 +382,7 @@ pub fn restore(store: &Store, file: &Path, hold: Duration) -> Result<RestoreRepo
 
 /// Writes closed trend buckets: minute buckets merge into a stored one with the same key
 /// (a restart within a minute), hour buckets replace it (they are recomputed whole).
-pub fn persist_trends(store: &Store, closed: &[Closed]) -> Result<(), StoreError> {
+pub fn persist_trends(store: &StoreWriter, closed: &[Closed]) -> Result<(), StoreError> {
     let tx = store.begin_write()?;
     {
         let mut t = tx.open_table(TRENDS)?;
@@ -424,7 +428,7 @@ pub fn load_trends(store: &Store, trends: &Trends, now_secs: u64) -> Result<usiz
 }
 
 /// Deletes trend buckets past their keep time.
-pub fn prune_trends(store: &Store, now_secs: u64) -> Result<u64, StoreError> {
+pub fn prune_trends(store: &StoreWriter, now_secs: u64) -> Result<u64, StoreError> {
     let tx = store.begin_write()?;
     let mut n = 0;
     {
@@ -510,7 +514,9 @@ mod tests {
     #[test]
     fn store_file_stops_growing_when_retention_keeps_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("events.redb")).unwrap();
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("events.redb")).unwrap())
+            .claim_writer()
+            .unwrap();
         let policy = RetentionPolicy {
             audit: Duration::from_secs(3600),
             performance: Duration::from_secs(3600),

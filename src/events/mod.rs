@@ -4,7 +4,8 @@
 //!   investigation workflow.
 //! - [`sink`]: the request path's non-blocking `emit` into a bounded queue.
 //! - [`writer`]: the one thread that writes the store, group-committing batches.
-//! - [`store`]: the redb file and its queries.
+//! - [`schema`]: every table of the store file, in one list.
+//! - [`store`]: the redb file, its queries, and the one [`store::StoreWriter`].
 //! - [`trends`]: per-route latency buckets (minute and hour).
 //! - [`archive`]: retention (expired records to zstd NDJSON files) and restore.
 //! - [`backup`]: consistent backups with checksums, verify and restore.
@@ -19,6 +20,7 @@ pub mod archive;
 pub mod backup;
 pub mod model;
 pub mod sampler;
+pub mod schema;
 pub mod sink;
 pub mod store;
 pub mod trends;
@@ -34,7 +36,7 @@ use tokio::sync::oneshot;
 pub use archive::{ArchiveReport, RestoreReport, RetentionPolicy};
 pub use model::{AuditEvent, EventId, EventType, PerfEvent, Risk, Severity, Status};
 pub use sink::EventSink;
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreWriter};
 
 use crate::metrics::Metrics;
 use model::{Investigation, Patch};
@@ -96,7 +98,10 @@ impl Events {
         ));
         let capacity = settings.queue_capacity;
         let settings = Arc::new(ArcSwap::from_pointee(settings));
-        let w = Writer::new(store.clone(), rx, state, settings.clone(), metrics);
+        let writer = store
+            .claim_writer()
+            .ok_or_else(|| StoreError::Invalid("the event store already has a writer".into()))?;
+        let w = Writer::new(writer, rx, state, settings.clone(), metrics);
         let handle = std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || w.run())
@@ -134,10 +139,10 @@ impl Events {
     /// Runs `f` on the writer thread (the one place that writes the store).
     pub async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> T + Send + 'static,
+        f: impl FnOnce(&StoreWriter) -> T + Send + 'static,
     ) -> Result<T, CommandError> {
         let (tx, rx) = oneshot::channel();
-        let run = Box::new(move |s: &Store| {
+        let run = Box::new(move |s: &StoreWriter| {
             let _ = tx.send(f(s));
         });
         if !self.sink.command(Command::Run(run)) {
@@ -148,7 +153,7 @@ impl Events {
 
     /// Queues `f` for the writer thread without waiting (from the request path). False when
     /// the queue is full: the write is logged and dropped.
-    pub fn write_detached(&self, f: impl FnOnce(&Store) + Send + 'static) -> bool {
+    pub fn write_detached(&self, f: impl FnOnce(&StoreWriter) + Send + 'static) -> bool {
         let sent = self.sink.command(Command::Run(Box::new(f)));
         if !sent {
             tracing::error!("event queue full: a store write (ban or rule) was not queued");

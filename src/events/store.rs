@@ -1,24 +1,21 @@
 //! The event store: one redb file (`<data_dir>/events.redb`) and the queries over it.
 //!
-//! Tables (keys are event ids, so writing a record twice is harmless):
-//! - `audit_events`: id → the event as JSON, written once, never changed;
-//! - `investigations`: id → the investigation state (status, notes, history);
-//! - `perf_events`: id → a performance record as JSON;
-//! - `audit_by_ip`, `audit_by_session`: (client IP or session hash, id) indexes, for the
-//!   `ip` filter and related-event lookups;
-//! - `open_severe`: ids of high and critical events not yet resolved;
-//! - `trends`: (route, granularity, bucket start) → latency histogram;
-//! - `retention_holds`: ids restored from an archive, with the time until which retention
-//!   leaves them alone.
+//! The tables are declared in [`super::schema`] (keys are event ids, so writing a record
+//! twice is harmless).
 //!
-//! Writes happen only on the writer thread ([`super::writer`]); reads open their own read
-//! transaction on any thread and see a consistent snapshot. List queries walk ids newest
+//! Writing needs a [`StoreWriter`]: one per open store, claimed once ([`Store::claim_writer`])
+//! by the writer thread ([`super::writer`]), or by a one-shot command that opened the file
+//! itself. Every write (events, investigations, bans, IP rules, sessions, archive runs) goes
+//! through it. Reads open their own read transaction on any thread and see a consistent
+//! snapshot. List queries walk ids newest
 //! first and examine at most [`SCAN_BUDGET`] rows per call: a page may come back short with
 //! a cursor to continue from, so no single request can pin a thread on a huge store.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -32,19 +29,11 @@ use super::model::{
 };
 use super::sink::Record;
 
-pub(crate) const AUDIT: TableDefinition<u128, &[u8]> = TableDefinition::new("audit_events");
-pub(crate) const INVESTIGATIONS: TableDefinition<u128, &[u8]> =
-    TableDefinition::new("investigations");
-pub(crate) const PERF: TableDefinition<u128, &[u8]> = TableDefinition::new("perf_events");
-pub(crate) const BY_IP: TableDefinition<(u128, u128), ()> = TableDefinition::new("audit_by_ip");
-pub(crate) const BY_SESSION: TableDefinition<(&str, u128), ()> =
-    TableDefinition::new("audit_by_session");
-pub(crate) const OPEN_SEVERE: TableDefinition<u128, ()> = TableDefinition::new("open_severe");
-pub(crate) const TRENDS: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("trends");
-pub(crate) const HOLDS: TableDefinition<u128, u64> = TableDefinition::new("retention_holds");
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub use super::schema::SCHEMA_VERSION;
+pub(crate) use super::schema::{
+    AUDIT, BY_IP, BY_SESSION, HOLDS, INVESTIGATIONS, META, OPEN_SEVERE, PERF, TRENDS,
+};
 
-const SCHEMA_VERSION: u64 = 1;
 /// redb's page cache (its default is 1 GiB): bounds the store's share of resident memory.
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Most rows one list or export call examines before answering with a cursor.
@@ -186,6 +175,20 @@ pub struct Stats {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    writer_claimed: AtomicBool,
+}
+
+/// The right to write a store: at most one exists per open [`Store`] (see
+/// [`Store::claim_writer`]); reads go through [`std::ops::Deref`] to the store.
+pub struct StoreWriter {
+    store: Arc<Store>,
+}
+
+impl std::ops::Deref for StoreWriter {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
 }
 
 impl Store {
@@ -206,6 +209,7 @@ impl Store {
         let store = Store {
             db,
             path: path.to_path_buf(),
+            writer_claimed: AtomicBool::new(false),
         };
         store.init()?;
         Ok(store)
@@ -228,14 +232,9 @@ impl Store {
                     })
                 }
             }
-            tx.open_table(AUDIT)?;
-            tx.open_table(INVESTIGATIONS)?;
-            tx.open_table(PERF)?;
-            tx.open_table(BY_IP)?;
-            tx.open_table(BY_SESSION)?;
-            tx.open_table(OPEN_SEVERE)?;
-            tx.open_table(TRENDS)?;
-            tx.open_table(HOLDS)?;
+        }
+        for t in super::schema::ALL {
+            t.create(&tx)?;
         }
         tx.commit()?;
         Ok(())
@@ -245,50 +244,19 @@ impl Store {
         &self.path
     }
 
-    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate);
-        Ok(tx)
+    /// The one writer of this store; `None` once it was claimed. The event subsystem claims
+    /// it for its writer thread; a one-shot command that opened the file claims it itself.
+    pub fn claim_writer(self: &Arc<Self>) -> Option<StoreWriter> {
+        if self.writer_claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(StoreWriter {
+            store: self.clone(),
+        })
     }
 
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
         Ok(self.db.begin_read()?)
-    }
-
-    /// Writes records in one durable transaction. `buf` is scratch space for encoding.
-    pub fn write_batch(&self, records: &[Record], buf: &mut Vec<u8>) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        {
-            let mut audit = tx.open_table(AUDIT)?;
-            let mut perf = tx.open_table(PERF)?;
-            let mut by_ip = tx.open_table(BY_IP)?;
-            let mut by_session = tx.open_table(BY_SESSION)?;
-            let mut severe = tx.open_table(OPEN_SEVERE)?;
-            for r in records {
-                buf.clear();
-                match r {
-                    Record::Audit(e) => {
-                        encode(buf, e)?;
-                        audit.insert(e.id.0, buf.as_slice())?;
-                        if let Some(ip) = e.client_ip {
-                            by_ip.insert((ip_key(ip), e.id.0), ())?;
-                        }
-                        if let Some(s) = &e.session {
-                            by_session.insert((s.as_str(), e.id.0), ())?;
-                        }
-                        if e.risk >= Risk::High {
-                            severe.insert(e.id.0, ())?;
-                        }
-                    }
-                    Record::Perf(p) => {
-                        encode(buf, p)?;
-                        perf.insert(p.id.0, buf.as_slice())?;
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// One audit event and its investigation.
@@ -507,8 +475,58 @@ impl Store {
             tx.open_table(INVESTIGATIONS)?.len()?,
         ))
     }
+}
 
-    /// Applies an operator's change to an investigation (writer thread only).
+impl StoreWriter {
+    /// A durable write transaction.
+    pub fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut tx = self.store.db.begin_write()?;
+        tx.set_durability(Durability::Immediate);
+        Ok(tx)
+    }
+
+    /// The store this writer writes.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Writes records in one durable transaction. `buf` is scratch space for encoding.
+    pub fn write_batch(&self, records: &[Record], buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let tx = self.begin_write()?;
+        {
+            let mut audit = tx.open_table(AUDIT)?;
+            let mut perf = tx.open_table(PERF)?;
+            let mut by_ip = tx.open_table(BY_IP)?;
+            let mut by_session = tx.open_table(BY_SESSION)?;
+            let mut severe = tx.open_table(OPEN_SEVERE)?;
+            for r in records {
+                buf.clear();
+                match r {
+                    Record::Audit(e) => {
+                        encode(buf, e)?;
+                        audit.insert(e.id.0, buf.as_slice())?;
+                        if let Some(ip) = e.client_ip {
+                            by_ip.insert((ip_key(ip), e.id.0), ())?;
+                        }
+                        if let Some(s) = &e.session {
+                            by_session.insert((s.as_str(), e.id.0), ())?;
+                        }
+                        if e.risk >= Risk::High {
+                            severe.insert(e.id.0, ())?;
+                        }
+                    }
+                    Record::Perf(p) => {
+                        encode(buf, p)?;
+                        perf.insert(p.id.0, buf.as_slice())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Applies an operator's change to an investigation.
     pub(crate) fn patch(&self, id: EventId, patch: &Patch) -> Result<Investigation, PatchOutcome> {
         let tx = self.begin_write()?;
         let inv = {

@@ -1,4 +1,5 @@
-//! The writer thread: the only code that writes the event store.
+//! The writer thread: it holds the store's one [`StoreWriter`], so it is the only code
+//! that writes the event store while the gateway runs.
 //!
 //! It takes records from the queue and group-commits them: a write transaction (durable,
 //! `Durability::Immediate`) per `batch_max_events` records or per `batch_max_delay` after
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use super::archive::{self, ArchiveReport, RestoreReport};
 use super::model::{now_micros, AuditEvent, EventId, EventType, Investigation, Patch};
 use super::sink::{QueueState, Record};
-use super::store::{PatchOutcome, Store, StoreError};
+use super::store::{PatchOutcome, StoreError, StoreWriter};
 use super::trends::{Trends, MINUTE};
 use super::EventSettings;
 use crate::metrics::Metrics;
@@ -52,7 +53,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<RestoreReport, StoreError>>,
     ),
     /// Any other write (IP rules, bans), run on the writer thread between batches.
-    Run(Box<dyn FnOnce(&Store) + Send>),
+    Run(Box<dyn FnOnce(&StoreWriter) + Send>),
     Stop,
 }
 
@@ -65,7 +66,7 @@ struct WriterMetrics {
 }
 
 pub(crate) struct Writer {
-    store: Arc<Store>,
+    store: StoreWriter,
     rx: Receiver<Msg>,
     state: Arc<QueueState>,
     settings: Arc<ArcSwap<EventSettings>>,
@@ -75,7 +76,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn new(
-        store: Arc<Store>,
+        store: StoreWriter,
         rx: Receiver<Msg>,
         state: Arc<QueueState>,
         settings: Arc<ArcSwap<EventSettings>>,

@@ -1,13 +1,12 @@
 //! Rules added through the admin API, kept in the event store's redb file (table
 //! `ip_rules`, keyed by rule id; ids are time-ordered, so key order is creation order).
-//! Written only through the event writer thread.
+//! Written only through the store's one [`StoreWriter`] (the event writer thread).
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use super::RuleSpec;
-use crate::events::store::{Store, StoreError};
-
-const IP_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("ip_rules");
+use crate::events::schema::IP_RULES;
+use crate::events::store::{Store, StoreError, StoreWriter};
 
 /// Every API rule, in creation order.
 pub fn load_dynamic(store: &Store) -> Result<Vec<RuleSpec>, StoreError> {
@@ -27,7 +26,7 @@ pub fn load_dynamic(store: &Store) -> Result<Vec<RuleSpec>, StoreError> {
 }
 
 /// Inserts or replaces an API rule.
-pub fn save_dynamic(store: &Store, rule: &RuleSpec) -> Result<(), StoreError> {
+pub fn save_dynamic(store: &StoreWriter, rule: &RuleSpec) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let tx = store.begin_write()?;
     tx.open_table(IP_RULES)?
@@ -37,7 +36,7 @@ pub fn save_dynamic(store: &Store, rule: &RuleSpec) -> Result<(), StoreError> {
 }
 
 /// Deletes an API rule; false when there was none.
-pub fn remove_dynamic(store: &Store, id: &str) -> Result<bool, StoreError> {
+pub fn remove_dynamic(store: &StoreWriter, id: &str) -> Result<bool, StoreError> {
     let tx = store.begin_write()?;
     let existed = tx.open_table(IP_RULES)?.remove(id)?.is_some();
     tx.commit()?;

@@ -2,12 +2,11 @@
 //! values), written only through the event writer thread: new, ended and suspicious
 //! sessions at once, last-activity updates in batches.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use super::table::{Session, ENDED_KEPT_MICROS};
-use crate::events::store::{open_if_exists, Store, StoreError};
-
-const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
+use crate::events::schema::SESSIONS;
+use crate::events::store::{open_if_exists, Store, StoreError, StoreWriter};
 
 /// Sessions to keep in memory at start: active ones, and those ended within a day.
 pub fn load(store: &Store, now: u64) -> Result<Vec<Session>, StoreError> {
@@ -48,7 +47,7 @@ pub fn scan(store: &Store, keep: impl Fn(&Session) -> bool) -> Result<Vec<Sessio
 }
 
 /// Writes sessions in one transaction.
-pub fn save(store: &Store, sessions: &[Session]) -> Result<(), StoreError> {
+pub fn save(store: &StoreWriter, sessions: &[Session]) -> Result<(), StoreError> {
     if sessions.is_empty() {
         return Ok(());
     }
@@ -65,7 +64,7 @@ pub fn save(store: &Store, sessions: &[Session]) -> Result<(), StoreError> {
 }
 
 /// Deletes sessions that ended before `cutoff`, except suspicious ones; returns how many.
-pub fn purge(store: &Store, cutoff: u64) -> Result<usize, StoreError> {
+pub fn purge(store: &StoreWriter, cutoff: u64) -> Result<usize, StoreError> {
     let tx = store.begin_write()?;
     let mut n = 0;
     {
