@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gateway::events::backup::BackupSources;
+use criterion::{criterion_group, Criterion, Throughput};
+use gateway::events::backup::{BackupSources, Retention};
 use gateway::events::model::now_micros;
 use gateway::events::{
     AuditEvent, BackupSchedule, EventId, EventSettings, EventType, Events, PerfEvent,
@@ -28,11 +28,16 @@ fn settings(dir: &std::path::Path, capacity: usize) -> EventSettings {
         },
         backup: BackupSchedule {
             every: None,
-            keep: 1,
+            retention: Retention {
+                keep: 1,
+                max_age: None,
+            },
             dir: dir.join("backups"),
             sources: BackupSources {
                 config_file: dir.join("gateway.toml"),
                 rules_dir: dir.join("rules"),
+                session_key: None,
+                include_secrets: false,
             },
         },
     }
@@ -131,5 +136,64 @@ fn bench(c: &mut Criterion) {
     drop(events);
 }
 
+/// Backup, verify and restore of a store with `n` events (half audit, half performance),
+/// timed once each: `BACKUP_EVENTS=1000000 cargo bench --bench events`.
+fn backup_timing(n: u64) {
+    use gateway::events::backup;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir_in(".").unwrap();
+    std::fs::write(dir.path().join("gateway.toml"), "# bench\n").unwrap();
+    let s = settings(dir.path(), 1 << 16);
+    let metrics = Metrics::new();
+    let events = Events::start(s.clone(), &metrics).unwrap();
+    let started = Instant::now();
+    for i in 0..n {
+        if i % 2 == 0 {
+            events.sink.audit(audit_event());
+        } else {
+            events.sink.perf(perf_event());
+        }
+        if i % 50_000 == 0 {
+            rt.block_on(events.flush()).unwrap();
+        }
+    }
+    rt.block_on(events.flush()).unwrap();
+    let fill = started.elapsed();
+    let store_bytes = std::fs::metadata(&s.store_path).unwrap().len();
+    let info = events.backup_now().unwrap();
+    drop(events);
+    let v = backup::verify(&info.file, dir.path()).unwrap();
+    let target = backup::RestoreTarget {
+        store: dir.path().join("restored/events.redb"),
+        session_key: None,
+    };
+    let r = backup::restore(&info.file, &target).unwrap();
+    println!(
+        "{n} events: fill {:.1}s, store {:.0} MiB; backup {:.1}s ({:.0} MiB .tar.zst); verify {:.1}s; restore {:.1}s ({} audit + {} performance)",
+        fill.as_secs_f64(),
+        store_bytes as f64 / 1048576.0,
+        info.seconds,
+        info.bytes as f64 / 1048576.0,
+        v.seconds,
+        r.seconds,
+        r.audit_events,
+        r.performance_events,
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("BACKUP_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        backup_timing(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

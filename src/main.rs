@@ -88,9 +88,14 @@ enum ArchiveAction {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
-    /// Put an archive file's records back into the store.
+    /// Put an archive file's records back into the store (checked in full first).
     Restore {
         file: PathBuf,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// List the archives in the archive directory: files, date ranges, record counts.
+    List {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
@@ -108,9 +113,15 @@ enum BackupAction {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
-    /// Check a backup's checksums and open its store copy.
-    Verify { file: PathBuf },
-    /// Restore a backup into a stopped gateway's data directory.
+    /// Check a backup in full: entries, checksums, the store copy (extracted into a
+    /// temporary directory inside the data directory, removed afterwards).
+    Verify {
+        file: PathBuf,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Restore a backup into a stopped gateway's data directory: store (every table),
+    /// session key, and the config copy beside it for comparison.
     Restore {
         file: PathBuf,
         #[arg(long, short, default_value = "gateway.toml")]
@@ -222,6 +233,19 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Records a `data_restored` event in the restored store (best effort: the restore itself
+/// is done).
+fn record_restore(rt: &gateway::runtime::Runtime, file: &std::path::Path) {
+    use gateway::events::{AuditEvent, EventType};
+    let Ok(Some(w)) = open_store(rt) else { return };
+    let event = AuditEvent::new(EventType::DataRestored, "restored a backup")
+        .detail("file", file.display().to_string());
+    let record = gateway::events::sink::Record::Audit(event);
+    if let Err(e) = w.write_batch(&[record], &mut Vec::new()) {
+        eprintln!("warning: the restore is done, but recording it failed: {e}");
+    }
+}
+
 /// Opens the store as its one writer; `Ok(None)` when a running gateway holds it.
 fn open_store(rt: &gateway::runtime::Runtime) -> Result<Option<StoreWriter>, ExitCode> {
     match Store::open(&rt.events.store_path) {
@@ -323,6 +347,19 @@ fn archive(action: ArchiveAction) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        ArchiveAction::List { config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match archive::list(&rt.events.retention.archive_dir) {
+                Ok(items) => {
+                    print_json(&serde_json::json!({ "items": items }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
     }
 }
 
@@ -340,7 +377,7 @@ fn backup(action: BackupAction) -> ExitCode {
                 Err(c) => return c,
             };
             let b = &rt.events.backup;
-            match backup::create(&store, &b.sources, &b.dir, b.keep) {
+            match backup::create(&store, &b.sources, &b.dir, b.retention) {
                 Ok(info) => {
                     print_json(&info);
                     ExitCode::SUCCESS
@@ -356,32 +393,43 @@ fn backup(action: BackupAction) -> ExitCode {
             match backup::list(&rt.events.backup.dir) {
                 Ok(files) => {
                     for f in files {
-                        println!("{}", f.display());
+                        println!("{}\t{} bytes\t{}", f.path.display(), f.bytes, f.modified);
                     }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             }
         }
-        BackupAction::Verify { file } => match backup::verify(&file) {
-            Ok(v) => {
-                print_json(&v);
-                eprintln!("{}: ok", file.display());
-                ExitCode::SUCCESS
+        BackupAction::Verify { file, config } => {
+            let rt = match settings(&config) {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match backup::verify(&file, &rt.data_dir) {
+                Ok(v) => {
+                    print_json(&v);
+                    eprintln!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         BackupAction::Restore { file, config } => {
             let rt = match settings(&config) {
                 Ok(rt) => rt,
                 Err(c) => return c,
             };
-            match backup::restore(&file, &rt.events.store_path) {
+            let target = backup::RestoreTarget {
+                store: rt.events.store_path.clone(),
+                session_key: Some(rt.sessions.key_file.clone()),
+            };
+            match backup::restore(&file, &target) {
                 Ok(r) => {
+                    record_restore(&rt, &file);
                     print_json(&r);
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(e),
+                Err(e) => fail(format!("restore refused, nothing changed: {e}")),
             }
         }
     }

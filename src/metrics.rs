@@ -48,6 +48,8 @@ pub struct Metrics {
     pub waf_rule_matches: IntCounterVec,
     pub brute_force_detections: IntCounterVec,
     pub login_locks_active: IntGauge,
+    /// Backups and archive runs: last success and failures, for staleness alerts.
+    pub tasks: TaskMetrics,
     /// Rate-limit buckets, kept across reloads.
     pub rate_limiters: crate::rate_limit::Registry,
     /// Per-route latency trends (not Prometheus metrics; shown by `/api/v1/perf/trends`).
@@ -305,8 +307,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
+        let tasks = TaskMetrics::new(&registry);
         Metrics {
             registry,
+            tasks,
             requests,
             request_duration,
             upstream_duration,
@@ -407,4 +411,88 @@ pub struct PoolMetrics {
     pub timeouts: IntCounter,
     pub protocol_errors: IntCounter,
     pub healthy: IntGauge,
+}
+
+/// Background tasks that keep data safe (`backup`, `archive`): when each last succeeded,
+/// how long it took, what it wrote, and how often it failed. An alert on
+/// `time() - gateway_task_last_success_timestamp_seconds{task="backup"}` catches a
+/// backup that stopped running.
+#[derive(Clone)]
+pub struct TaskMetrics {
+    last_success: prometheus::GaugeVec,
+    last_duration: prometheus::GaugeVec,
+    last_bytes: prometheus::GaugeVec,
+    last_records: prometheus::GaugeVec,
+    failures: IntCounterVec,
+}
+
+/// The tasks [`TaskMetrics`] knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Task {
+    Backup,
+    Archive,
+}
+
+impl Task {
+    fn label(self) -> &'static str {
+        match self {
+            Task::Backup => "backup",
+            Task::Archive => "archive",
+        }
+    }
+}
+
+impl TaskMetrics {
+    fn new(registry: &Registry) -> TaskMetrics {
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::GaugeVec::new(Opts::new(name, help), &["task"]).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "gateway_task_failures_total",
+                "Backup and archive runs that failed, by task.",
+            ),
+            &["task"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(failures.clone()))
+            .expect("register");
+        TaskMetrics {
+            last_success: gauge(
+                "gateway_task_last_success_timestamp_seconds",
+                "When the task last succeeded (Unix seconds; absent: never since start).",
+            ),
+            last_duration: gauge(
+                "gateway_task_last_duration_seconds",
+                "How long the last successful run took.",
+            ),
+            last_bytes: gauge(
+                "gateway_task_last_bytes",
+                "Bytes the last successful run wrote.",
+            ),
+            last_records: gauge(
+                "gateway_task_last_records",
+                "Records the last successful run wrote.",
+            ),
+            failures,
+        }
+    }
+
+    pub fn succeeded(&self, task: Task, seconds: f64, bytes: u64, records: u64) {
+        let l = [task.label()];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_success.with_label_values(&l).set(now);
+        self.last_duration.with_label_values(&l).set(seconds);
+        self.last_bytes.with_label_values(&l).set(bytes as f64);
+        self.last_records.with_label_values(&l).set(records as f64);
+    }
+
+    pub fn failed(&self, task: Task) {
+        self.failures.with_label_values(&[task.label()]).inc();
+    }
 }

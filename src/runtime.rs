@@ -835,6 +835,12 @@ fn compile_events(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> EventSettings 
     if e.backup.every.is_some_and(|d| d < Duration::from_secs(60)) {
         errs.push(cfg.error(&at(&["backup", "every"]), "must be at least 1m"));
     }
+    if e.backup
+        .max_age
+        .is_some_and(|d| d < Duration::from_secs(3600))
+    {
+        errs.push(cfg.error(&at(&["backup", "max_age"]), "must be at least 1h"));
+    }
     if e.backup.keep == 0 {
         errs.push(cfg.error(&at(&["backup", "keep"]), "must be at least 1"));
     }
@@ -852,11 +858,16 @@ fn compile_events(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> EventSettings 
         },
         backup: BackupSchedule {
             every: e.backup.every,
-            keep: e.backup.keep.max(1),
+            retention: crate::events::backup::Retention {
+                keep: e.backup.keep.max(1),
+                max_age: e.backup.max_age,
+            },
             dir: data_dir.join(&e.backup.dir),
             sources: BackupSources {
                 config_file,
                 rules_dir: cfg.base_dir.join("rules"),
+                session_key: Some(data_dir.join(&raw.sessions.key_file)),
+                include_secrets: e.backup.include_secrets,
             },
         },
     }

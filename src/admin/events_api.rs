@@ -33,6 +33,8 @@ pub(super) fn routes() -> Router<AdminState> {
         .route("/perf/slow", get(perf_slow))
         .route("/perf/trends", get(perf_trends))
         .route("/backups", get(list_backups).post(create_backup))
+        .route("/backups/{name}/verify", post(verify_backup))
+        .route("/archives", get(list_archives))
         .route("/archive/run", post(archive_run))
         .route("/archive/restore", post(archive_restore))
 }
@@ -363,6 +365,9 @@ async fn stats(State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Re
     let run = async {
         let until = time("until", &q.until)?.unwrap_or_else(now_micros);
         let since = time("since", &q.since)?.unwrap_or(until.saturating_sub(24 * 3600 * 1_000_000));
+        if since > until {
+            return Err(error(StatusCode::BAD_REQUEST, "`since` is after `until`"));
+        }
         let stats = query(&st, move |s| s.stats(since, until)).await?;
         let m = &st.shared.metrics;
         let dropped: serde_json::Map<String, serde_json::Value> = crate::events::Risk::ALL
@@ -385,6 +390,7 @@ async fn stats(State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Re
                 "open_high_and_critical": stats.open_high_and_critical,
                 "top_blocked_ips": stats.top_blocked_ips.iter().map(|(ip, n)| json!({"ip": ip, "count": n})).collect::<Vec<_>>(),
                 "performance_events": stats.performance_events,
+                "task_failures": stats.task_failures,
                 "events_dropped": dropped,
                 "events_committed": m.events_committed.get(),
                 "events_queued": st.shared.events.sink.queued(),
@@ -475,21 +481,40 @@ async fn perf_trends(State(st): State<AdminState>, Query(q): Query<TrendQuery>) 
 async fn list_backups(State(st): State<AdminState>) -> Response {
     let dir = st.shared.events.settings().backup.dir.clone();
     match tokio::task::spawn_blocking(move || backup::list(&dir)).await {
-        Ok(Ok(files)) => {
-            let items: Vec<_> = files
-                .iter()
-                .map(|f| {
-                    let meta = std::fs::metadata(f).ok();
-                    json!({
-                        "file": f.file_name().map(|n| n.to_string_lossy().into_owned()),
-                        "path": f.display().to_string(),
-                        "bytes": meta.as_ref().map(|m| m.len()),
-                        "modified": meta.and_then(|m| m.modified().ok()).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                    })
-                })
-                .collect();
-            Json(json!({"items": items})).into_response()
+        Ok(Ok(files)) => Json(json!({"items": files})).into_response(),
+        Ok(Err(e)) => store_error(e).into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Checks one backup in full (by file name in the backup directory): 200 with what it
+/// holds, 404 when there is no such backup, 422 when it is damaged or unsafe.
+async fn verify_backup(State(st): State<AdminState>, Path(name): Path<String>) -> Response {
+    if !backup::is_backup_name(&name) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the name of a backup file (backup-….tar.zst) in the backup directory",
+        );
+    }
+    if !st.shared.events.settings().backup.dir.join(&name).is_file() {
+        return fail(StatusCode::NOT_FOUND, format!("no backup {name}"));
+    }
+    let events = st.shared.events.clone();
+    match tokio::task::spawn_blocking(move || events.verify_backup(&name)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e @ StoreError::Invalid(_))) => {
+            fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
+        Ok(Err(e)) => store_error(e).into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The archive files in the archive directory with their manifests (date ranges, counts).
+async fn list_archives(State(st): State<AdminState>) -> Response {
+    let dir = st.shared.events.settings().retention.archive_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::events::archive::list(&dir)).await {
+        Ok(Ok(items)) => Json(json!({"items": items})).into_response(),
         Ok(Err(e)) => store_error(e).into_response(),
         Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

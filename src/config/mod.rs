@@ -12,10 +12,12 @@
 mod error;
 mod locate;
 mod raw;
+mod redact;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use locate::{KeyPath, Locator};
 pub use raw::*;
+pub use redact::{redact_secrets, REDACTED};
 
 use std::path::{Path, PathBuf};
 

@@ -590,6 +590,14 @@ pub struct BackupSection {
     /// Backups kept (the oldest are deleted).
     #[serde(default = "default_backup_keep")]
     pub keep: usize,
+    /// Backups older than this are deleted (the newest is always kept); absent: by count
+    /// only.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Copy the config's inline secrets (admin token, signing keys) into backups as they
+    /// are; by default they are replaced with `REDACTED`.
+    #[serde(default)]
+    pub include_secrets: bool,
     /// Where backups go, relative to `server.data_dir`.
     #[serde(default = "default_backup_dir")]
     pub dir: PathBuf,
@@ -600,6 +608,8 @@ impl Default for BackupSection {
         BackupSection {
             every: None,
             keep: default_backup_keep(),
+            max_age: None,
+            include_secrets: false,
             dir: default_backup_dir(),
         }
     }

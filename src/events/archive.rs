@@ -76,6 +76,7 @@ struct Line {
 
 /// A file name part for `micros`: `2026-12-02T103000.123456Z`.
 pub(crate) fn stamp(micros: u64) -> String {
+    let micros = micros.min(super::model::MAX_TIME_MICROS);
     let t = humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(micros))
         .to_string();
     t.replace(':', "")
@@ -166,7 +167,7 @@ pub fn archive_chunk(
         return Ok(None);
     }
 
-    std::fs::create_dir_all(&policy.archive_dir).map_err(StoreError::io(format!(
+    super::files::private_dir(&policy.archive_dir).map_err(StoreError::io(format!(
         "creating {}",
         policy.archive_dir.display()
     )))?;
@@ -175,7 +176,8 @@ pub fn archive_chunk(
     let tmp = policy.archive_dir.join(format!(".{name}.tmp"));
     let ioerr = |what: &str| StoreError::io(format!("{what} {}", tmp.display()));
     {
-        let f = File::create(&tmp).map_err(ioerr("creating"))?;
+        let _ = std::fs::remove_file(&tmp);
+        let f = super::files::fresh_file(&tmp).map_err(ioerr("creating"))?;
         let mut enc = zstd::Encoder::new(BufWriter::new(f), 3).map_err(ioerr("compressing"))?;
         for r in &audit_rows {
             enc.write_all(b"{\"class\":\"audit\",\"event\":")
@@ -203,6 +205,7 @@ pub fn archive_chunk(
         f.sync_all().map_err(ioerr("syncing"))?;
     }
     std::fs::rename(&tmp, &file).map_err(ioerr("renaming"))?;
+    super::files::sync_dir(&policy.archive_dir).map_err(ioerr("syncing the directory of"))?;
     let (sha256, bytes) = sha256_file(&file)?;
     let ids = audit_rows
         .iter()
@@ -260,24 +263,121 @@ pub fn archive_chunk(
     Ok(Some(report))
 }
 
-/// Puts an archive's records back (those not already present), checking the file against
-/// its manifest first. Restored records are held from retention for `hold`.
+/// Longest line an archive may hold (one record).
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+/// Most bytes one archive may decompress to.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 8 << 30;
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// An archive's manifest, read with a size cap.
+fn read_manifest(file: &Path) -> Result<ArchiveReport, StoreError> {
+    let manifest_file = manifest_path(file);
+    let f = File::open(&manifest_file).map_err(StoreError::io(format!(
+        "reading {}",
+        manifest_file.display()
+    )))?;
+    let mut raw = Vec::new();
+    f.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(StoreError::io(format!(
+            "reading {}",
+            manifest_file.display()
+        )))?;
+    if raw.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "{}: larger than 1 MiB, not an archive manifest",
+            manifest_file.display()
+        )));
+    }
+    serde_json::from_slice(&raw).map_err(|e| {
+        StoreError::Invalid(format!(
+            "{}: not an archive manifest: {e}",
+            manifest_file.display()
+        ))
+    })
+}
+
+/// Reads an archive's lines with the caps above: calls `each` per non-empty line and
+/// stops at the first error.
+fn for_each_line(
+    file: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let bad = |m: String| StoreError::Invalid(format!("{}: {m}", file.display()));
+    let f = File::open(file).map_err(StoreError::io(format!("opening {}", file.display())))?;
+    let dec = zstd::Decoder::new(f)
+        .map_err(StoreError::io(format!("decompressing {}", file.display())))?;
+    let mut r = BufReader::new(dec.take(MAX_DECOMPRESSED_BYTES + 1));
+    let mut line = Vec::new();
+    let mut total = 0u64;
+    let mut lines = 0u64;
+    loop {
+        line.clear();
+        let n = (&mut r)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| bad(format!("damaged: {e}")))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        total += n as u64;
+        if total > MAX_DECOMPRESSED_BYTES {
+            return Err(bad(format!(
+                "decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes: refused"
+            )));
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return Err(bad(format!(
+                "a line is longer than {MAX_LINE_BYTES} bytes: refused"
+            )));
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        lines += 1;
+        each(&line)?;
+    }
+}
+
+/// One archived record, decoded and checked.
+enum Archived {
+    Audit(Box<AuditEvent>, Option<Investigation>),
+    Perf(PerfEvent),
+}
+
+fn parse_line(file: &Path, line: &[u8]) -> Result<Archived, StoreError> {
+    let bad =
+        |e: serde_json::Error| StoreError::Invalid(format!("{}: bad record: {e}", file.display()));
+    let l: Line = serde_json::from_slice(line).map_err(bad)?;
+    match l.class.as_str() {
+        "audit" => Ok(Archived::Audit(
+            Box::new(serde_json::from_value(l.event).map_err(bad)?),
+            l.investigation
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(bad)?,
+        )),
+        "performance" => Ok(Archived::Perf(
+            serde_json::from_value(l.event).map_err(bad)?,
+        )),
+        other => Err(StoreError::Invalid(format!(
+            "{}: unknown record class `{other}`",
+            file.display()
+        ))),
+    }
+}
+
+/// Puts an archive's records back (those not already present). Nothing is written until
+/// the whole file checked out: its sha256 against the manifest, every line (at most
+/// [`MAX_LINE_BYTES`], [`MAX_DECOMPRESSED_BYTES`] in all) a valid record, and as many
+/// records as the manifest counts. Restored records are held from retention for `hold`.
 pub fn restore(
     store: &StoreWriter,
     file: &Path,
     hold: Duration,
 ) -> Result<RestoreReport, StoreError> {
-    let manifest_file = manifest_path(file);
-    let raw = std::fs::read(&manifest_file).map_err(StoreError::io(format!(
-        "reading {}",
-        manifest_file.display()
-    )))?;
-    let manifest: ArchiveReport = serde_json::from_slice(&raw).map_err(|e| {
-        StoreError::Invalid(format!(
-            "{}: not an archive manifest: {e}",
-            manifest_file.display()
-        ))
-    })?;
+    let manifest = read_manifest(file)?;
     let (sha, _) = sha256_file(file)?;
     if sha != manifest.sha256 {
         return Err(StoreError::Invalid(format!(
@@ -286,19 +386,23 @@ pub fn restore(
             manifest.sha256
         )));
     }
-    let f = File::open(file).map_err(StoreError::io(format!("opening {}", file.display())))?;
-    let dec = zstd::Decoder::new(f)
-        .map_err(StoreError::io(format!("decompressing {}", file.display())))?;
+    let expected = manifest.audit + manifest.performance;
+    let checked = for_each_line(file, |line| parse_line(file, line).map(drop))?;
+    if checked != expected {
+        return Err(StoreError::Invalid(format!(
+            "{}: {checked} records, the manifest counts {expected}; the file is damaged",
+            file.display()
+        )));
+    }
     let until = now_micros() / 1_000_000 + hold.as_secs();
     let mut report = RestoreReport {
         restored: 0,
         already_present: 0,
     };
-    let mut lines = BufReader::new(dec).lines();
+    let mut pending: Vec<Archived> = Vec::with_capacity(10_000);
     let mut buf = Vec::new();
-    loop {
+    let mut write = |pending: &mut Vec<Archived>, report: &mut RestoreReport| {
         let tx = store.begin_write()?;
-        let mut n = 0;
         {
             let mut audit = tx.open_table(AUDIT)?;
             let mut inv = tx.open_table(INVESTIGATIONS)?;
@@ -307,20 +411,9 @@ pub fn restore(
             let mut by_s = tx.open_table(BY_SESSION)?;
             let mut holds = tx.open_table(HOLDS)?;
             let mut perf = tx.open_table(PERF)?;
-            for line in lines.by_ref() {
-                let line = line.map_err(StoreError::io(format!("reading {}", file.display())))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let l: Line = serde_json::from_str(&line).map_err(|e| {
-                    StoreError::Invalid(format!("{}: bad line: {e}", file.display()))
-                })?;
-                let bad = |e: serde_json::Error| {
-                    StoreError::Invalid(format!("{}: bad record: {e}", file.display()))
-                };
-                match l.class.as_str() {
-                    "audit" => {
-                        let e: AuditEvent = serde_json::from_value(l.event).map_err(bad)?;
+            for rec in pending.drain(..) {
+                match rec {
+                    Archived::Audit(e, i) => {
                         if audit.get(e.id.0)?.is_some() {
                             report.already_present += 1;
                             continue;
@@ -329,8 +422,7 @@ pub fn restore(
                         super::store::encode(&mut buf, &e)?;
                         audit.insert(e.id.0, buf.as_slice())?;
                         let mut closed = false;
-                        if let Some(i) = l.investigation {
-                            let i: Investigation = serde_json::from_value(i).map_err(bad)?;
+                        if let Some(i) = i {
                             closed = i.status.is_closed();
                             buf.clear();
                             super::store::encode(&mut buf, &i)?;
@@ -347,8 +439,7 @@ pub fn restore(
                         }
                         holds.insert(e.id.0, until)?;
                     }
-                    "performance" => {
-                        let p: PerfEvent = serde_json::from_value(l.event).map_err(bad)?;
+                    Archived::Perf(p) => {
                         if perf.get(p.id.0)?.is_some() {
                             report.already_present += 1;
                             continue;
@@ -358,26 +449,70 @@ pub fn restore(
                         perf.insert(p.id.0, buf.as_slice())?;
                         holds.insert(p.id.0, until)?;
                     }
-                    other => {
-                        return Err(StoreError::Invalid(format!(
-                            "{}: unknown record class `{other}`",
-                            file.display()
-                        )))
-                    }
                 }
                 report.restored += 1;
-                n += 1;
-                if n >= 10_000 {
-                    break;
-                }
             }
         }
         tx.commit()?;
-        if n < 10_000 {
-            break;
+        Ok::<(), StoreError>(())
+    };
+    for_each_line(file, |line| {
+        pending.push(parse_line(file, line)?);
+        if pending.len() >= 10_000 {
+            write(&mut pending, &mut report)?;
+        }
+        Ok(())
+    })?;
+    write(&mut pending, &mut report)?;
+    Ok(report)
+}
+
+/// An archive in the archive directory, as its manifest describes it.
+#[derive(Debug, Serialize)]
+pub struct ListedArchive {
+    pub name: String,
+    /// False when the manifest is there but the archive file is not.
+    pub present: bool,
+    #[serde(flatten)]
+    pub manifest: ArchiveReport,
+}
+
+/// The archives in `dir` (by their manifests), newest first; unreadable manifests are
+/// skipped with a warning.
+pub fn list(dir: &Path) -> Result<Vec<ListedArchive>, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: format!("reading {}", dir.display()),
+                source: e,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Some(base) = name
+            .strip_prefix("archive-")
+            .and_then(|_| name.strip_suffix(".manifest.json"))
+        else {
+            continue;
+        };
+        let archive = dir.join(format!("{base}.ndjson.zst"));
+        match read_manifest(&archive) {
+            Ok(manifest) => out.push(ListedArchive {
+                name: format!("{base}.ndjson.zst"),
+                present: archive.is_file(),
+                manifest,
+            }),
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable archive manifest"),
         }
     }
-    Ok(report)
+    out.sort_by(|a, b| b.name.cmp(&a.name));
+    Ok(out)
 }
 
 /// Writes closed trend buckets: minute buckets merge into a stored one with the same key
@@ -475,10 +610,15 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> 
     let tmp = path.with_extension("tmp");
     let err = StoreError::io(format!("writing {}", path.display()));
     (|| {
-        let mut f = File::create(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = super::files::fresh_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => super::files::sync_dir(dir),
+            _ => Ok(()),
+        }
     })()
     .map_err(err)
 }

@@ -18,6 +18,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod files;
 pub mod model;
 pub mod sampler;
 pub mod schema;
@@ -38,7 +39,7 @@ pub use model::{AuditEvent, EventId, EventType, PerfEvent, Risk, Severity, Statu
 pub use sink::EventSink;
 pub use store::{Store, StoreError, StoreWriter};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Task, TaskMetrics};
 use model::{Investigation, Patch};
 use store::PatchOutcome;
 use writer::{Command, Writer};
@@ -59,7 +60,7 @@ pub struct EventSettings {
 pub struct BackupSchedule {
     /// `None`: only on demand.
     pub every: Option<Duration>,
-    pub keep: usize,
+    pub retention: backup::Retention,
     pub dir: PathBuf,
     pub sources: backup::BackupSources,
 }
@@ -78,6 +79,7 @@ pub struct Events {
     pub sink: Arc<EventSink>,
     pub store: Arc<Store>,
     settings: Arc<ArcSwap<EventSettings>>,
+    tasks: TaskMetrics,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -111,6 +113,7 @@ impl Events {
             sink,
             store,
             settings,
+            tasks: metrics.tasks.clone(),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -183,16 +186,53 @@ impl Events {
         Ok(self.ask(|r| Command::Restore(file, r)).await??)
     }
 
-    /// Writes a backup now (from a read transaction; the writer keeps going).
+    /// Writes a backup now (from a read transaction; the writer keeps going). A failure
+    /// is a `backup_failed` event and counts in `gateway_task_failures_total`.
     pub fn backup_now(&self) -> Result<backup::BackupInfo, StoreError> {
         let s = self.settings();
-        let info = backup::create(&self.store, &s.backup.sources, &s.backup.dir, s.backup.keep)?;
-        self.sink.audit(
-            AuditEvent::new(EventType::BackupCreated, "backup created")
-                .detail("file", info.file.display().to_string())
-                .detail("bytes", info.bytes.to_string()),
-        );
-        Ok(info)
+        match backup::create(
+            &self.store,
+            &s.backup.sources,
+            &s.backup.dir,
+            s.backup.retention,
+        ) {
+            Ok(info) => {
+                let records = info.manifest.tables.iter().map(|t| t.rows).sum();
+                self.tasks
+                    .succeeded(Task::Backup, info.seconds, info.bytes, records);
+                self.sink.audit(
+                    AuditEvent::new(EventType::BackupCreated, "backup created")
+                        .detail("file", info.file.display().to_string())
+                        .detail("bytes", info.bytes.to_string()),
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                self.tasks.failed(Task::Backup);
+                tracing::error!(error = %e, "backup failed");
+                self.sink.audit(
+                    AuditEvent::new(EventType::BackupFailed, format!("backup failed: {e}"))
+                        .detail("dir", s.backup.dir.display().to_string()),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a backup in the backup directory, by file name only.
+    pub fn verify_backup(&self, name: &str) -> Result<backup::Verified, StoreError> {
+        let s = self.settings();
+        if !backup::is_backup_name(name) {
+            return Err(StoreError::Invalid(format!(
+                "`{name}` is not a backup file name (backup-….tar.zst)"
+            )));
+        }
+        let data_dir = s
+            .store_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        backup::verify(&s.backup.dir.join(name), &data_dir)
     }
 
     /// Commits everything queued, persists the partial trend minute and stops the writer.

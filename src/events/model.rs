@@ -90,21 +90,34 @@ pub fn now_micros() -> u64 {
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn format_time(micros: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(micros)).to_string()
+    humantime::format_rfc3339_millis(
+        UNIX_EPOCH + Duration::from_micros(micros.min(MAX_TIME_MICROS)),
+    )
+    .to_string()
 }
 
-/// Accepts RFC 3339 (`2026-12-02T10:00:00Z`) or Unix seconds.
+/// The last microsecond RFC 3339 can write (9999-12-31T23:59:59.999999Z): times are
+/// refused past it and printed no later than it.
+pub const MAX_TIME_MICROS: u64 = 253_402_300_799_999_999;
+
+/// Accepts RFC 3339 (`2026-12-02T10:00:00Z`) or Unix seconds, from 1970 to 9999.
 pub fn parse_time(s: &str) -> Result<u64, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(secs.saturating_mul(1_000_000));
+    let micros = if let Ok(secs) = s.parse::<u64>() {
+        secs.checked_mul(1_000_000)
+            .ok_or_else(|| format!("`{s}` is after the year 9999"))?
+    } else {
+        humantime::parse_rfc3339_weak(s)
+            .map_err(|_| format!("`{s}` is not a time (RFC 3339 or Unix seconds)"))
+            .and_then(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_micros().min(u64::MAX as u128) as u64)
+                    .map_err(|_| format!("`{s}` is before 1970"))
+            })?
+    };
+    if micros > MAX_TIME_MICROS {
+        return Err(format!("`{s}` is after the year 9999"));
     }
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|_| format!("`{s}` is not a time (RFC 3339 or Unix seconds)"))
-        .and_then(|t| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .map_err(|_| format!("`{s}` is before 1970"))
-        })
+    Ok(micros)
 }
 
 /// How much attention an event needs.
@@ -172,6 +185,8 @@ event_types! {
     WafBlocked = "waf_blocked": High / Critical,
     IpBanned = "ip_banned": High / High,
     IpRuleDeleted = "ip_rule_deleted": High / High,
+    BackupFailed = "backup_failed": High / High,
+    ArchiveFailed = "archive_failed": High / High,
     LoginFailed = "login_failed": Low / High,
     IpBlocked = "ip_blocked": Medium / Medium,
     RateLimited = "rate_limited": Medium / Medium,

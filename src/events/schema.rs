@@ -64,6 +64,9 @@ pub static ALL: &[&dyn AnyTable] = &[
     &SESSIONS,
 ];
 
+/// One row as (key bytes, value bytes).
+pub type RawRow = (Vec<u8>, Vec<u8>);
+
 /// Row count and digest of one table's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSummary {
@@ -82,7 +85,7 @@ pub trait AnyTable: Sync {
     fn copy_into(&self, from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreError>;
     /// Every row as (key bytes, value bytes), in key order (for comparisons in tests and
     /// tools; reads the whole table into memory).
-    fn raw_rows(&self, tx: &ReadTransaction) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn raw_rows(&self, tx: &ReadTransaction) -> Result<Vec<RawRow>, StoreError>;
     /// Row count and content digest (an absent table is empty).
     fn summary(&self, tx: &ReadTransaction) -> Result<TableSummary, StoreError>;
 }
@@ -113,7 +116,7 @@ impl<K: Key + Sync + 'static, V: Value + Sync + 'static> AnyTable
         Ok(n)
     }
 
-    fn raw_rows(&self, tx: &ReadTransaction) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn raw_rows(&self, tx: &ReadTransaction) -> Result<Vec<RawRow>, StoreError> {
         let Some(t) = open_if_exists(tx, *self)? else {
             return Ok(Vec::new());
         };

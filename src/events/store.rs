@@ -169,6 +169,8 @@ pub struct Stats {
     pub open_high_and_critical: u64,
     pub top_blocked_ips: Vec<(IpAddr, u64)>,
     pub performance_events: u64,
+    /// Backup and archive failures in the window, newest first (at most 20).
+    pub task_failures: Vec<AuditEvent>,
 }
 
 /// The event store.
@@ -195,8 +197,8 @@ impl Store {
     /// Opens (creating if needed) the store at `path`. A store left by a killed process is
     /// repaired by redb on open.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            super::files::private_dir(dir)
                 .map_err(StoreError::io(format!("creating {}", dir.display())))?;
         }
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
@@ -206,6 +208,8 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
+        super::files::restrict(path, 0o600)
+            .map_err(StoreError::io(format!("restricting {}", path.display())))?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -446,6 +450,12 @@ impl Store {
             *st.by_status.entry(status.as_str()).or_default() += 1;
             if matches!(
                 slim.kind,
+                EventType::BackupFailed | EventType::ArchiveFailed
+            ) {
+                st.task_failures.push(decode(v.value())?);
+            }
+            if matches!(
+                slim.kind,
                 EventType::IpBlocked
                     | EventType::IpBanned
                     | EventType::WafBlocked
@@ -461,6 +471,8 @@ impl Store {
         top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.truncate(10);
         st.top_blocked_ips = top;
+        st.task_failures.reverse();
+        st.task_failures.truncate(20);
         st.open_high_and_critical = tx.open_table(OPEN_SEVERE)?.len()?;
         st.performance_events = tx.open_table(PERF)?.range(lo..hi)?.count() as u64;
         Ok(st)

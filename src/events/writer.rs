@@ -27,7 +27,7 @@ use super::sink::{QueueState, Record};
 use super::store::{PatchOutcome, StoreError, StoreWriter};
 use super::trends::{Trends, MINUTE};
 use super::EventSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Task, TaskMetrics};
 
 /// Records per archive file (and per delete transaction).
 const ARCHIVE_CHUNK: usize = 50_000;
@@ -72,6 +72,23 @@ pub(crate) struct Writer {
     settings: Arc<ArcSwap<EventSettings>>,
     trends: Arc<Trends>,
     metrics: WriterMetrics,
+    tasks: TaskMetrics,
+}
+
+/// One archive run's totals so far (a run spans several chunks).
+#[derive(Default)]
+struct ArchiveRun {
+    started: Option<Instant>,
+    bytes: u64,
+    records: u64,
+}
+
+impl ArchiveRun {
+    fn add(&mut self, r: &ArchiveReport) {
+        self.started.get_or_insert_with(Instant::now);
+        self.bytes += r.bytes;
+        self.records += r.audit + r.performance;
+    }
 }
 
 impl Writer {
@@ -88,6 +105,7 @@ impl Writer {
             state,
             settings,
             trends: metrics.trends.clone(),
+            tasks: metrics.tasks.clone(),
             metrics: WriterMetrics {
                 committed: metrics.events_committed.clone(),
                 commit_seconds: metrics.events_commit_duration.clone(),
@@ -107,6 +125,7 @@ impl Writer {
         let mut next_roll = next_minute_boundary();
         let mut next_archive = Instant::now() + Duration::from_secs(60);
         let mut archiving = false;
+        let mut run = ArchiveRun::default();
         loop {
             let s = self.settings.load_full();
             let wake = if archiving {
@@ -172,10 +191,19 @@ impl Writer {
                 next_roll = next_minute_boundary();
             }
             if archiving || now >= next_archive {
+                run.started.get_or_insert_with(Instant::now);
                 match self.archive_once(&s, &mut batch) {
-                    Ok(more) => archiving = more,
+                    Ok(Some(r)) => {
+                        run.add(&r);
+                        archiving = true;
+                    }
+                    Ok(None) => {
+                        self.archive_succeeded(&std::mem::take(&mut run));
+                        archiving = false;
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "archiving expired events failed");
+                        std::mem::take(&mut run);
+                        self.archive_failed(&e, &mut batch);
                         archiving = false;
                     }
                 }
@@ -251,6 +279,10 @@ impl Writer {
             Command::Archive(reply) => {
                 let s = self.settings.load_full();
                 let mut reports = Vec::new();
+                let mut run = ArchiveRun {
+                    started: Some(Instant::now()),
+                    ..Default::default()
+                };
                 let result = loop {
                     match archive::archive_chunk(
                         &self.store,
@@ -260,6 +292,7 @@ impl Writer {
                     ) {
                         Ok(Some(r)) => {
                             batch.push(Record::Audit(archived_event(&r)));
+                            run.add(&r);
                             reports.push(r);
                             // Keep up with new events between chunks; commands wait.
                             while let Ok(m) = self.rx.try_recv() {
@@ -272,6 +305,10 @@ impl Writer {
                     }
                 };
                 let _ = archive::prune_trends(&self.store, now_micros() / 1_000_000);
+                match &result {
+                    Ok(_) => self.archive_succeeded(&run),
+                    Err(e) => self.archive_failed(e, batch),
+                }
                 let _ = reply.send(result);
             }
             Command::Restore(path, reply) => {
@@ -292,18 +329,39 @@ impl Writer {
         }
     }
 
-    /// Archives one chunk; true when there may be more.
-    fn archive_once(&self, s: &EventSettings, batch: &mut Vec<Record>) -> Result<bool, StoreError> {
+    /// Archives one chunk; `None` when nothing more has expired.
+    fn archive_once(
+        &self,
+        s: &EventSettings,
+        batch: &mut Vec<Record>,
+    ) -> Result<Option<ArchiveReport>, StoreError> {
         match archive::archive_chunk(&self.store, &s.retention, now_micros(), ARCHIVE_CHUNK)? {
             Some(r) => {
                 batch.push(Record::Audit(archived_event(&r)));
-                Ok(true)
+                Ok(Some(r))
             }
             None => {
                 archive::prune_trends(&self.store, now_micros() / 1_000_000)?;
-                Ok(false)
+                Ok(None)
             }
         }
+    }
+
+    fn archive_succeeded(&self, run: &ArchiveRun) {
+        let seconds = run.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.tasks
+            .succeeded(Task::Archive, seconds, run.bytes, run.records);
+    }
+
+    /// Counts the failure and records an `archive_failed` event (committed with the next
+    /// batch).
+    fn archive_failed(&self, e: &StoreError, batch: &mut Vec<Record>) {
+        tracing::error!(error = %e, "archiving expired events failed");
+        self.tasks.failed(Task::Archive);
+        batch.push(Record::Audit(AuditEvent::new(
+            EventType::ArchiveFailed,
+            format!("archiving expired events failed: {e}"),
+        )));
     }
 
     fn roll_trends(&self, minute_start: u64) {

@@ -1,6 +1,6 @@
 //! The event store through the running gateway: events produced by real requests, reloads
 //! and admin logins; queries, pagination, export; the investigation workflow; archive,
-//! backup, restart and kill -9.
+//! restart and kill -9 (backups: `backups.rs`).
 
 use std::time::Duration;
 
@@ -480,101 +480,6 @@ async fn expired_events_archive_and_restore_round_trip() {
 }
 
 #[tokio::test]
-async fn backups_verify_detect_damage_and_restore_into_a_stopped_gateway() {
-    let up = named_upstream("a", Duration::ZERO).await;
-    let gw = TestGateway::start(&base_config(&[up.url()], "\n[events.backup]\nkeep = 2\n")).await;
-    std::fs::create_dir_all(gw.dir.path().join("rules")).unwrap();
-    std::fs::write(gw.dir.path().join("rules/demo.toml"), "# rules\n").unwrap();
-    fail_logins(&gw, 3).await;
-
-    let r = api(&gw, "POST", "/api/v1/backups", None).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let b = r.json();
-    assert_eq!(b["manifest"]["audit_events"], 3);
-    let names: Vec<&str> = b["manifest"]["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "events.redb",
-            "config/gateway.toml",
-            "config/rules/demo.toml"
-        ]
-    );
-    let file = std::path::PathBuf::from(b["file"].as_str().unwrap());
-    // Keeps the newest two.
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(api(&gw, "POST", "/api/v1/backups", None).await.status, 201);
-    }
-    let listed = api(&gw, "GET", "/api/v1/backups", None).await;
-    assert_eq!(items(&listed).len(), 2);
-    let newest = std::path::PathBuf::from(items(&listed)[0]["path"].as_str().unwrap());
-    assert!(!file.exists(), "the oldest backup was pruned");
-
-    let v = gateway::events::backup::verify(&newest).unwrap();
-    // The three failures, and the `backup_created` events committed before the snapshot.
-    assert!((3..=5).contains(&v.audit_events), "{}", v.audit_events);
-
-    let store = gw.dir.path().join("data/events.redb");
-    // While the gateway holds the store, restore refuses.
-    let err = gateway::events::backup::restore(&newest, &store).unwrap_err();
-    assert!(
-        matches!(err, gateway::events::StoreError::Locked(_)),
-        "{err}"
-    );
-
-    // A flipped byte inside the store copy is caught by its checksum.
-    let damaged = gw.dir.path().join("damaged.tar");
-    let mut bytes = std::fs::read(&newest).unwrap();
-    bytes[4096] ^= 0x01;
-    std::fs::write(&damaged, &bytes).unwrap();
-    let err = gateway::events::backup::verify(&damaged)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("checksum") || err.contains("damaged"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["backup", "verify"])
-        .arg(&damaged)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-
-    // More events after the backup; restoring brings the store back to the backup's three.
-    fail_logins(&gw, 2).await;
-    let config = gw.config_path();
-    let _dir = gw.stop_keeping_files().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["backup", "restore"])
-        .arg(&newest)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(std::path::Path::new(report["previous_store"].as_str().unwrap()).exists());
-    let restored = gateway::events::Store::open(&store).unwrap();
-    assert_eq!(restored.counts().unwrap().0, v.audit_events);
-    let filter = gateway::events::store::AuditFilter {
-        kind: Some(gateway::events::EventType::AdminAuthFailed),
-        ..Default::default()
-    };
-    assert_eq!(
-        restored.list_audit(&filter, None, 100).unwrap().items.len(),
-        3
-    );
-}
-
-#[tokio::test]
 async fn latency_trends_survive_a_restart() {
     let up = named_upstream("a", Duration::from_millis(5)).await;
     let cfg = base_config(&[up.url()], "");
@@ -617,6 +522,8 @@ async fn openapi_document_lists_every_endpoint() {
         "/perf/slow",
         "/perf/trends",
         "/backups",
+        "/backups/{name}/verify",
+        "/archives",
         "/archive/run",
         "/archive/restore",
         "/reload",

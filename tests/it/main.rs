@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod backups;
 mod canonical;
 mod config;
 mod crs;
