@@ -369,7 +369,38 @@ pub fn is_backup_name(name: &str) -> bool {
         && name.len() <= 128
 }
 
+/// Leftovers older than a day (a process killed mid-backup or mid-restore) whose names
+/// start with one of `prefixes` are removed with `remove`.
+fn remove_stale(dir: &Path, prefixes: &[&str], remove: impl Fn(&Path) -> io::Result<()>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let day = Duration::from_secs(24 * 3600);
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > day);
+        if old {
+            match remove(&e.path()) {
+                Ok(()) => tracing::info!(path = %e.path().display(), "removed a stale leftover"),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a stale leftover")
+                }
+            }
+        }
+    }
+}
+
 fn prune(dir: &Path, retention: Retention) -> Result<(), StoreError> {
+    remove_stale(dir, &[".backup-"], |p| std::fs::remove_file(p));
     let now = SystemTime::now();
     for (i, old) in list(dir)?.into_iter().enumerate() {
         if i == 0 {
@@ -422,6 +453,9 @@ impl Scratch {
     fn create(parent: &Path, what: &str) -> Result<Scratch, StoreError> {
         files::private_dir(parent)
             .map_err(StoreError::io(format!("creating {}", parent.display())))?;
+        remove_stale(parent, &[".verify-", ".restore-"], |p| {
+            std::fs::remove_dir_all(p)
+        });
         let dir = parent.join(format!(
             ".{what}-{}-{}",
             stamp(now_micros()),

@@ -80,6 +80,8 @@ pub struct Events {
     pub store: Arc<Store>,
     settings: Arc<ArcSwap<EventSettings>>,
     tasks: TaskMetrics,
+    /// One backup at a time (scheduled and on demand would otherwise copy twice).
+    backup_running: Mutex<()>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -114,6 +116,7 @@ impl Events {
             store,
             settings,
             tasks: metrics.tasks.clone(),
+            backup_running: Mutex::new(()),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -189,6 +192,10 @@ impl Events {
     /// Writes a backup now (from a read transaction; the writer keeps going). A failure
     /// is a `backup_failed` event and counts in `gateway_task_failures_total`.
     pub fn backup_now(&self) -> Result<backup::BackupInfo, StoreError> {
+        let _one_at_a_time = self
+            .backup_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let s = self.settings();
         match backup::create(
             &self.store,

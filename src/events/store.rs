@@ -612,3 +612,26 @@ pub(crate) fn encode<T: serde::Serialize>(buf: &mut Vec<u8>, v: &T) -> Result<()
 pub(crate) fn decode<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, StoreError> {
     serde_json::from_slice(raw).map_err(|e| StoreError::Invalid(format!("corrupt record: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_has_exactly_one_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("events.redb")).unwrap());
+        let w = store
+            .claim_writer()
+            .expect("the first claim gets the writer");
+        assert!(
+            store.claim_writer().is_none(),
+            "a second writer was handed out"
+        );
+        drop(w);
+        assert!(
+            store.claim_writer().is_none(),
+            "the right to write is not handed out again"
+        );
+    }
+}
