@@ -151,17 +151,30 @@ fn backup_timing(n: u64) {
     let events = Events::start(s.clone(), &metrics).unwrap();
     let started = Instant::now();
     for i in 0..n {
+        // Varied addresses, paths and ids, so compression sees realistic records.
+        let ip = IpAddr::from((0xc633_6400u32 + (i as u32 % 50_000)).to_be_bytes());
         if i % 2 == 0 {
-            events.sink.audit(audit_event());
+            events.sink.audit(
+                AuditEvent::new(EventType::IpBlocked, "address matched a deny rule")
+                    .ip(ip)
+                    .path(&format!("/catalog/{}/item-{}", i % 977, i)),
+            );
         } else {
-            events.sink.perf(perf_event());
+            let mut p = perf_event();
+            p.client_ip = ip;
+            p.path = format!("/api/v1/orders/{i}");
+            p.request_id = format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            p.total_ms = 1000.0 + (i % 5000) as f64;
+            events.sink.perf(p);
         }
-        if i % 50_000 == 0 {
+        if i % 20_000 == 0 {
             rt.block_on(events.flush()).unwrap();
         }
     }
     rt.block_on(events.flush()).unwrap();
     let fill = started.elapsed();
+    let committed = metrics.events_committed.get();
+    assert_eq!(committed, n, "records were shed while filling");
     let store_bytes = std::fs::metadata(&s.store_path).unwrap().len();
     let info = events.backup_now().unwrap();
     drop(events);
