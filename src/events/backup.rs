@@ -17,8 +17,9 @@
 //! first; each later entry must be a regular file with an allow-listed plain relative name
 //! (`events.redb`, `state/session.key`, `config/…` without `.`, `..`, empty or absolute
 //! parts), listed in the manifest with the size its header declares, and appear once. The
-//! declared total must fit the disk with room to spare (a decompression bomb is refused
-//! before it is written, and no entry is read past its declared size). Everything is
+//! declared total must be at most [`MAX_EXPANSION`] times the file (at least 1 GiB) and fit
+//! the disk with room to spare (a decompression bomb is refused before it is written, and
+//! no entry is read past its declared size). Everything is
 //! extracted into a fresh directory inside the data directory, checked (checksums, the store
 //! copy's integrity, schema version, known tables, row counts), and only then moved into
 //! place; on any error that directory is removed and nothing else has changed.
@@ -52,6 +53,11 @@ const MAX_SMALL_ENTRY_BYTES: u64 = 64 << 20;
 const MAX_ENTRIES: usize = 10_000;
 /// Longest entry name.
 const MAX_NAME_BYTES: usize = 512;
+/// Most a backup may expand to, as a multiple of its compressed size (a real store copy
+/// compresses about 35×; a bomb of zeros thousands of times)...
+const MAX_EXPANSION: u64 = 1000;
+/// ...except that up to this much is always allowed.
+const EXPANSION_FLOOR: u64 = 1 << 30;
 /// A backup file name ends with this.
 pub const SUFFIX: &str = ".tar.zst";
 
@@ -562,6 +568,15 @@ fn extract_and_check(file: &Path, into: &Path) -> Result<(Manifest, (u64, u64)),
         serde_json::from_slice(&body).map_err(|e| bad(format!("bad manifest: {e}")))?;
     check_manifest(&manifest).map_err(&bad)?;
     let declared: u64 = manifest.entries.iter().map(|e| e.bytes).sum();
+    let compressed = std::fs::metadata(file).map_or(0, |m| m.len());
+    let most = compressed
+        .saturating_mul(MAX_EXPANSION)
+        .max(EXPANSION_FLOOR);
+    if declared > most {
+        return Err(bad(format!(
+            "refused: the manifest declares {declared} bytes, more than {MAX_EXPANSION} times the file's {compressed} (a decompression bomb?)"
+        )));
+    }
     files::ensure_room(into, declared).map_err(|e| bad(format!("refused: {e}")))?;
 
     let mut seen: HashSet<String> = HashSet::new();
@@ -589,11 +604,9 @@ fn extract_and_check(file: &Path, into: &Path) -> Result<(Manifest, (u64, u64)),
         let Some(m) = manifest.entries.iter().find(|m| m.name == name) else {
             return Err(bad(format!("`{name}` is not in the manifest")));
         };
-        let size = entry
-            .header()
-            .size()
-            .map_err(|e| bad(format!("`{name}`: {e}")))?;
-        if size != m.bytes {
+        // The size the archive says this entry has (a PAX size overrides the header's).
+        let size = entry.size();
+        if size != m.bytes || entry.header().size().ok() != Some(size) {
             return Err(bad(format!(
                 "`{name}` is {size} bytes, the manifest says {}",
                 m.bytes

@@ -469,7 +469,6 @@ async fn crafted_backups_are_refused_and_change_nothing() {
         }
         first
     };
-    let good_manifest = file("manifest.json", &entries[0].1);
     let mut tampered = store.clone();
     let at = tampered.len() / 2;
     tampered[at] ^= 0x40;
@@ -578,6 +577,26 @@ async fn crafted_backups_are_refused_and_change_nothing() {
             "refused",
         ),
         (
+            "bomb that fits the disk",
+            {
+                let m = manifest_with(&entries, |m| {
+                    for e in m["entries"].as_array_mut().unwrap() {
+                        if e["name"] == "events.redb" {
+                            e["bytes"] = json!(3u64 << 30);
+                        }
+                    }
+                });
+                vec![
+                    file("manifest.json", &m),
+                    Crafted {
+                        declared_size: Some(3 << 30),
+                        ..file("events.redb", &vec![0u8; 4 << 20])
+                    },
+                ]
+            },
+            "decompression bomb",
+        ),
+        (
             "manifest last",
             {
                 let mut v: Vec<Crafted> = rest.iter().map(|(n, b)| file(n, b)).collect();
@@ -595,7 +614,6 @@ async fn crafted_backups_are_refused_and_change_nothing() {
             "not in the manifest",
         ),
     ];
-    let _ = good_manifest;
     let before = snapshot_dir(&data);
     for (what, crafted, expect) in cases {
         let path = outside.path().join("evil.tar.zst");
