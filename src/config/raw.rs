@@ -931,9 +931,9 @@ pub struct HealthCheckSection {
     pub interval: Duration,
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    #[serde(default = "default_threshold")]
+    #[serde(default = "default_health_threshold")]
     pub healthy_threshold: u32,
-    #[serde(default = "default_threshold")]
+    #[serde(default = "default_health_threshold")]
     pub unhealthy_threshold: u32,
 }
 
@@ -1110,9 +1110,37 @@ fn default_health_interval() -> Duration {
 fn default_health_timeout() -> Duration {
     Duration::from_secs(2)
 }
+/// One critical match (5) blocks; one notice (2) or warning (3) alone does not.
 fn default_inbound_threshold() -> u32 {
+    5
+}
+/// Consecutive results that mark a server up or down.
+fn default_health_threshold() -> u32 {
     2
 }
 fn default_path_prefix() -> String {
     "/".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults the README documents; a swapped default function fails here.
+    #[test]
+    fn documented_defaults() {
+        let waf: WafSection = toml::from_str("").unwrap();
+        assert_eq!(waf.inbound_threshold, 5, "README: [waf] inbound_threshold = 5");
+        assert_eq!(waf.paranoia_level, 1);
+        let crs: CrsSection = toml::from_str("path = \"crs\"").unwrap();
+        assert_eq!(crs.inbound_threshold, 5, "README: [waf.crs] inbound_threshold = 5");
+        let hc: HealthCheckSection = toml::from_str("").unwrap();
+        assert_eq!(
+            (hc.healthy_threshold, hc.unhealthy_threshold),
+            (2, 2),
+            "README: health_check thresholds 2"
+        );
+        assert_eq!(hc.interval, Duration::from_secs(5));
+        assert_eq!(hc.timeout, Duration::from_secs(2));
+    }
 }
