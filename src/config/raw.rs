@@ -1130,10 +1130,16 @@ mod tests {
     #[test]
     fn documented_defaults() {
         let waf: WafSection = toml::from_str("").unwrap();
-        assert_eq!(waf.inbound_threshold, 5, "README: [waf] inbound_threshold = 5");
+        assert_eq!(
+            waf.inbound_threshold, 5,
+            "README: [waf] inbound_threshold = 5"
+        );
         assert_eq!(waf.paranoia_level, 1);
         let crs: CrsSection = toml::from_str("path = \"crs\"").unwrap();
-        assert_eq!(crs.inbound_threshold, 5, "README: [waf.crs] inbound_threshold = 5");
+        assert_eq!(
+            crs.inbound_threshold, 5,
+            "README: [waf.crs] inbound_threshold = 5"
+        );
         let hc: HealthCheckSection = toml::from_str("").unwrap();
         assert_eq!(
             (hc.healthy_threshold, hc.unhealthy_threshold),

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod json;
 pub mod multipart;
 pub mod operator;
+pub mod redact;
 pub mod request;
 pub mod rule;
 pub mod sqli;
@@ -289,7 +290,7 @@ impl Waf {
                 Some(4) => Severity::Warning,
                 _ => Severity::Notice,
             };
-            let secret = crs::is_secret_var(&h.var);
+            let secret = crs::is_secret_var(&h.var, h.data.as_bytes());
             v.matches.push(Match {
                 rule: h.id,
                 msg: Arc::from(h.msg.as_str()),
@@ -407,7 +408,7 @@ fn target_label(kind: Kind, name: &[u8]) -> String {
 
 /// A bounded, printable excerpt; cookie values and credentials are never shown.
 fn excerpt(kind: Kind, name: &[u8], value: &[u8]) -> String {
-    if kind.is_secret(name) {
+    if kind.is_secret(name) || (kind.is_raw() && redact::mentions_secret(value)) {
         return format!("[redacted, {} bytes]", value.len());
     }
     printable(value, EXCERPT_CHARS)

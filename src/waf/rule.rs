@@ -90,15 +90,22 @@ impl Kind {
     }
     /// A value that must never appear in clear in an event.
     pub fn is_secret(self, name: &[u8]) -> bool {
+        use super::redact::{is_secret_header, is_secret_name};
         match self {
             Kind::Cookie => true,
-            Kind::Header => {
-                name.eq_ignore_ascii_case(b"authorization")
-                    || name.eq_ignore_ascii_case(b"proxy-authorization")
-                    || name.eq_ignore_ascii_case(b"cookie")
-            }
+            Kind::Header => is_secret_header(name),
+            Kind::QueryArg | Kind::BodyArg | Kind::File => is_secret_name(name),
             _ => false,
         }
+    }
+
+    /// A value of this kind is the raw request (or a raw part of it) that may carry a
+    /// secret field inside (see [`super::redact::mentions_secret`]).
+    pub fn is_raw(self) -> bool {
+        matches!(
+            self,
+            Kind::Uri | Kind::RequestLine | Kind::Query | Kind::Body | Kind::RequestBody
+        )
     }
 }
 

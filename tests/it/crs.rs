@@ -242,3 +242,70 @@ async fn request_targets_hyper_refuses_never_reach_the_waf_or_the_app() {
     assert_eq!(up.hits(), 0);
     assert!(events_of(&gw, "waf_blocked").await.is_empty());
 }
+
+/// A password that looks like an attack is blocked, and neither engine's match excerpt
+/// (native rules or CRS) stores it: not as a field, not inside the raw body, not in a
+/// secret-named header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_excerpts_never_hold_secrets_from_either_engine() {
+    let up = echo_upstream().await;
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules/*.toml");
+    let waf = format!(
+        "\n[bans]\nenabled = false\n\n[waf]\nrules = [\"{}\"]\n[waf.crs]\npath = \"{}\"\n",
+        rules.display(),
+        crs_dir().display()
+    );
+    let gw = TestGateway::start(&trusted_config(&up, &waf)).await;
+    let mut c = gw.tls().h2(gw.addr("https")).await;
+    let password = "hunter2' OR '1'='1' -- ";
+    let form = format!(
+        "user=alice&password={}",
+        form_urlencoded::byte_serialize(password.as_bytes()).collect::<String>()
+    );
+    for (client, ctype, body) in [
+        ("192.0.2.1", "application/x-www-form-urlencoded", form),
+        (
+            "192.0.2.2",
+            "application/json",
+            serde_json::json!({"user": "alice", "credentials": {"pwd": password}}).to_string(),
+        ),
+    ] {
+        let req = http::Request::post("https://localhost/login")
+            .header("user-agent", "Mozilla/5.0")
+            .header("content-type", ctype)
+            .header("x-api-key", "<script>alert('k3y-s3cret')</script>")
+            .header("x-forwarded-for", client)
+            .body(full(body))
+            .unwrap();
+        assert_eq!(Reply::from(c.send(req).await.unwrap()).await.status, 403);
+    }
+    let events = events_of(&gw, "waf_blocked").await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let text = e.to_string();
+        assert!(
+            !text.contains("hunter2"),
+            "a password reached the event: {text}"
+        );
+        assert!(
+            !text.contains("k3y-s3cret"),
+            "an API key reached the event: {text}"
+        );
+        let ids: Vec<&str> = e["rule_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            ids.iter().any(|i| i.starts_with("942")),
+            "CRS matched too: {ids:?}"
+        );
+        assert!(
+            ids.iter().any(|i| i.starts_with("42")),
+            "native rules matched too: {ids:?}"
+        );
+        assert!(text.contains("redacted"), "{text}");
+    }
+    gw.shutdown().await;
+}

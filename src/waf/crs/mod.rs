@@ -92,17 +92,28 @@ fn list(v: &[(u32, String)]) -> String {
 
 /// Whether a CRS variable name (`REQUEST_COOKIES:sid`, `REQUEST_HEADERS:Authorization`)
 /// holds a secret whose value must not be logged.
-pub fn is_secret_var(var: &str) -> bool {
-    use crate::waf::rule::Kind;
+pub fn is_secret_var(var: &str, data: &[u8]) -> bool {
+    use crate::waf::redact::{is_secret_header, is_secret_name, mentions_secret};
     let (coll, key) = var.split_once(':').unwrap_or((var, ""));
-    let kind = if coll.eq_ignore_ascii_case("REQUEST_COOKIES") {
-        Kind::Cookie
-    } else if coll.eq_ignore_ascii_case("REQUEST_HEADERS") {
-        Kind::Header
-    } else {
-        return false;
-    };
-    kind.is_secret(key.as_bytes())
+    let coll = coll.to_ascii_uppercase();
+    match coll.as_str() {
+        "REQUEST_COOKIES" => true,
+        "REQUEST_HEADERS" => is_secret_header(key.as_bytes()),
+        "ARGS" | "ARGS_GET" | "ARGS_POST" | "FILES" | "XML" | "JSON" => {
+            is_secret_name(key.as_bytes()) || (key.is_empty() && mentions_secret(data))
+        }
+        "ARGS_NAMES"
+        | "ARGS_GET_NAMES"
+        | "ARGS_POST_NAMES"
+        | "REQUEST_HEADERS_NAMES"
+        | "REQUEST_COOKIES_NAMES"
+        | "REQUEST_METHOD"
+        | "REQUEST_PROTOCOL"
+        | "FILES_NAMES" => false,
+        // Raw request parts (body, URI, query, line, combined): redacted when they name a
+        // secret field anywhere.
+        _ => mentions_secret(data),
+    }
 }
 
 /// The files CRS loads, in order: the setup file, then `rules/*.conf` sorted by name.
