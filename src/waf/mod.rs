@@ -16,6 +16,7 @@
 pub mod coding;
 pub mod config;
 pub mod crs;
+pub mod derived;
 pub mod engine;
 pub mod json;
 pub mod multipart;
@@ -387,6 +388,7 @@ impl Waf {
 fn target_label(kind: Kind, name: &[u8]) -> String {
     let label = match kind {
         Kind::QueryArg | Kind::BodyArg => "args",
+        Kind::HeaderArg => "headers",
         Kind::QueryArgName | Kind::BodyArgName => "args_names",
         other => other.label(),
     };

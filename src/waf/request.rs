@@ -186,6 +186,10 @@ impl Items {
             if name == http::header::COOKIE {
                 self.cookies(value.as_bytes());
             }
+            if want(Kind::HeaderArg) && is_free_form_header(name) {
+                let n = self.span(name.as_str().as_bytes());
+                self.push(Kind::HeaderArg, n, value.as_bytes());
+            }
             if want(Kind::Header) || want(Kind::HeaderName) {
                 let n = self.span(name.as_str().as_bytes());
                 if want(Kind::Header) {
@@ -231,6 +235,18 @@ impl Items {
                     Ok(()) => BodyParse::Ok,
                     Err(e) => BodyParse::Failed(e),
                 }
+            } else if mime == "text/xml" || mime == "application/xml" || mime.ends_with("+xml")
+            {
+                if want(Kind::Body) {
+                    self.push(Kind::Body, none.clone(), body);
+                }
+                if want(Kind::XmlValue) {
+                    super::derived::xml_values(body, |name, value| {
+                        let n = self.span(name);
+                        self.push(Kind::XmlValue, n, &value);
+                    });
+                }
+                BodyParse::None
             } else if mime == "multipart/form-data" {
                 match super::multipart::boundary(ctype.as_bytes()) {
                     Ok(b) => self.multipart(body, b, want(Kind::Body)),
@@ -244,9 +260,90 @@ impl Items {
             };
             self.body = Some(parsed);
         }
+        if want(Kind::PathSegment) {
+            for seg in path.split('/').filter(|s| !s.is_empty()) {
+                if seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+                {
+                    continue;
+                }
+                let start = self.buf.len() as u32;
+                percent_decode(seg.as_bytes(), &mut self.buf);
+                let value = start..self.buf.len() as u32;
+                self.items.push(Item {
+                    kind: Kind::PathSegment,
+                    name: none.clone(),
+                    value,
+                });
+            }
+        }
+        if want(Kind::Decoded) || want(Kind::Embedded) {
+            self.derive(want(Kind::Decoded), want(Kind::Embedded));
+        }
         // Items nobody asked for are dropped here rather than tested at every push.
         if wanted != u32::MAX {
             self.items.retain(|i| wanted & i.kind.bit() != 0);
+        }
+    }
+
+    /// Values found inside other values: the text of base64 / JWT values and GraphQL string
+    /// literals (see [`super::derived`]), named as the value they came from. Cookies are
+    /// not decoded (their values are secrets, and sessions are often base64).
+    fn derive(&mut self, decoded: bool, embedded: bool) {
+        let n = self.items.len();
+        for i in 0..n {
+            let it = self.items[i].clone();
+            let source = matches!(
+                it.kind,
+                Kind::QueryArg
+                    | Kind::BodyArg
+                    | Kind::HeaderArg
+                    | Kind::PathSegment
+                    | Kind::XmlValue
+            );
+            if !source {
+                continue;
+            }
+            let (vs, ve) = (it.value.start as usize, it.value.end as usize);
+            if decoded {
+                let mut k = 0;
+                while let Some(range) = super::derived::base64_candidate(&self.buf[vs..ve], k) {
+                    k += 1;
+                    let start = self.buf.len();
+                    let (a, b) = (vs + range.start, vs + range.end);
+                    // Decoded into the buffer's tail, kept only when it is text.
+                    let src = self.buf[a..b].to_vec();
+                    super::transform::base64_decode(&src, &mut self.buf);
+                    if super::derived::is_text(&self.buf[start..]) {
+                        self.items.push(Item {
+                            kind: Kind::Decoded,
+                            name: it.name.clone(),
+                            value: start as u32..self.buf.len() as u32,
+                        });
+                    } else {
+                        self.buf.truncate(start);
+                    }
+                }
+            }
+            if embedded
+                && matches!(it.kind, Kind::QueryArg | Kind::BodyArg)
+                && super::derived::is_graphql_query(
+                    &self.buf[it.name.start as usize..it.name.end as usize],
+                    &self.buf[vs..ve],
+                )
+            {
+                let src = self.buf[vs..ve].to_vec();
+                super::derived::graphql_strings(&src, |lit| {
+                    let start = self.buf.len() as u32;
+                    self.buf.extend_from_slice(lit);
+                    self.items.push(Item {
+                        kind: Kind::Embedded,
+                        name: it.name.clone(),
+                        value: start..self.buf.len() as u32,
+                    });
+                });
+            }
         }
     }
 
@@ -381,6 +478,57 @@ impl Items {
             _ => self.arg(Kind::BodyArg, part.name, part.content),
         }
     }
+}
+
+/// Headers whose values are protocol structure, not application data: not inspected as
+/// arguments (they still are as `headers` where a rule names them).
+fn is_free_form_header(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    let structured = [
+        ACCEPT,
+        ACCEPT_ENCODING,
+        ACCEPT_LANGUAGE,
+        ACCEPT_CHARSET,
+        CACHE_CONTROL,
+        CONNECTION,
+        CONTENT_LENGTH,
+        CONTENT_TYPE,
+        CONTENT_ENCODING,
+        CONTENT_LANGUAGE,
+        COOKIE,
+        HOST,
+        IF_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_NONE_MATCH,
+        IF_RANGE,
+        IF_UNMODIFIED_SINCE,
+        PRAGMA,
+        RANGE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        UPGRADE_INSECURE_REQUESTS,
+        DNT,
+        VIA,
+        FORWARDED,
+    ];
+    if structured.contains(name) {
+        return false;
+    }
+    let n = name.as_str();
+    !(n.starts_with("sec-")
+        || n.starts_with("x-forwarded-")
+        || matches!(
+            n,
+            "keep-alive"
+                | "priority"
+                | "x-real-ip"
+                | "x-request-id"
+                | "traceparent"
+                | "tracestate"
+                | "x-requested-with"
+        ))
 }
 
 fn names_of(kind: Kind) -> Kind {

@@ -59,6 +59,20 @@ pub enum Kind {
     Body,
     /// The raw body, always.
     RequestBody,
+    /// One segment of the decoded path (`/a/b` gives `a` and `b`), when it holds more than
+    /// letters, digits and `-._~`.
+    PathSegment,
+    /// A request header that carries application data (custom `X-*`, `Referer`, `Origin`,
+    /// `User-Agent`…; not the structured ones such as `Accept` or `Content-Length`).
+    HeaderArg,
+    /// Text and attribute values of an XML body (SOAP included), named by element or
+    /// attribute.
+    XmlValue,
+    /// The text inside a base64 / base64url value or a JWT segment of an argument, header
+    /// or path segment (when it decodes to text), named as the value it came from.
+    Decoded,
+    /// String literals inside a GraphQL query argument (`query`), named as that argument.
+    Embedded,
 }
 
 impl Kind {
@@ -86,6 +100,11 @@ impl Kind {
             Kind::FileName => "files_names",
             Kind::Body => "body",
             Kind::RequestBody => "request_body",
+            Kind::PathSegment => "path_segments",
+            Kind::HeaderArg => "header_args",
+            Kind::XmlValue => "xml",
+            Kind::Decoded => "decoded",
+            Kind::Embedded => "graphql",
         }
     }
     /// A value that must never appear in clear in an event.
@@ -94,7 +113,13 @@ impl Kind {
         match self {
             Kind::Cookie => true,
             Kind::Header => is_secret_header(name),
-            Kind::QueryArg | Kind::BodyArg | Kind::File => is_secret_name(name),
+            Kind::HeaderArg => is_secret_header(name),
+            Kind::QueryArg
+            | Kind::BodyArg
+            | Kind::File
+            | Kind::XmlValue
+            | Kind::Decoded
+            | Kind::Embedded => is_secret_name(name),
             _ => false,
         }
     }
@@ -120,7 +145,18 @@ fn target_kinds(name: &str) -> Option<u32> {
         "request_line" => bits(&[RequestLine]),
         "protocol" => bits(&[Protocol]),
         "query" => bits(&[Query]),
-        "args" => bits(&[QueryArg, BodyArg]),
+        // Every value a client chooses freely: arguments of the query, form, JSON and
+        // multipart bodies, and those found in path segments, free-form headers, XML
+        // bodies, base64 and JWT values and GraphQL queries.
+        "args" => bits(&[
+            QueryArg,
+            BodyArg,
+            PathSegment,
+            HeaderArg,
+            XmlValue,
+            Decoded,
+            Embedded,
+        ]),
         "args_names" => bits(&[QueryArgName, BodyArgName]),
         "query_args" => bits(&[QueryArg]),
         "query_args_names" => bits(&[QueryArgName]),
@@ -134,6 +170,11 @@ fn target_kinds(name: &str) -> Option<u32> {
         "files_names" => bits(&[FileName]),
         "body" => bits(&[Body]),
         "request_body" => bits(&[RequestBody]),
+        "path_segments" => bits(&[PathSegment]),
+        "header_args" => bits(&[HeaderArg]),
+        "xml" => bits(&[XmlValue]),
+        "decoded" => bits(&[Decoded]),
+        "graphql" => bits(&[Embedded]),
         _ => return None,
     })
 }

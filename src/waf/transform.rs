@@ -475,7 +475,7 @@ fn cmd_line(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn base64_decode(input: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn base64_decode(input: &[u8], out: &mut Vec<u8>) {
     let mut acc = 0u32;
     let mut bits = 0;
     for &b in input {

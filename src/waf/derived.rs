@@ -1,0 +1,342 @@
+//! Values found inside other values, so an attack hidden one layer down is inspected as a
+//! value of its own: base64 / base64url text (and JWT segments), GraphQL string literals,
+//! and the text and attribute values of XML bodies.
+//!
+//! Cost: one pass over each argument for base64 candidates (tokens of at least
+//! [`MIN_BASE64`] characters of the base64 alphabet with both letter cases), a decode only
+//! for those, kept only when the result is text ([`is_text`]) — random base64 (images,
+//! keys, hashes, nonces) decodes to binary and is dropped. XML is tokenized leniently (the
+//! gateway forwards the body as sent; this only finds values to inspect). Failure mode:
+//! a value that is not what it looks like yields nothing, never an error.
+
+use std::ops::Range;
+
+/// Shortest token decoded as base64 (12 bytes of text).
+pub const MIN_BASE64: usize = 16;
+/// Most base64 candidates decoded per value.
+const MAX_CANDIDATES: usize = 8;
+/// Most values taken from one XML body.
+const MAX_XML_VALUES: usize = 10_000;
+
+/// The `k`-th token of `v` that looks like base64 or base64url text, if any.
+pub fn base64_candidate(v: &[u8], k: usize) -> Option<Range<usize>> {
+    if k >= MAX_CANDIDATES || v.len() < MIN_BASE64 {
+        return None;
+    }
+    let mut found = 0;
+    let mut i = 0;
+    while i < v.len() {
+        while i < v.len() && !is_b64(v[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < v.len() && is_b64(v[i]) {
+            i += 1;
+        }
+        let mut end = i;
+        while end < v.len() && v[end] == b'=' && end - i < 2 {
+            end += 1;
+        }
+        i = end;
+        if end - start >= MIN_BASE64 && looks_encoded(&v[start..end]) {
+            if found == k {
+                return Some(start..end);
+            }
+            found += 1;
+        }
+    }
+    None
+}
+
+fn is_b64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+}
+
+/// Both letter cases (hex digests, words and numbers do not qualify) and a length base64
+/// can have.
+fn looks_encoded(t: &[u8]) -> bool {
+    let body = t.iter().take_while(|&&b| b != b'=').count();
+    body % 4 != 1
+        && t.iter().any(u8::is_ascii_uppercase)
+        && t.iter().any(u8::is_ascii_lowercase)
+}
+
+/// Decoded bytes that read as text: UTF-8, at least 4 bytes, no control characters other
+/// than tab and line breaks, and mostly (≥ 90 %) printable.
+pub fn is_text(b: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(b) else {
+        return false;
+    };
+    if b.len() < 4 {
+        return false;
+    }
+    let mut printable = 0usize;
+    let mut total = 0usize;
+    for c in s.chars() {
+        total += 1;
+        if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+            return false;
+        }
+        if !c.is_control() && c != '\u{fffd}' {
+            printable += 1;
+        }
+    }
+    printable * 10 >= total * 9
+}
+
+/// An argument that holds a GraphQL document: named `query` (or `….query`, as in a JSON
+/// body `{"query": …}`) and containing a selection set.
+pub fn is_graphql_query(name: &[u8], value: &[u8]) -> bool {
+    (name.eq_ignore_ascii_case(b"query") || name.ends_with(b".query"))
+        && memchr::memchr(b'{', value).is_some()
+}
+
+/// Calls `each` with the content of every string literal of a GraphQL document (`"…"` with
+/// `\"` and `\\` unescaped, and `"""…"""` block strings).
+pub fn graphql_strings(doc: &[u8], mut each: impl FnMut(&[u8])) {
+    let mut i = 0;
+    let mut lit = Vec::new();
+    while i < doc.len() {
+        match doc[i] {
+            b'#' => {
+                // A comment runs to the end of the line.
+                while i < doc.len() && doc[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if doc[i..].starts_with(b"\"\"\"") => {
+                let start = i + 3;
+                let end = memchr::memmem::find(&doc[start..], b"\"\"\"")
+                    .map_or(doc.len(), |e| start + e);
+                if end > start {
+                    each(&doc[start..end]);
+                }
+                i = end + 3;
+            }
+            b'"' => {
+                lit.clear();
+                i += 1;
+                while i < doc.len() && doc[i] != b'"' {
+                    if doc[i] == b'\\' && i + 1 < doc.len() {
+                        i += 1;
+                    }
+                    lit.push(doc[i]);
+                    i += 1;
+                }
+                i += 1;
+                if !lit.is_empty() {
+                    each(&lit);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// Calls `each(name, value)` for the text of every element (named by the element) and
+/// every attribute value (named by the attribute) of an XML document, CDATA included.
+/// Comments, processing instructions and the DOCTYPE are skipped (rules see the raw body
+/// for those). Entities are left as written: rules decode them.
+pub fn xml_values(doc: &[u8], mut each: impl FnMut(&[u8], &[u8])) {
+    let mut stack: Vec<&[u8]> = Vec::new();
+    let mut n = 0;
+    let mut i = 0;
+    while i < doc.len() && n < MAX_XML_VALUES {
+        let Some(lt) = memchr::memchr(b'<', &doc[i..]).map(|p| i + p) else {
+            emit_text(&doc[i..], stack.last().copied(), &mut each, &mut n);
+            break;
+        };
+        emit_text(&doc[i..lt], stack.last().copied(), &mut each, &mut n);
+        let rest = &doc[lt..];
+        let skip_to = |pat: &[u8]| {
+            memchr::memmem::find(rest, pat).map_or(doc.len(), |e| lt + e + pat.len())
+        };
+        if rest.starts_with(b"<!--") {
+            i = skip_to(b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            let start = lt + 9;
+            let end = memchr::memmem::find(&doc[start..], b"]]>").map_or(doc.len(), |e| start + e);
+            if end > start {
+                each(stack.last().copied().unwrap_or(b""), &doc[start..end]);
+                n += 1;
+            }
+            i = (end + 3).min(doc.len());
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(b"?>");
+        } else if rest.starts_with(b"<!") {
+            // DOCTYPE, possibly with an internal subset in brackets.
+            i = match (memchr::memchr(b'[', rest), memchr::memchr(b'>', rest)) {
+                (Some(b), Some(g)) if b < g => skip_to(b"]>"),
+                _ => skip_to(b">"),
+            };
+        } else if rest.starts_with(b"</") {
+            stack.pop();
+            i = skip_to(b">");
+        } else {
+            let end = tag_end(rest).map_or(doc.len(), |e| lt + e);
+            let tag = &doc[lt + 1..end.min(doc.len())];
+            let self_closing = tag.last() == Some(&b'/');
+            let name_len = tag
+                .iter()
+                .position(|b| b.is_ascii_whitespace() || *b == b'/')
+                .unwrap_or(tag.len());
+            let (name, attrs) = tag.split_at(name_len);
+            attributes(attrs, |k, v| {
+                if n < MAX_XML_VALUES {
+                    each(k, v);
+                    n += 1;
+                }
+            });
+            if !self_closing && !name.is_empty() {
+                stack.push(name);
+            }
+            i = end + 1;
+        }
+    }
+}
+
+/// Where a start tag ends (its `>`, outside quoted attribute values).
+fn tag_end(rest: &[u8]) -> Option<usize> {
+    let mut quote = None;
+    for (i, &b) in rest.iter().enumerate().skip(1) {
+        match (quote, b) {
+            (None, b'"' | b'\'') => quote = Some(b),
+            (Some(q), b) if b == q => quote = None,
+            (None, b'>') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn attributes(mut s: &[u8], mut each: impl FnMut(&[u8], &[u8])) {
+    while let Some(eq) = memchr::memchr(b'=', s) {
+        let name = trim(&s[..eq]);
+        let name = name
+            .rsplit(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or(name);
+        let after = trim_start(&s[eq + 1..]);
+        let Some(&q) = after.first().filter(|q| matches!(q, b'"' | b'\'')) else {
+            return;
+        };
+        let Some(close) = memchr::memchr(q, &after[1..]) else {
+            return;
+        };
+        let value = &after[1..1 + close];
+        if !value.is_empty() {
+            each(name, value);
+        }
+        s = &after[close + 2..];
+    }
+}
+
+fn emit_text(
+    t: &[u8],
+    element: Option<&[u8]>,
+    each: &mut impl FnMut(&[u8], &[u8]),
+    n: &mut usize,
+) {
+    let t = trim(t);
+    if !t.is_empty() {
+        each(element.unwrap_or(b""), t);
+        *n += 1;
+    }
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let s = trim_start(s);
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |e| e + 1);
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(v: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut k = 0;
+        while let Some(r) = base64_candidate(v.as_bytes(), k) {
+            k += 1;
+            let mut buf = Vec::new();
+            crate::waf::transform::base64_decode(&v.as_bytes()[r], &mut buf);
+            if is_text(&buf) {
+                out.push(String::from_utf8(buf).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn base64_text_is_found_and_random_bytes_are_not() {
+        // "' OR '1'='1' --" and "<script>alert(1)</script>"
+        assert_eq!(decoded("JyBPUiAnMSc9JzEnIC0t"), ["' OR '1'='1' --"]);
+        assert_eq!(
+            decoded("PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg"),
+            ["<script>alert(1)</script>"]
+        );
+        // A JWT: header and payload decode, the signature does not.
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxJyBPUiAnMSc9JzEifQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        let d = decoded(jwt);
+        assert!(d.iter().any(|s| s.contains("1' OR '1'='1")), "{d:?}");
+        assert_eq!(d.len(), 2, "{d:?}");
+        // Hex digests, words, random bytes, short values: nothing.
+        for v in [
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "internationalization",
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+            "q2Xk9Fz3Lw8Rb7Tn",
+            "abc",
+        ] {
+            assert!(decoded(v).is_empty(), "{v}: {:?}", decoded(v));
+        }
+    }
+
+    #[test]
+    fn graphql_string_literals() {
+        let mut out = Vec::new();
+        graphql_strings(
+            br#"query { user(id: "1' OR '1'='1") { name } # "not this"
+  search(q: """<script>""", t: "a\"b") }"#,
+            |s| out.push(String::from_utf8_lossy(s).into_owned()),
+        );
+        assert_eq!(out, ["1' OR '1'='1", "<script>", "a\"b"]);
+        assert!(is_graphql_query(b"query", b"{ a }"));
+        assert!(is_graphql_query(b"data.query", b"query q { a }"));
+        assert!(!is_graphql_query(b"q", b"{ a }"));
+    }
+
+    #[test]
+    fn xml_text_cdata_and_attributes() {
+        let mut out = Vec::new();
+        xml_values(
+            br#"<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>
+<login user='admin&apos; or 1=1' ><name>O'Neil &amp; sons</name><!-- c --><q><![CDATA[<script>x</script>]]></q></login>
+</soap:Body></soap:Envelope>"#,
+            |n, v| {
+                out.push(format!(
+                    "{}={}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                ))
+            },
+        );
+        assert!(out.contains(&"user=admin&apos; or 1=1".to_string()), "{out:?}");
+        assert!(out.contains(&"name=O'Neil &amp; sons".to_string()), "{out:?}");
+        assert!(out.contains(&"q=<script>x</script>".to_string()), "{out:?}");
+        assert!(!out.iter().any(|v| v.contains("etc/passwd") || v.contains(" c ")), "{out:?}");
+    }
+}
