@@ -56,9 +56,7 @@ fn is_b64(b: u8) -> bool {
 /// can have.
 fn looks_encoded(t: &[u8]) -> bool {
     let body = t.iter().take_while(|&&b| b != b'=').count();
-    body % 4 != 1
-        && t.iter().any(u8::is_ascii_uppercase)
-        && t.iter().any(u8::is_ascii_lowercase)
+    body % 4 != 1 && t.iter().any(u8::is_ascii_uppercase) && t.iter().any(u8::is_ascii_lowercase)
 }
 
 /// Decoded bytes that read as text: UTF-8, at least 4 bytes, no control characters other
@@ -106,8 +104,8 @@ pub fn graphql_strings(doc: &[u8], mut each: impl FnMut(&[u8])) {
             }
             b'"' if doc[i..].starts_with(b"\"\"\"") => {
                 let start = i + 3;
-                let end = memchr::memmem::find(&doc[start..], b"\"\"\"")
-                    .map_or(doc.len(), |e| start + e);
+                let end =
+                    memchr::memmem::find(&doc[start..], b"\"\"\"").map_or(doc.len(), |e| start + e);
                 if end > start {
                     each(&doc[start..end]);
                 }
@@ -148,9 +146,8 @@ pub fn xml_values(doc: &[u8], mut each: impl FnMut(&[u8], &[u8])) {
         };
         emit_text(&doc[i..lt], stack.last().copied(), &mut each, &mut n);
         let rest = &doc[lt..];
-        let skip_to = |pat: &[u8]| {
-            memchr::memmem::find(rest, pat).map_or(doc.len(), |e| lt + e + pat.len())
-        };
+        let skip_to =
+            |pat: &[u8]| memchr::memmem::find(rest, pat).map_or(doc.len(), |e| lt + e + pat.len());
         if rest.starts_with(b"<!--") {
             i = skip_to(b"-->");
         } else if rest.starts_with(b"<![CDATA[") {
@@ -231,12 +228,7 @@ fn attributes(mut s: &[u8], mut each: impl FnMut(&[u8], &[u8])) {
     }
 }
 
-fn emit_text(
-    t: &[u8],
-    element: Option<&[u8]>,
-    each: &mut impl FnMut(&[u8], &[u8]),
-    n: &mut usize,
-) {
+fn emit_text(t: &[u8], element: Option<&[u8]>, each: &mut impl FnMut(&[u8], &[u8]), n: &mut usize) {
     let t = trim(t);
     if !t.is_empty() {
         each(element.unwrap_or(b""), t);
@@ -334,9 +326,19 @@ mod tests {
                 ))
             },
         );
-        assert!(out.contains(&"user=admin&apos; or 1=1".to_string()), "{out:?}");
-        assert!(out.contains(&"name=O'Neil &amp; sons".to_string()), "{out:?}");
+        assert!(
+            out.contains(&"user=admin&apos; or 1=1".to_string()),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&"name=O'Neil &amp; sons".to_string()),
+            "{out:?}"
+        );
         assert!(out.contains(&"q=<script>x</script>".to_string()), "{out:?}");
-        assert!(!out.iter().any(|v| v.contains("etc/passwd") || v.contains(" c ")), "{out:?}");
+        assert!(
+            !out.iter()
+                .any(|v| v.contains("etc/passwd") || v.contains(" c ")),
+            "{out:?}"
+        );
     }
 }

@@ -132,9 +132,9 @@ impl Parser<'_> {
                 if !ok {
                     return Err(BAD);
                 }
-                if tok != b"null" {
-                    leaf(path, tok);
-                }
+                // `null` is a member with an empty value (its name still counts:
+                // `{"password": {"$ne": null}}`).
+                leaf(path, if tok == b"null" { b"" } else { tok });
                 Ok(())
             }
         }

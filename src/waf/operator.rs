@@ -78,15 +78,22 @@ fn syntax_config() -> syntax::Config {
 
 /// Compiles one regex the way every WAF regex is compiled.
 pub fn compile_regex(pattern: &str) -> Result<meta::Regex, String> {
-    compile_regexes(&[pattern])
+    compile(&[pattern], regex_automata::MatchKind::LeftmostFirst)
 }
 
-/// Compiles patterns into one meta regex (one pattern id each).
+/// Compiles patterns into one regex set for `which_overlapping_matches` (one pattern id
+/// each). Its match semantics are "all": with leftmost-first, a pattern whose match
+/// overlaps another's is not reported, and its rule would be missed.
 pub fn compile_regexes(patterns: &[&str]) -> Result<meta::Regex, String> {
+    compile(patterns, regex_automata::MatchKind::All)
+}
+
+fn compile(patterns: &[&str], kind: regex_automata::MatchKind) -> Result<meta::Regex, String> {
     meta::Regex::builder()
         .syntax(syntax_config())
         .configure(
             meta::Config::new()
+                .match_kind(kind)
                 .utf8_empty(false)
                 .hybrid_cache_capacity(REGEX_CACHE_BYTES)
                 .nfa_size_limit(Some(32 << 20)),

@@ -235,8 +235,7 @@ impl Items {
                     Ok(()) => BodyParse::Ok,
                     Err(e) => BodyParse::Failed(e),
                 }
-            } else if mime == "text/xml" || mime == "application/xml" || mime.ends_with("+xml")
-            {
+            } else if mime == "text/xml" || mime == "application/xml" || mime.ends_with("+xml") {
                 if want(Kind::Body) {
                     self.push(Kind::Body, none.clone(), body);
                 }

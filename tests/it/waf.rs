@@ -78,10 +78,22 @@ fn build(c: &Case) -> (String, String, HeaderMap, Vec<u8>) {
             m.insert(c.name.clone(), serde_json::Value::String(c.value.clone()));
             body = serde_json::to_vec(&serde_json::json!({ "data": m, "page": 1 })).unwrap();
         }
-        "json_raw" | "json_key" => {
+        "json_raw" => {
             method = "POST".into();
             ctype(&mut headers, "application/json");
             body = c.value.clone().into_bytes();
+        }
+        "json_key" if c.value.trim_start().starts_with('{') => {
+            method = "POST".into();
+            ctype(&mut headers, "application/json");
+            body = c.value.clone().into_bytes();
+        }
+        "json_key" => {
+            method = "POST".into();
+            ctype(&mut headers, "application/json");
+            let mut m = serde_json::Map::new();
+            m.insert(c.value.clone(), serde_json::Value::from(1));
+            body = serde_json::to_vec(&serde_json::json!({ "filters": m })).unwrap();
         }
         "multipart" | "file" => {
             method = "POST".into();
@@ -109,6 +121,106 @@ fn build(c: &Case) -> (String, String, HeaderMap, Vec<u8>) {
             );
         }
         "path" | "uri" => target = c.value.clone(),
+        "path_segment" => {
+            let seg: String = c
+                .value
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            target = format!("/api/items/{seg}/details");
+        }
+        "xml" | "xml_attr" | "soap" | "xml_raw" => {
+            method = "POST".into();
+            let esc = |v: &str| {
+                v.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+            };
+            let doc = match c.place.as_str() {
+                "xml_raw" => c.value.clone(),
+                "xml_attr" => format!(
+                    "<?xml version=\"1.0\"?><request><item {}=\"{}\">x</item></request>",
+                    c.name,
+                    esc(&c.value)
+                ),
+                "soap" => format!(
+                    "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><m:Lookup xmlns:m=\"urn:example\"><m:{n}>{}</m:{n}></m:Lookup></soap:Body></soap:Envelope>",
+                    esc(&c.value),
+                    n = c.name
+                ),
+                _ => format!(
+                    "<?xml version=\"1.0\"?><request><{n}>{}</{n}><page>1</page></request>",
+                    esc(&c.value),
+                    n = c.name
+                ),
+            };
+            // The XML placement writes the value raw: an injected tag is the point.
+            let doc = if c.family == "xml" && c.place != "xml_raw" {
+                doc.replace(&esc(&c.value), &c.value)
+            } else {
+                doc
+            };
+            ctype(
+                &mut headers,
+                if c.place == "soap" {
+                    "application/soap+xml"
+                } else {
+                    "application/xml"
+                },
+            );
+            body = doc.into_bytes();
+        }
+        "graphql" | "graphql_raw" => {
+            method = "POST".into();
+            ctype(&mut headers, "application/json");
+            let query = if c.place == "graphql_raw" {
+                c.value.clone()
+            } else {
+                format!(
+                    "query {{ search({}: {}) {{ id title }} }}",
+                    c.name,
+                    serde_json::Value::String(c.value.clone())
+                )
+            };
+            body =
+                serde_json::to_vec(&serde_json::json!({"query": query, "variables": {}})).unwrap();
+        }
+        "base64_query" | "base64_json" | "base64_header" | "jwt" => {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c.value.as_bytes());
+            match c.place.as_str() {
+                "base64_query" => target = format!("/search?{}={}", enc(&c.name), enc(&b64)),
+                "base64_json" => {
+                    method = "POST".into();
+                    ctype(&mut headers, "application/json");
+                    body = serde_json::to_vec(&serde_json::json!({ c.name.clone(): b64 })).unwrap();
+                }
+                "base64_header" => {
+                    headers.insert("x-data", HeaderValue::from_str(&b64).unwrap());
+                }
+                _ => {
+                    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                    let claims = serde_json::json!({"sub": c.value, "iat": 1700000000});
+                    let jwt = format!(
+                        "{}.{}.{}",
+                        url.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+                        url.encode(claims.to_string()),
+                        url.encode(b"not-a-real-signature-bytes")
+                    );
+                    headers.insert(
+                        "authorization",
+                        HeaderValue::from_str(&format!("Bearer {jwt}")).unwrap(),
+                    );
+                }
+            }
+        }
         "method" => method = c.value.clone(),
         "raw" => {
             let r = gateway::waf::tester::parse_raw(c.value.as_bytes()).unwrap();
@@ -216,7 +328,7 @@ fn default_rules_compile_into_one_group_per_transformation_chain() {
 #[test]
 fn every_strategy_gives_the_same_verdicts() {
     // The strategies are alternatives measured in benches/waf.rs; they must agree.
-    for s in [Strategy::Set, Strategy::PerRule, Strategy::Hybrid] {
+    for s in [Strategy::PerRule, Strategy::Hybrid, Strategy::Set] {
         let (failures, _) = run_corpus(&default_waf(s));
         assert!(failures.is_empty(), "{s:?}: {}", failures.join("\n"));
     }
@@ -605,7 +717,10 @@ async fn waf_test_command_prints_one_verdict_per_request() {
     // Log4Shell's lookup (3401), and its ldap:// URL now that User-Agent is inspected as a
     // free-form header (3702).
     assert!(
-        v["rules"].as_array().unwrap().contains(&serde_json::json!(3401)),
+        v["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(3401)),
         "{v}"
     );
 }
