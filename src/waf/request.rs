@@ -242,7 +242,7 @@ impl Items {
                 if want(Kind::XmlValue) {
                     super::derived::xml_values(body, |name, value| {
                         let n = self.span(name);
-                        self.push(Kind::XmlValue, n, &value);
+                        self.push(Kind::XmlValue, n, value);
                     });
                 }
                 BodyParse::None
