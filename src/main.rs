@@ -79,6 +79,19 @@ enum WafAction {
         config: PathBuf,
         files: Vec<PathBuf>,
     },
+    /// Replay labelled traffic (directories of raw requests, NDJSON captures) through the
+    /// config's WAF and print blocked % per label, the totals, and every false positive
+    /// with the rules behind it. Labels starting with `benign`, `legit`, `good` or `pass`
+    /// are expected to pass; the rest to be blocked.
+    Eval {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// `text` (a table) or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +162,14 @@ fn main() -> ExitCode {
         Command::Waf {
             action: WafAction::Test { config, files },
         } => waf_test(&config, &files),
+        Command::Waf {
+            action:
+                WafAction::Eval {
+                    config,
+                    format,
+                    inputs,
+                },
+        } => waf_eval(&config, &format, &inputs),
         Command::CrsTest {
             crs,
             overrides,
@@ -213,6 +234,39 @@ fn waf_test(config: &std::path::Path, files: &[PathBuf]) -> ExitCode {
         }
     }
     code
+}
+
+fn waf_eval(config: &std::path::Path, format: &str, inputs: &[PathBuf]) -> ExitCode {
+    use gateway::waf::eval;
+    if !matches!(format, "text" | "json") {
+        eprintln!("error: --format is `text` or `json`");
+        return ExitCode::from(2);
+    }
+    let rt = match settings(config) {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    let Some(waf) = rt.waf.clone() else {
+        eprintln!(
+            "error: {} configures no WAF rules (waf.rules)",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let samples = match eval::load(inputs) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if samples.is_empty() {
+        return fail("no requests found in the inputs");
+    }
+    let report = eval::run(&rt, &waf, &samples);
+    if format == "json" {
+        print_json(&report);
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::SUCCESS
 }
 
 /// The config's compiled settings, or exit code 2 with its errors.

@@ -18,6 +18,7 @@ pub mod config;
 pub mod crs;
 pub mod derived;
 pub mod engine;
+pub mod eval;
 pub mod json;
 pub mod multipart;
 pub mod operator;

@@ -756,3 +756,96 @@ async fn a_bad_rule_file_stops_the_config_with_exit_code_2() {
         "{err}"
     );
 }
+
+#[test]
+fn waf_eval_reports_blocked_share_per_label_and_the_rules_behind_false_positives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        base_config(&["http://127.0.0.1:9".to_string()], &waf_section("")),
+    )
+    .unwrap();
+    let traffic = dir.path().join("traffic");
+    let write = |rel: &str, body: &str| {
+        let p = traffic.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    };
+    write(
+        "attacks/sqli/1.http",
+        "GET /search?q=1%27%20OR%20%271%27%3D%271 HTTP/1.1\nHost: a\n\n",
+    );
+    write(
+        "attacks/sqli/2.http",
+        "GET /search?q=nothing-here HTTP/1.1\nHost: a\n\n",
+    );
+    write(
+        "benign/search/1.http",
+        "GET /search?q=O%27Reilly+books HTTP/1.1\nHost: a\n\n",
+    );
+    // Real traffic that trips a rule: reported as a false positive with its rule.
+    write(
+        "benign/search/2.http",
+        "GET /search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E HTTP/1.1\nHost: a\n\n",
+    );
+    write(
+        "capture.ndjson",
+        &[
+            serde_json::json!({"label": "ldap", "method": "GET", "target": "/u?user=*)(uid=*))(|(uid=*"}),
+            serde_json::json!({"label": "benign/api", "raw": "POST /api HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\r\n{\"name\": \"Anne\"}"}),
+            serde_json::json!({"label": "odd", "expect": "pass", "method": "GET", "target": "/"}),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["waf", "eval", "--format", "json", "--config"])
+        .arg(&cfg)
+        .arg(&traffic)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["labels"]["attacks/sqli"]["requests"], 2);
+    assert_eq!(r["labels"]["attacks/sqli"]["blocked"], 1);
+    assert_eq!(r["labels"]["attacks/sqli"]["blocked_percent"], 50.0);
+    assert_eq!(r["labels"]["benign/search"]["expect"], "pass");
+    assert_eq!(r["labels"]["benign/search"]["blocked"], 1);
+    assert_eq!(r["labels"]["ldap"]["blocked"], 1);
+    assert_eq!(r["labels"]["odd"]["expect"], "pass");
+    assert_eq!(
+        (r["attacks"].as_u64(), r["attacks_blocked"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        (r["benign"].as_u64(), r["benign_blocked"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let fps = r["false_positives"].as_array().unwrap();
+    assert_eq!(fps.len(), 1);
+    assert!(fps[0]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("benign/search/2.http"));
+    assert!(!fps[0]["rules"].as_array().unwrap().is_empty());
+    assert_eq!(r["missed"].as_array().unwrap().len(), 1);
+
+    // The text report: a line per label and the totals.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["waf", "eval", "--config"])
+        .arg(&cfg)
+        .arg(&traffic)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("attacks/sqli"), "{text}");
+    assert!(text.contains("attacks blocked: 2/3"), "{text}");
+    assert!(text.contains("false positives:"), "{text}");
+}
