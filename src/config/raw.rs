@@ -79,6 +79,48 @@ pub struct WafSection {
     /// The OWASP Core Rule Set, run after the native rules.
     #[serde(default)]
     pub crs: Option<CrsSection>,
+    #[serde(default)]
+    pub graphql: GraphqlSection,
+}
+
+/// `[waf.graphql]`: limits on GraphQL documents (in a `query` argument or an
+/// `application/graphql` body).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSection {
+    /// Allow `__schema` / `__type` introspection queries.
+    #[serde(default = "yes")]
+    pub introspection: bool,
+    /// Deepest nesting of selection sets.
+    #[serde(default = "default_graphql_depth")]
+    pub max_depth: usize,
+    /// `alias: field` pairs per document (alias batching).
+    #[serde(default = "default_graphql_aliases")]
+    pub max_aliases: usize,
+    /// GraphQL documents per request (a batched JSON array counts each).
+    #[serde(default = "default_graphql_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for GraphqlSection {
+    fn default() -> Self {
+        GraphqlSection {
+            introspection: true,
+            max_depth: default_graphql_depth(),
+            max_aliases: default_graphql_aliases(),
+            max_batch: default_graphql_batch(),
+        }
+    }
+}
+
+fn default_graphql_depth() -> usize {
+    15
+}
+fn default_graphql_aliases() -> usize {
+    30
+}
+fn default_graphql_batch() -> usize {
+    10
 }
 
 /// `[waf.crs]`: where CRS v4 is and how it runs.

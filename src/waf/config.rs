@@ -166,7 +166,23 @@ fn settings(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Settings {
             errs.push(cfg.error(&at.key(key), "must be greater than zero"));
         }
     }
+    let g = &w.graphql;
+    for (key, v) in [
+        ("max_depth", g.max_depth),
+        ("max_aliases", g.max_aliases),
+        ("max_batch", g.max_batch),
+    ] {
+        if v == 0 {
+            errs.push(cfg.error(&at.key("graphql").key(key), "must be at least 1"));
+        }
+    }
     Settings {
+        graphql: crate::waf::graphql::Limits {
+            introspection: g.introspection,
+            max_depth: g.max_depth,
+            max_aliases: g.max_aliases,
+            max_batch: g.max_batch,
+        },
         paranoia_level: w.paranoia_level,
         inbound_threshold: w.inbound_threshold,
         body_limit: usize::try_from(w.body_limit).unwrap_or(usize::MAX),

@@ -19,6 +19,7 @@ pub mod crs;
 pub mod derived;
 pub mod engine;
 pub mod eval;
+pub mod graphql;
 pub mod json;
 pub mod multipart;
 pub mod operator;
@@ -73,6 +74,7 @@ pub struct Settings {
     pub max_args: usize,
     pub max_arg_bytes: usize,
     pub max_total_arg_bytes: usize,
+    pub graphql: graphql::Limits,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             max_args: 1000,
             max_arg_bytes: 64 * 1024,
             max_total_arg_bytes: 1024 * 1024,
+            graphql: graphql::Limits::default(),
         }
     }
 }
@@ -162,6 +165,10 @@ pub mod builtin {
     pub const ARG_TOO_LARGE: u32 = 102;
     pub const ARGS_TOO_LARGE: u32 = 103;
     pub const BODY_OVER_LIMIT: u32 = 104;
+    pub const GRAPHQL_INTROSPECTION: u32 = 105;
+    pub const GRAPHQL_TOO_DEEP: u32 = 106;
+    pub const GRAPHQL_TOO_MANY_ALIASES: u32 = 107;
+    pub const GRAPHQL_BATCH_TOO_LARGE: u32 = 108;
 }
 
 impl Waf {
@@ -215,7 +222,17 @@ impl Waf {
             let args = Kind::QueryArg.bit() | Kind::BodyArg.bit();
             self.engine.collect(s, req, args);
             let mut v = Verdict::default();
-            self.builtin_checks(s, body_truncated, &mut v);
+            let graphql_body = req.body.filter(|_| {
+                req.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| {
+                        ct.split(';')
+                            .next()
+                            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/graphql"))
+                    })
+            });
+            self.builtin_checks(s, body_truncated, graphql_body, &mut v);
             if let Some(ri) = self.engine.pass_rule(s) {
                 v.passed_by = Some(self.engine.rules[ri].id);
                 v.matches.clear();
@@ -310,7 +327,13 @@ impl Waf {
         }
     }
 
-    fn builtin_checks(&self, s: &mut Scratch, body_truncated: bool, v: &mut Verdict) {
+    fn builtin_checks(
+        &self,
+        s: &mut Scratch,
+        body_truncated: bool,
+        graphql_body: Option<&[u8]>,
+        v: &mut Verdict,
+    ) {
         let st = &self.settings;
         let items = &s.items;
         let mut add = |rule: u32, msg: &'static str, severity: Severity, target: &str| {
@@ -347,6 +370,60 @@ impl Waf {
                     why,
                     Severity::Critical,
                     "request_body",
+                );
+            }
+        }
+        let (mut docs, mut found) = (0usize, graphql::Shape::default());
+        for it in &items.items {
+            if matches!(it.kind, Kind::QueryArg | Kind::BodyArg)
+                && derived::is_graphql_query(items.name(it), items.value(it))
+            {
+                docs += 1;
+                let sh = graphql::shape(items.value(it));
+                found.depth = found.depth.max(sh.depth);
+                found.aliases = found.aliases.max(sh.aliases);
+                found.introspection |= sh.introspection;
+            }
+        }
+        if let Some(doc) = graphql_body {
+            docs += 1;
+            let sh = graphql::shape(doc);
+            found.depth = found.depth.max(sh.depth);
+            found.aliases = found.aliases.max(sh.aliases);
+            found.introspection |= sh.introspection;
+        }
+        if docs > 0 {
+            let g = st.graphql;
+            if found.introspection && !g.introspection {
+                add(
+                    builtin::GRAPHQL_INTROSPECTION,
+                    "GraphQL introspection is disabled",
+                    Severity::Critical,
+                    "graphql",
+                );
+            }
+            if found.depth > g.max_depth {
+                add(
+                    builtin::GRAPHQL_TOO_DEEP,
+                    "GraphQL query nested too deep",
+                    Severity::Critical,
+                    "graphql",
+                );
+            }
+            if found.aliases > g.max_aliases {
+                add(
+                    builtin::GRAPHQL_TOO_MANY_ALIASES,
+                    "GraphQL query with too many aliases",
+                    Severity::Critical,
+                    "graphql",
+                );
+            }
+            if docs > g.max_batch {
+                add(
+                    builtin::GRAPHQL_BATCH_TOO_LARGE,
+                    "too many GraphQL operations in one request",
+                    Severity::Critical,
+                    "graphql",
                 );
             }
         }

@@ -849,3 +849,85 @@ fn waf_eval_reports_blocked_share_per_label_and_the_rules_behind_false_positives
     assert!(text.contains("attacks blocked: 2/3"), "{text}");
     assert!(text.contains("false positives:"), "{text}");
 }
+
+#[test]
+fn graphql_limits_introspection_depth_aliases_and_batching() {
+    let files = gateway::waf::rule::expand(&repo().join("rules/*.toml")).unwrap();
+    let strict = Settings {
+        graphql: gateway::waf::graphql::Limits {
+            introspection: false,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let open = Waf::from_files(&files, Settings::default(), Strategy::Prefilter).unwrap();
+    let closed = Waf::from_files(&files, strict, Strategy::Prefilter).unwrap();
+    let judge = |waf: &Waf, ctype: &str, body: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.example.com"));
+        headers.insert("content-type", HeaderValue::from_str(ctype).unwrap());
+        let v = waf.inspect(
+            &RequestParts {
+                canonical: None,
+                client_ip: None,
+                method: "POST",
+                target: "/graphql",
+                version: "HTTP/1.1",
+                headers: &headers,
+                body: Some(body.as_bytes()),
+            },
+            &RoutePolicy::default(),
+            false,
+        );
+        (
+            v.blocked,
+            v.matches.iter().map(|m| m.rule).collect::<Vec<_>>(),
+        )
+    };
+    let json = |q: &str| serde_json::json!({ "query": q }).to_string();
+    let intro = "query IntrospectionQuery { __schema { queryType { name } types { name kind } } }";
+    assert_eq!(
+        judge(&open, "application/json", json(intro)),
+        (false, vec![])
+    );
+    assert_eq!(judge(&closed, "application/json", json(intro)).1, vec![105]);
+    assert_eq!(
+        judge(&closed, "application/graphql", intro.to_string()).1,
+        vec![105]
+    );
+    let ordinary = "query { product(id: \"42\") { name __typename reviews(first: 5) { text } } }";
+    assert_eq!(
+        judge(&closed, "application/json", json(ordinary)),
+        (false, vec![])
+    );
+
+    let deep = format!("query {}id{}", "{ friends ".repeat(20), " }".repeat(20));
+    assert_eq!(
+        judge(&open, "application/json", json(&deep)),
+        (true, vec![106])
+    );
+    let aliases: String = (0..100)
+        .map(|i| format!("a{i}: login(user: \"admin\", pass: \"p{i}\") {{ token }} "))
+        .collect();
+    assert_eq!(
+        judge(
+            &open,
+            "application/json",
+            json(&format!("mutation {{ {aliases} }}"))
+        ),
+        (true, vec![107])
+    );
+    let batch = |n: usize| {
+        serde_json::Value::Array(
+            (0..n)
+                .map(|_| serde_json::json!({"query": ordinary}))
+                .collect(),
+        )
+        .to_string()
+    };
+    assert_eq!(judge(&open, "application/json", batch(3)), (false, vec![]));
+    assert_eq!(
+        judge(&open, "application/json", batch(12)),
+        (true, vec![108])
+    );
+}
