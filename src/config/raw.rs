@@ -148,6 +148,10 @@ pub struct CrsSection {
     /// CRS rule ids switched off everywhere.
     #[serde(default)]
     pub remove_rules: Vec<u32>,
+    /// Count an attack family's CRS score only when a second signal confirms it (a
+    /// detector, a second CRS rule of the family, or a native rule): see `waf::confirm`.
+    #[serde(default = "yes")]
+    pub confirm: bool,
 }
 
 impl Default for WafSection {

@@ -109,6 +109,7 @@ fn crs(cfg: &LoadedConfig, c: &CrsSection, errs: &mut ConfigErrors) -> Option<Cr
     s.detection_paranoia_level = c.detection_paranoia_level.unwrap_or(c.paranoia_level);
     s.inbound_threshold = c.inbound_threshold;
     s.allow_partial = c.allow_partial;
+    s.confirm = c.confirm;
     s.setup = c
         .setup
         .iter()

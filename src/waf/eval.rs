@@ -193,6 +193,17 @@ fn from_fields(v: &serde_json::Value) -> Result<RawRequest, String> {
             http::HeaderValue::from_static("localhost"),
         );
     }
+    let body = v["body"].as_str().unwrap_or("").as_bytes().to_vec();
+    // As a client sends it: a body comes with its length.
+    if !body.is_empty()
+        && !headers.contains_key(http::header::CONTENT_LENGTH)
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+    }
     Ok(RawRequest {
         method: v["method"].as_str().unwrap_or("GET").to_string(),
         target: v["target"]
@@ -202,7 +213,7 @@ fn from_fields(v: &serde_json::Value) -> Result<RawRequest, String> {
             .to_string(),
         version: "HTTP/1.1".to_string(),
         headers,
-        body: v["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+        body,
     })
 }
 

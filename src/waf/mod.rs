@@ -15,6 +15,7 @@
 
 pub mod coding;
 pub mod config;
+pub mod confirm;
 pub mod crs;
 pub mod derived;
 pub mod engine;
@@ -273,7 +274,7 @@ impl Waf {
             }
             v.blocked = v.score >= self.settings.inbound_threshold;
             if let Some(crs) = &self.crs {
-                self.inspect_crs(crs, req, route, path, &mut v);
+                self.inspect_crs(crs, req, route, path, &s.items, &mut v);
             }
             v
         })
@@ -287,6 +288,7 @@ impl Waf {
         req: &RequestParts<'_>,
         route: &RoutePolicy,
         path: &str,
+        items: &request::Items,
         v: &mut Verdict,
     ) {
         let removed: Vec<u32> = route
@@ -297,11 +299,9 @@ impl Waf {
             .flat_map(|e| e.rules.iter().copied())
             .collect();
         let out = crs.evaluate(req, route.mode == Mode::Block, &removed);
-        let score = u32::try_from(out.inbound_score.max(0)).unwrap_or(u32::MAX);
-        v.score += score;
-        if out.deny.is_some() || out.would_deny.is_some() {
-            v.blocked = true;
-        }
+        let mut crs_blocks = out.deny.is_some() || out.would_deny.is_some();
+        let mut score = out.inbound_score;
+        let first = v.matches.len();
         for h in out.hits {
             let severity = match h.severity {
                 Some(0..=2) => Severity::Critical,
@@ -314,7 +314,13 @@ impl Waf {
                 rule: h.id,
                 msg: Arc::from(h.msg.as_str()),
                 severity,
-                score: 0,
+                // What the rule added to CRS's anomaly score (rules without a severity
+                // add nothing).
+                score: if h.severity.is_some() && h.id != 949110 {
+                    severity.score()
+                } else {
+                    0
+                },
                 action: RuleAction::Block,
                 target: printable(h.var.to_ascii_lowercase().as_bytes(), 64),
                 excerpt: if secret {
@@ -324,6 +330,30 @@ impl Waf {
                 },
                 tags: vec!["owasp-crs".to_string()],
             });
+        }
+        if crs.settings.confirm {
+            let (native, mine) = v.matches.split_at_mut(first);
+            let open = confirm::unconfirmed(mine, native, |m| crs_value_is_prose(items, &m.target));
+            if !open.is_empty() {
+                let mut removed_score = 0;
+                for m in mine.iter_mut() {
+                    if confirm::family(m.rule).is_some_and(|f| open.contains(&f)) {
+                        removed_score += i64::from(m.score);
+                        m.score = 0;
+                        m.tags.push("unconfirmed".to_string());
+                    }
+                }
+                score = (score - removed_score).max(0);
+                crs_blocks = score >= i64::from(crs.settings.inbound_threshold);
+                if !crs_blocks {
+                    // The blocking evaluation's own entry would say otherwise.
+                    v.matches.retain(|m| m.rule != 949110);
+                }
+            }
+        }
+        v.score += u32::try_from(score.max(0)).unwrap_or(u32::MAX);
+        if crs_blocks {
+            v.blocked = true;
         }
     }
 
@@ -460,6 +490,30 @@ impl Waf {
             );
         }
     }
+}
+
+/// Whether the value a CRS match names (`args:q`, `args_post:text`, `request_headers:x`,
+/// lower-cased as in [`Match::target`]) reads as prose; unknown variables do not.
+fn crs_value_is_prose(items: &request::Items, target: &str) -> bool {
+    let Some((coll, name)) = target.split_once(':') else {
+        return false;
+    };
+    let kinds: &[Kind] = match coll {
+        "args" => &[Kind::QueryArg, Kind::BodyArg],
+        "args_get" => &[Kind::QueryArg],
+        "args_post" => &[Kind::BodyArg],
+        _ => return false,
+    };
+    let mut found = false;
+    for it in &items.items {
+        if kinds.contains(&it.kind) && items.name(it).eq_ignore_ascii_case(name.as_bytes()) {
+            if !confirm::is_prose(items.value(it)) {
+                return false;
+            }
+            found = true;
+        }
+    }
+    found
 }
 
 /// `args:q` for a named value, the kind alone otherwise.

@@ -309,3 +309,66 @@ async fn match_excerpts_never_hold_secrets_from_either_engine() {
     }
     gw.shutdown().await;
 }
+
+/// A lone CRS regex inside ordinary prose does not block without confirmation (a detector
+/// or a native rule of the same family); the same rule on a payload still does, and
+/// `confirm = false` restores CRS's own verdict.
+#[test]
+fn crs_matches_in_prose_need_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules/*.toml");
+    let traffic = dir.path().join("traffic");
+    std::fs::create_dir_all(traffic.join("benign/docs")).unwrap();
+    std::fs::create_dir_all(traffic.join("attacks/lfi")).unwrap();
+    let q = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let prose = "The journal service stores log data either persistently below /var/log/journal or in a volatile way below /run/log/journal/ (in the latter case it is lost at reboot).";
+    std::fs::write(
+        traffic.join("benign/docs/1.http"),
+        format!(
+            "GET /search?q={} HTTP/1.1\nHost: a\nUser-Agent: Mozilla/5.0\nAccept: */*\n\n",
+            q(prose)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        traffic.join("attacks/lfi/1.http"),
+        format!(
+            "GET /search?q={} HTTP/1.1\nHost: a\nUser-Agent: Mozilla/5.0\nAccept: */*\n\n",
+            q("/var/log/auth.log")
+        ),
+    )
+    .unwrap();
+    let eval = |confirm: bool| -> serde_json::Value {
+        let cfg = dir.path().join(format!("gateway-{confirm}.toml"));
+        let waf = format!(
+            "\n[waf]\nrules = [\"{}\"]\n[waf.crs]\npath = \"{}\"\nconfirm = {confirm}\n",
+            rules.display(),
+            crs_dir().display()
+        );
+        std::fs::write(&cfg, base_config(&["http://127.0.0.1:9".to_string()], &waf)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["waf", "eval", "--format", "json", "--config"])
+            .arg(&cfg)
+            .arg(&traffic)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let on = eval(true);
+    assert_eq!(on["labels"]["benign/docs"]["blocked"], 0, "{on}");
+    assert_eq!(on["labels"]["attacks/lfi"]["blocked"], 1, "{on}");
+    let off = eval(false);
+    assert_eq!(off["labels"]["benign/docs"]["blocked"], 1, "{off}");
+    let rules: Vec<u64> = off["false_positives"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap())
+        .collect();
+    assert!(rules.contains(&930120), "{rules:?}");
+}

@@ -47,6 +47,8 @@ pub struct CrsSettings {
     pub setup: Vec<(String, String)>,
     /// Rule ids removed (as `SecRuleRemoveById` after the rules).
     pub remove_ids: Vec<u32>,
+    /// Count an attack family's score only when confirmed (see [`crate::waf::confirm`]).
+    pub confirm: bool,
 }
 
 impl CrsSettings {
@@ -59,6 +61,7 @@ impl CrsSettings {
             allow_partial: false,
             setup: Vec::new(),
             remove_ids: Vec::new(),
+            confirm: true,
         }
     }
 }
