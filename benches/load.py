@@ -24,6 +24,11 @@ Before/after: --baseline-bin PATH (another build of the gateway, e.g. of the pre
 commit) adds "gateway-baseline", the same config on that binary, to every round.
 "gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
 limit on, to measure what those phases cost against plain "gateway" in the same run.
+"gateway-waf" is the gateway with the shipped native WAF rules (rules/*.toml, blocking) on,
+against plain "gateway": `--only gateway,gateway-waf --scenarios get-args,json-post`.
+Scenarios get-args (HTTP/1.1 GET with five query arguments) and json-post (a 2 KiB JSON
+POST) are wrk runs over TLS keep-alive like h1-keepalive, with the request shapes the
+WAF's cost depends on.
 All traffic stays on 127.0.0.1.
 """
 
@@ -42,7 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
 PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446,
-         "gateway-crs": 19447, "nginx-modsec": 19448, "gateway-baseline": 19449}
+         "gateway-crs": 19447, "nginx-modsec": 19448, "gateway-baseline": 19449,
+         "gateway-waf": 19450}
 # OWASP CRS v4 for the WAF comparison (`--only gateway-crs,nginx-modsec`): the gateway's
 # compiled CRS against nginx + libmodsecurity3 (Debian) running the same files.
 CRS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "crs"))
@@ -248,6 +254,9 @@ upstream = "backend"
     rules = "".join(
         f'[[ip_rules.rules]]\nname = "r{i}"\naction = "deny"\ncidr = "{10 + i // 65536 % 200}.{i // 256 % 256}.{i % 256}.0/24"\n'
         for i in range(10000))
+    with open(f"{d}/gateway-waf.toml", "w") as f:
+        f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-waf']}")
+                + f'\n[waf]\nrules = ["{ROOT}/rules/*.toml"]\nmode = "block"\n')
     with open(f"{d}/gateway-secure.toml", "w") as f:
         f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-secure']}")
                 + '\n[[rate_limits]]\nname = "per-ip"\nlimits = [{ requests = 1000000000, per = "1m" }, '
@@ -311,6 +320,25 @@ def parse_h2load(out):
 def scenario(name, port, duration):
     url = f"https://127.0.0.1:{port}/"
     load = ["taskset", "-c", "1"]
+    if name in ("get-args", "json-post"):
+        script = tempfile.mktemp(prefix="wrk-", suffix=".lua")
+        if name == "get-args":
+            lua = ('wrk.path = "/api/v1/orders?page=2&sort=-created_at&status=shipped'
+                   '&q=blue+running+shoes&lang=en-GB"\n')
+        else:
+            items = ",".join(
+                '{"sku":"SKU-%05d","name":"Trail runner, size 42 (blue/grey)","qty":%d,'
+                '"note":"Leave at the door (side entrance), don\'t ring: baby sleeping."}' % (i, i % 3 + 1)
+                for i in range(14))
+            body = '{"customer":{"name":"Anne-Marie O\'Neil"},"items":[' + items + ']}'
+            lua = ('wrk.method = "POST"\nwrk.path = "/api/v1/orders"\n'
+                   'wrk.headers["Content-Type"] = "application/json"\n'
+                   f'wrk.body = [==[{body}]==]\n')
+        with open(script, "w") as f:
+            f.write(lua)
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", "-s", script, url]))
+        os.unlink(script)
+        return parse_wrk(out)
     if name == "h1-keepalive":
         out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", url]))
         return parse_wrk(out)
@@ -409,7 +437,7 @@ def main():
             baseline = med(results.get((sc, "gateway-baseline"), []), "cpu_us_per_req")
             if proxy == "gateway" and baseline:
                 ratio += f"  {m['cpu_us_per_req'] / baseline:.3f}x baseline CPU"
-            if proxy == "gateway-secure" and plain:
+            if proxy in ("gateway-secure", "gateway-waf") and plain:
                 ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
             modsec = med(results.get((sc, "nginx-modsec"), []), "cpu_us_per_req")
             if proxy == "gateway-crs" and modsec:
