@@ -260,6 +260,7 @@ impl Items {
             self.body = Some(parsed);
         }
         if want(Kind::PathSegment) {
+            let mut special = 0;
             for seg in path.split('/').filter(|s| !s.is_empty()) {
                 if seg
                     .bytes()
@@ -267,8 +268,21 @@ impl Items {
                 {
                     continue;
                 }
+                special += 1;
                 let start = self.buf.len() as u32;
                 percent_decode(seg.as_bytes(), &mut self.buf);
+                let value = start..self.buf.len() as u32;
+                self.items.push(Item {
+                    kind: Kind::PathSegment,
+                    name: none.clone(),
+                    value,
+                });
+            }
+            // A payload with slashes in it (`1/**/union/**/select`, `</script>`) spans
+            // segments: the whole decoded path is a value too once any segment is special.
+            if special > 0 && path.len() > 1 {
+                let start = self.buf.len() as u32;
+                percent_decode(path.as_bytes(), &mut self.buf);
                 let value = start..self.buf.len() as u32;
                 self.items.push(Item {
                     kind: Kind::PathSegment,

@@ -196,6 +196,13 @@ for v in ["<%= 7*7 %>", "<%= system('id') %>", "<%= `id` %>", "{php}echo `id`;{/
           "#{7*7}", "[[${7*7}]]", "{{7*'7'}}", "<#assign x=\"freemarker.template.utility.Execute\"?new()>${x(\"id\")}",
           "${self.module.cache.util.os.system(\"id\")}", "<% import os %>${os.popen('id').read()}"]:
     c("ssti", A, "query", v, name="tpl")
+# ---------------- payloads with slashes that span path segments
+c("sqli", A, "uri", "/products/1%20union/**/select/**/password/**/from/**/users")
+c("xss", A, "uri", "/page/%3Cscript%3Ealert(document.cookie)%3C/script%3E")
+c("xss", A, "uri", "/search/%3Cimg%20src=x%20onerror=alert(1)%3E/results")
+c("benign", P, "uri", "/docs/api/v2/users/%7Bid%7D/orders")
+c("benign", P, "uri", "/wiki/C%2B%2B_(programming_language)/history")
+c("benign", P, "uri", "/files/report%20(final)%20v2.pdf")
 # ---------------- the usual attacks in placements parsers used to miss
 core = {"sqli": "1' OR '1'='1' -- ", "xss": "<img src=x onerror=alert(1)>", "rce": "; cat /etc/passwd",
         "lfi": "../../../../etc/passwd", "ssti": "{{config.__class__.__init__.__globals__['os'].popen('id').read()}}",
