@@ -498,6 +498,7 @@ impl Engine {
         s.chain_for.iter_mut().for_each(|c| *c = usize::MAX);
         s.matched.iter_mut().for_each(|w| *w = 0);
         s.hits_out.clear();
+        s.seen.clear();
     }
 
     /// Collects the request's values into the scratch.
@@ -531,6 +532,35 @@ impl Engine {
             }
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             let (ns, ne) = (it.name.start as usize, it.name.end as usize);
+            // The same kind, name and value again: every rule answers as it did the first
+            // time (and a rule matches once per request), so there is nothing to learn.
+            if ve - vs >= 8 {
+                let buf = &s.items.buf;
+                let h = {
+                    use std::hash::{BuildHasher, Hash, Hasher};
+                    let mut st = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+                    (kind as u8).hash(&mut st);
+                    buf[ns..ne].hash(&mut st);
+                    buf[vs..ve].hash(&mut st);
+                    st.finish()
+                };
+                match s.seen.entry(h) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        let prev = &s.items.items[*e.get() as usize];
+                        if prev.kind == kind
+                            && buf[prev.name.start as usize..prev.name.end as usize] == buf[ns..ne]
+                            && buf[prev.value.start as usize..prev.value.end as usize] == buf[vs..ve]
+                        {
+                            continue;
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(ii as u32);
+                    }
+                }
+            }
+            let it = &s.items.items[ii];
+            let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             let raw_bits = ByteSet::of(&s.items.buf[vs..ve]);
             for g in &self.groups {
                 if g.kinds & bit == 0 {
@@ -731,6 +761,10 @@ pub struct Scratch {
     patset: PatternSet,
     matched: Vec<u64>,
     pub hits_out: Vec<Hit>,
+    /// Items already evaluated in this request, by hash of (kind, name, value): a repeat
+    /// (JSON arrays of records, repeated headers or arguments) would find exactly the same
+    /// rules, so it is skipped.
+    seen: std::collections::HashMap<u64, u32, foldhash::fast::FixedState>,
 }
 
 impl Default for Scratch {
@@ -748,6 +782,7 @@ impl Default for Scratch {
             patset: PatternSet::new(1),
             matched: Vec::new(),
             hits_out: Vec::new(),
+            seen: Default::default(),
         }
     }
 }

@@ -196,6 +196,9 @@ for v in ["<%= 7*7 %>", "<%= system('id') %>", "<%= `id` %>", "{php}echo `id`;{/
           "#{7*7}", "[[${7*7}]]", "{{7*'7'}}", "<#assign x=\"freemarker.template.utility.Execute\"?new()>${x(\"id\")}",
           "${self.module.cache.util.os.system(\"id\")}", "<% import os %>${os.popen('id').read()}"]:
     c("ssti", A, "query", v, name="tpl")
+# ---------------- repeated values (the engine evaluates a repeated kind+name+value once)
+c("sqli", A, "json_raw", '{"items": [{"note": "leave at the door please"}, {"note": "leave at the door please"}, {"note": "1\' OR \'1\'=\'1\' -- "}]}')
+c("xss", A, "json_raw", '{"items": [{"note": "<img src=x onerror=alert(1)>"}, {"note": "<img src=x onerror=alert(1)>"}]}')
 # ---------------- payloads with slashes that span path segments
 c("sqli", A, "uri", "/products/1%20union/**/select/**/password/**/from/**/users")
 c("xss", A, "uri", "/page/%3Cscript%3Ealert(document.cookie)%3C/script%3E")
