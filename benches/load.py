@@ -21,7 +21,8 @@ Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,ngin
 WAF: python3 benches/load.py --only gateway-crs,nginx-modsec --scenarios h1-keepalive
 (CRS v4 from ../shared/crs at paranoia level 1 in both; libnginx-mod-http-modsecurity)
 Before/after: --baseline-bin PATH (another build of the gateway, e.g. of the previous
-commit) adds "gateway-baseline", the same config on that binary, to every round.
+commit) adds "gateway-baseline", the same config on that binary, to every round (and
+"gateway-baseline-waf" when gateway-waf runs).
 "gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
 limit on, to measure what those phases cost against plain "gateway" in the same run.
 "gateway-waf" is the gateway with the shipped native WAF rules (rules/*.toml, blocking) on,
@@ -48,7 +49,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
 PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446,
          "gateway-crs": 19447, "nginx-modsec": 19448, "gateway-baseline": 19449,
-         "gateway-waf": 19450}
+         "gateway-waf": 19450, "gateway-baseline-waf": 19451}
 # OWASP CRS v4 for the WAF comparison (`--only gateway-crs,nginx-modsec`): the gateway's
 # compiled CRS against nginx + libmodsecurity3 (Debian) running the same files.
 CRS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "crs"))
@@ -266,7 +267,7 @@ upstream = "backend"
 
 def start(name, d, gateway_bin, baseline_bin=None):
     pin = ["taskset", "-c", "0"]
-    if name == "gateway-baseline":
+    if name.startswith("gateway-baseline"):
         cmd = pin + [baseline_bin, "run", "--config", f"{d}/{name}.toml"]
     elif name.startswith("gateway"):
         cmd = pin + [gateway_bin, "run", "--config", f"{d}/{name}.toml"]
@@ -373,6 +374,8 @@ def main():
     ap.add_argument("--scenarios", default="h1-keepalive,h2,new-conn,fixed-rate")
     ap.add_argument("--baseline-bin", default=None,
                     help="another gateway build, run as gateway-baseline beside the current one")
+    ap.add_argument("--baseline-rules", default=None,
+                    help="the rules/ directory gateway-baseline-waf loads (default: this checkout's)")
     args = ap.parse_args()
     ensure_tools()
     print("building the gateway (release)...", flush=True)
@@ -396,6 +399,14 @@ def main():
     write_configs(d, cert, key)
     if args.baseline_bin:
         args.only += ",gateway-baseline"
+        if "gateway-waf" in args.only:
+            args.only += ",gateway-baseline-waf"
+            with open(f"{d}/gateway-waf.toml") as f:
+                waf = f.read()
+            with open(f"{d}/gateway-baseline-waf.toml", "w") as f:
+                f.write(waf.replace(f"127.0.0.1:{PORTS['gateway-waf']}", f"127.0.0.1:{PORTS['gateway-baseline-waf']}")
+                        .replace(f'data_dir = "{d}/data"', f'data_dir = "{d}/data-baseline-waf"')
+                        .replace(f"{ROOT}/rules/", f"{args.baseline_rules or ROOT + '/rules'}/"))
         with open(f"{d}/gateway.toml") as f:
             base = f.read()
         with open(f"{d}/gateway-baseline.toml", "w") as f:
@@ -439,6 +450,8 @@ def main():
                 ratio += f"  {m['cpu_us_per_req'] / baseline:.3f}x baseline CPU"
             if proxy in ("gateway-secure", "gateway-waf") and plain:
                 ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
+            if proxy == "gateway-baseline-waf" and baseline:
+                ratio += f"  {m['cpu_us_per_req'] / baseline:.2f}x gateway-baseline CPU"
             modsec = med(results.get((sc, "nginx-modsec"), []), "cpu_us_per_req")
             if proxy == "gateway-crs" and modsec:
                 ratio += f"  1/{modsec / m['cpu_us_per_req']:.1f} of nginx+ModSecurity CPU"

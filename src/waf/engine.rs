@@ -549,7 +549,8 @@ impl Engine {
                         let prev = &s.items.items[*e.get() as usize];
                         if prev.kind == kind
                             && buf[prev.name.start as usize..prev.name.end as usize] == buf[ns..ne]
-                            && buf[prev.value.start as usize..prev.value.end as usize] == buf[vs..ve]
+                            && buf[prev.value.start as usize..prev.value.end as usize]
+                                == buf[vs..ve]
                         {
                             continue;
                         }
