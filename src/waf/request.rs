@@ -255,6 +255,12 @@ impl Items {
                 if want(Kind::Body) {
                     self.push(Kind::Body, none.clone(), body);
                 }
+                // A body without a type (or `text/plain`) that reads as a form is inspected
+                // as one too: a backend that parses it regardless would otherwise get
+                // arguments the rules never saw.
+                if (mime.is_empty() || mime == "text/plain") && looks_like_form(body) {
+                    self.form(body, Kind::BodyArg, Kind::BodyArgName);
+                }
                 BodyParse::None
             };
             self.body = Some(parsed);
@@ -491,6 +497,17 @@ impl Items {
             _ => self.arg(Kind::BodyArg, part.name, part.content),
         }
     }
+}
+
+/// `name=value[&…]`: a name of word characters (and `.[]-`) right at the start, then `=`.
+fn looks_like_form(body: &[u8]) -> bool {
+    let name = body
+        .iter()
+        .take_while(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']' | b'-' | b'%')
+        })
+        .count();
+    name > 0 && name <= 256 && body.get(name) == Some(&b'=')
 }
 
 /// Headers whose values are protocol structure, not application data: not inspected as

@@ -199,6 +199,11 @@ for v in ["<%= 7*7 %>", "<%= system('id') %>", "<%= `id` %>", "{php}echo `id`;{/
 # ---------------- repeated values (the engine evaluates a repeated kind+name+value once)
 c("sqli", A, "json_raw", '{"items": [{"note": "leave at the door please"}, {"note": "leave at the door please"}, {"note": "1\' OR \'1\'=\'1\' -- "}]}')
 c("xss", A, "json_raw", '{"items": [{"note": "<img src=x onerror=alert(1)>"}, {"note": "<img src=x onerror=alert(1)>"}]}')
+# ---------------- a form body sent without its type (a backend may parse it anyway)
+c("sqli", A, "raw", "POST /post HTTP/1.1\r\nHost: localhost\r\nContent-Length: 15\r\n\r\nvar=1234 OR 1=1")
+c("xss", A, "raw", "POST /post HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\r\ncomment=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+c("benign", P, "raw", "POST /notes HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\r\nShopping list: eggs, milk; bread (2 loaves) -- and don't forget the cat's food!")
+c("benign", P, "raw", "POST /notes HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\r\nnote=It's a \"great\" product -- really; 5 < 10")
 # ---------------- payloads with slashes that span path segments
 c("sqli", A, "uri", "/products/1%20union/**/select/**/password/**/from/**/users")
 c("xss", A, "uri", "/page/%3Cscript%3Ealert(document.cookie)%3C/script%3E")
