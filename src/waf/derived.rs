@@ -59,6 +59,37 @@ fn looks_encoded(t: &[u8]) -> bool {
     body % 4 != 1 && t.iter().any(u8::is_ascii_uppercase) && t.iter().any(u8::is_ascii_lowercase)
 }
 
+/// Folds fullwidth forms (U+FF01–U+FF5E, e.g. `＜script＞`) to their ASCII twins into
+/// `out`; false (and `out` unspecified) when `v` holds none. Backends that normalize
+/// Unicode (NFKC) read the fullwidth text as the ASCII one.
+pub fn fold_fullwidth(v: &[u8], out: &mut Vec<u8>) -> bool {
+    if !has_fullwidth(v) {
+        return false;
+    }
+    let mut changed = false;
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == 0xEF && i + 2 < v.len() && matches!(v[i + 1], 0xBC | 0xBD) {
+            // U+FF00 + x is EF BC 80+x (x < 0x40) or EF BD 80+(x-0x40).
+            let x = u32::from(v[i + 2] & 0x3F) + if v[i + 1] == 0xBD { 0x40 } else { 0 };
+            if (0x01..=0x5E).contains(&x) && v[i + 2] & 0xC0 == 0x80 {
+                out.push((x + 0x20) as u8);
+                i += 3;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    changed
+}
+
+/// Whether `v` may hold a fullwidth form (a cheap scan for its UTF-8 lead bytes).
+pub fn has_fullwidth(v: &[u8]) -> bool {
+    memchr::memchr_iter(0xEF, v).any(|i| matches!(v.get(i + 1), Some(0xBC | 0xBD)))
+}
+
 /// Decoded bytes that read as text: UTF-8, at least 4 bytes, no control characters other
 /// than tab and line breaks, and mostly (≥ 90 %) printable.
 pub fn is_text(b: &[u8]) -> bool {
@@ -294,6 +325,18 @@ mod tests {
         ] {
             assert!(decoded(v).is_empty(), "{v}: {:?}", decoded(v));
         }
+    }
+
+    #[test]
+    fn fullwidth_forms_fold_to_ascii() {
+        let mut out = Vec::new();
+        assert!(fold_fullwidth(
+            "＜script＞alert（1）＜／script＞".as_bytes(),
+            &mut out
+        ));
+        assert_eq!(out, b"<script>alert(1)</script>");
+        out.clear();
+        assert!(!fold_fullwidth("plain <b> and Zürich".as_bytes(), &mut out));
     }
 
     #[test]

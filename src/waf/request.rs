@@ -87,6 +87,8 @@ pub struct Items {
     pub repeat_names: bool,
     path_buf: Vec<u8>,
     text_buf: Vec<u8>,
+    /// Scratch for values read back out of `buf` while appending to it (derived values).
+    derive_buf: Vec<u8>,
     /// Hashes of argument names already listed (a JSON array repeats its keys).
     seen_names: Vec<(u64, Range<u32>)>,
 }
@@ -325,6 +327,23 @@ impl Items {
                 continue;
             }
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
+            if decoded && super::derived::has_fullwidth(&self.buf[vs..ve]) {
+                let start = self.buf.len();
+                let mut src = std::mem::take(&mut self.derive_buf);
+                src.clear();
+                src.extend_from_slice(&self.buf[vs..ve]);
+                let folded = super::derived::fold_fullwidth(&src, &mut self.buf);
+                self.derive_buf = src;
+                if folded {
+                    self.items.push(Item {
+                        kind: Kind::Decoded,
+                        name: it.name.clone(),
+                        value: start as u32..self.buf.len() as u32,
+                    });
+                } else {
+                    self.buf.truncate(start);
+                }
+            }
             if decoded {
                 let mut k = 0;
                 while let Some(range) = super::derived::base64_candidate(&self.buf[vs..ve], k) {
@@ -332,8 +351,11 @@ impl Items {
                     let start = self.buf.len();
                     let (a, b) = (vs + range.start, vs + range.end);
                     // Decoded into the buffer's tail, kept only when it is text.
-                    let src = self.buf[a..b].to_vec();
+                    let mut src = std::mem::take(&mut self.derive_buf);
+                    src.clear();
+                    src.extend_from_slice(&self.buf[a..b]);
                     super::transform::base64_decode(&src, &mut self.buf);
+                    self.derive_buf = src;
                     if super::derived::is_text(&self.buf[start..]) {
                         self.items.push(Item {
                             kind: Kind::Decoded,
@@ -352,7 +374,9 @@ impl Items {
                     &self.buf[vs..ve],
                 )
             {
-                let src = self.buf[vs..ve].to_vec();
+                let mut src = std::mem::take(&mut self.derive_buf);
+                src.clear();
+                src.extend_from_slice(&self.buf[vs..ve]);
                 super::derived::graphql_strings(&src, |lit| {
                     let start = self.buf.len() as u32;
                     self.buf.extend_from_slice(lit);
@@ -362,6 +386,7 @@ impl Items {
                         value: start..self.buf.len() as u32,
                     });
                 });
+                self.derive_buf = src;
             }
         }
     }
