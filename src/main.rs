@@ -199,16 +199,9 @@ fn main() -> ExitCode {
 
 fn waf_test(config: &std::path::Path, files: &[PathBuf]) -> ExitCode {
     use gateway::waf::tester;
-    let rt = match settings(config) {
-        Ok(rt) => rt,
+    let (rt, waf) = match settings_with_waf(config) {
+        Ok(x) => x,
         Err(c) => return c,
-    };
-    let Some(waf) = rt.waf.clone() else {
-        eprintln!(
-            "error: {} configures no WAF rules (waf.rules)",
-            config.display()
-        );
-        return ExitCode::from(2);
     };
     let mut inputs: Vec<(String, std::io::Result<Vec<u8>>)> = Vec::new();
     if files.is_empty() {
@@ -242,16 +235,9 @@ fn waf_eval(config: &std::path::Path, format: &str, inputs: &[PathBuf]) -> ExitC
         eprintln!("error: --format is `text` or `json`");
         return ExitCode::from(2);
     }
-    let rt = match settings(config) {
-        Ok(rt) => rt,
+    let (rt, waf) = match settings_with_waf(config) {
+        Ok(x) => x,
         Err(c) => return c,
-    };
-    let Some(waf) = rt.waf.clone() else {
-        eprintln!(
-            "error: {} configures no WAF rules (waf.rules)",
-            config.display()
-        );
-        return ExitCode::from(2);
     };
     let samples = match eval::load(inputs) {
         Ok(s) => s,
@@ -267,6 +253,21 @@ fn waf_eval(config: &std::path::Path, format: &str, inputs: &[PathBuf]) -> ExitC
         print!("{}", report.render());
     }
     ExitCode::SUCCESS
+}
+
+/// The config's compiled settings and its WAF, or exit code 2 (errors, or no WAF rules).
+fn settings_with_waf(
+    config: &std::path::Path,
+) -> Result<(gateway::runtime::Runtime, std::sync::Arc<gateway::waf::Waf>), ExitCode> {
+    let rt = settings(config)?;
+    let Some(waf) = rt.waf.clone() else {
+        eprintln!(
+            "error: {} configures no WAF rules (waf.rules)",
+            config.display()
+        );
+        return Err(ExitCode::from(2));
+    };
+    Ok((rt, waf))
 }
 
 /// The config's compiled settings, or exit code 2 with its errors.

@@ -40,6 +40,17 @@ pub struct Shape {
     pub introspection: bool,
 }
 
+impl Shape {
+    /// The deepest, most aliased of two shapes; introspection when either has it.
+    pub fn max(self, o: Shape) -> Shape {
+        Shape {
+            depth: self.depth.max(o.depth),
+            aliases: self.aliases.max(o.aliases),
+            introspection: self.introspection || o.introspection,
+        }
+    }
+}
+
 /// The shape of a GraphQL document.
 pub fn shape(doc: &[u8]) -> Shape {
     let mut s = Shape::default();

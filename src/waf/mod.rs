@@ -409,18 +409,12 @@ impl Waf {
                 && derived::is_graphql_query(items.name(it), items.value(it))
             {
                 docs += 1;
-                let sh = graphql::shape(items.value(it));
-                found.depth = found.depth.max(sh.depth);
-                found.aliases = found.aliases.max(sh.aliases);
-                found.introspection |= sh.introspection;
+                found = found.max(graphql::shape(items.value(it)));
             }
         }
         if let Some(doc) = graphql_body {
             docs += 1;
-            let sh = graphql::shape(doc);
-            found.depth = found.depth.max(sh.depth);
-            found.aliases = found.aliases.max(sh.aliases);
-            found.introspection |= sh.introspection;
+            found = found.max(graphql::shape(doc));
         }
         if docs > 0 {
             let g = st.graphql;

@@ -112,6 +112,27 @@ impl Items {
         self.items.push(Item { kind, name, value });
     }
 
+    /// A value percent-decoded as a path (`+` stays), with no name.
+    fn push_path_decoded(&mut self, kind: Kind, raw: &[u8]) {
+        let start = self.buf.len() as u32;
+        percent_decode(raw, &mut self.buf);
+        let value = start..self.buf.len() as u32;
+        self.items.push(Item {
+            kind,
+            name: 0..0,
+            value,
+        });
+    }
+
+    /// A copy of `buf[r]` in the reused scratch buffer (for decoding out of `buf` into
+    /// its own tail); hand it back with `self.derive_buf = copy`.
+    fn scratch_copy(&mut self, r: Range<usize>) -> Vec<u8> {
+        let mut copy = std::mem::take(&mut self.derive_buf);
+        copy.clear();
+        copy.extend_from_slice(&self.buf[r]);
+        copy
+    }
+
     fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) {
         let start = self.buf.len() as u32;
         super::transform::url_decode(raw, &mut self.buf, false);
@@ -149,14 +170,7 @@ impl Items {
             None => path,
         };
         if want(Kind::Path) {
-            let start = self.buf.len() as u32;
-            percent_decode(path.as_bytes(), &mut self.buf);
-            let value = start..self.buf.len() as u32;
-            self.items.push(Item {
-                kind: Kind::Path,
-                name: none.clone(),
-                value,
-            });
+            self.push_path_decoded(Kind::Path, path.as_bytes());
         }
         if want(Kind::Uri) {
             self.push(Kind::Uri, none.clone(), req.target.as_bytes());
@@ -277,26 +291,12 @@ impl Items {
                     continue;
                 }
                 special += 1;
-                let start = self.buf.len() as u32;
-                percent_decode(seg.as_bytes(), &mut self.buf);
-                let value = start..self.buf.len() as u32;
-                self.items.push(Item {
-                    kind: Kind::PathSegment,
-                    name: none.clone(),
-                    value,
-                });
+                self.push_path_decoded(Kind::PathSegment, seg.as_bytes());
             }
             // A payload with slashes in it (`1/**/union/**/select`, `</script>`) spans
             // segments: the whole decoded path is a value too once any segment is special.
             if special > 0 && path.len() > 1 {
-                let start = self.buf.len() as u32;
-                percent_decode(path.as_bytes(), &mut self.buf);
-                let value = start..self.buf.len() as u32;
-                self.items.push(Item {
-                    kind: Kind::PathSegment,
-                    name: none.clone(),
-                    value,
-                });
+                self.push_path_decoded(Kind::PathSegment, path.as_bytes());
             }
         }
         if want(Kind::Decoded) || want(Kind::Embedded) {
@@ -329,9 +329,7 @@ impl Items {
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             if decoded && super::derived::has_fullwidth(&self.buf[vs..ve]) {
                 let start = self.buf.len();
-                let mut src = std::mem::take(&mut self.derive_buf);
-                src.clear();
-                src.extend_from_slice(&self.buf[vs..ve]);
+                let src = self.scratch_copy(vs..ve);
                 let folded = super::derived::fold_fullwidth(&src, &mut self.buf);
                 self.derive_buf = src;
                 if folded {
@@ -351,9 +349,7 @@ impl Items {
                     let start = self.buf.len();
                     let (a, b) = (vs + range.start, vs + range.end);
                     // Decoded into the buffer's tail, kept only when it is text.
-                    let mut src = std::mem::take(&mut self.derive_buf);
-                    src.clear();
-                    src.extend_from_slice(&self.buf[a..b]);
+                    let src = self.scratch_copy(a..b);
                     super::transform::base64_decode(&src, &mut self.buf);
                     self.derive_buf = src;
                     if super::derived::is_text(&self.buf[start..]) {
@@ -374,9 +370,7 @@ impl Items {
                     &self.buf[vs..ve],
                 )
             {
-                let mut src = std::mem::take(&mut self.derive_buf);
-                src.clear();
-                src.extend_from_slice(&self.buf[vs..ve]);
+                let src = self.scratch_copy(vs..ve);
                 super::derived::graphql_strings(&src, |lit| {
                     let start = self.buf.len() as u32;
                     self.buf.extend_from_slice(lit);

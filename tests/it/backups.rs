@@ -15,10 +15,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn flush(gw: &TestGateway) {
-    gw.gw().shared().events.flush().await.unwrap();
-}
-
 fn cli(args: &[&str], extra: &[&Path]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gateway"));
     c.args(args);
@@ -110,11 +106,7 @@ async fn request(
 /// Returns the session cookie.
 async fn fill_every_table(gw: &TestGateway) -> String {
     let mut s = Sender::plain(gw.addr("http")).await;
-    for _ in 0..3 {
-        let r = admin(gw, "GET", "/api/v1/status", Some("wrong-token-wrong-token")).await;
-        assert_eq!(r.status, 401);
-    }
-    flush(gw).await;
+    fail_logins(gw, 3).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = api(gw, "POST", "/api/v1/archive/run", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -420,15 +412,7 @@ fn snapshot_dir(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 async fn crafted_backups_are_refused_and_change_nothing() {
     let up = named_upstream("a", Duration::ZERO).await;
     let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
-    let r = admin(
-        &gw,
-        "GET",
-        "/api/v1/status",
-        Some("wrong-token-wrong-token"),
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    flush(&gw).await;
+    fail_logins(&gw, 1).await;
     let good = PathBuf::from(
         api(&gw, "POST", "/api/v1/backups", None).await.json()["file"]
             .as_str()
@@ -744,20 +728,7 @@ async fn archives_are_listed_and_a_restore_checks_the_whole_file_first() {
     let up = named_upstream("a", Duration::ZERO).await;
     let extra = "\n[events.retention]\naudit = \"1s\"\nperformance = \"1s\"\n";
     let gw = TestGateway::start(&base_config(&[up.url()], extra)).await;
-    for _ in 0..3 {
-        assert_eq!(
-            admin(
-                &gw,
-                "GET",
-                "/api/v1/status",
-                Some("wrong-token-wrong-token")
-            )
-            .await
-            .status,
-            401
-        );
-    }
-    flush(&gw).await;
+    fail_logins(&gw, 3).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = api(&gw, "POST", "/api/v1/archive/run", None).await;
     let file = PathBuf::from(r.json()["archives"][0]["file"].as_str().unwrap());

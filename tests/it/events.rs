@@ -8,20 +8,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// Waits until every event emitted so far is committed.
-async fn flush(gw: &TestGateway) {
-    gw.gw().shared().events.flush().await.unwrap();
-}
-
-/// `n` admin requests with a wrong token, each an `admin_auth_failed` event.
-async fn fail_logins(gw: &TestGateway, n: usize) {
-    for _ in 0..n {
-        let r = admin(gw, "GET", "/api/v1/status", Some("wrong-token-wrong-token")).await;
-        assert_eq!(r.status, 401);
-    }
-    flush(gw).await;
-}
-
 fn items(r: &Reply) -> Vec<Value> {
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["items"].as_array().unwrap().clone()

@@ -465,6 +465,20 @@ pub fn trusted_config(up: &Upstream, extra: &str) -> String {
     )
 }
 
+/// Waits until every event emitted so far is committed.
+pub async fn flush(gw: &TestGateway) {
+    gw.gw().shared().events.flush().await.unwrap();
+}
+
+/// `n` admin requests with a wrong token, each an `admin_auth_failed` event, committed.
+pub async fn fail_logins(gw: &TestGateway, n: usize) {
+    for _ in 0..n {
+        let r = admin(gw, "GET", "/api/v1/status", Some("wrong-token-wrong-token")).await;
+        assert_eq!(r.status, 401);
+    }
+    flush(gw).await;
+}
+
 /// The audit events of type `kind` (newest first), after flushing the event queue.
 pub async fn events_of(gw: &TestGateway, kind: &str) -> Vec<serde_json::Value> {
     gw.gw().shared().events.flush().await.unwrap();
