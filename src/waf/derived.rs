@@ -1,18 +1,26 @@
 //! Values found inside other values, so an attack hidden one layer down is inspected as a
-//! value of its own: base64 / base64url text (and JWT segments), GraphQL string literals,
-//! and the text and attribute values of XML bodies.
+//! value of its own: base64 / base64url text (and JWT segments), JavaScript/JSON escapes
+//! (`\u003c`, `\x3c`), percent-encoding nested more than once (`%253c`), fullwidth
+//! forms, GraphQL string literals, and the text and attribute values of XML bodies.
 //!
-//! Cost: one pass over each argument for base64 candidates (tokens of at least
-//! [`MIN_BASE64`] characters of the base64 alphabet with both letter cases), a decode only
-//! for those, kept only when the result is text ([`is_text`]) — random base64 (images,
-//! keys, hashes, nonces) decodes to binary and is dropped. XML is tokenized leniently (the
+//! Cost: one pass over each argument for base64 candidates (a whole value of at least
+//! [`MIN_BASE64_VALUE`] characters, or a token of at least [`MIN_BASE64`], of the base64
+//! alphabet with both letter cases), a decode only for those, kept only when the result is
+//! text ([`is_text`]) — random base64 (images, keys, hashes, nonces) decodes to binary and is
+//! dropped. Escapes and nested percent-encoding are looked for with `memchr` and decoded
+//! only when present. XML is tokenized leniently (the
 //! gateway forwards the body as sent; this only finds values to inspect). Failure mode:
 //! a value that is not what it looks like yields nothing, never an error.
 
 use std::ops::Range;
 
-/// Shortest token decoded as base64 (12 bytes of text).
+/// Shortest token inside a longer value decoded as base64 (12 bytes of text).
 pub const MIN_BASE64: usize = 16;
+/// Shortest whole value decoded as base64 (6 bytes of text): a field that holds nothing
+/// but base64 is more likely encoded than a word inside prose.
+pub const MIN_BASE64_VALUE: usize = 8;
+/// Most rounds of percent-decoding for a nested encoding (`%25252e` is three).
+const MAX_URL_ROUNDS: usize = 4;
 /// Most base64 candidates decoded per value.
 const MAX_CANDIDATES: usize = 8;
 /// Most values taken from one XML body.
@@ -20,8 +28,18 @@ const MAX_XML_VALUES: usize = 10_000;
 
 /// The `k`-th token of `v` that looks like base64 or base64url text, if any.
 pub fn base64_candidate(v: &[u8], k: usize) -> Option<Range<usize>> {
-    if k >= MAX_CANDIDATES || v.len() < MIN_BASE64 {
+    if k >= MAX_CANDIDATES || v.len() < MIN_BASE64_VALUE {
         return None;
+    }
+    if v.len() < MIN_BASE64 {
+        // Short: only the whole value, base64 alphabet throughout.
+        let body = v.iter().position(|&b| b == b'=').unwrap_or(v.len());
+        let whole = k == 0
+            && v[..body].iter().all(|&b| is_b64(b))
+            && v[body..].iter().all(|&b| b == b'=')
+            && v.len() - body <= 2
+            && looks_encoded(v);
+        return whole.then_some(0..v.len());
     }
     let mut found = 0;
     let mut i = 0;
@@ -57,6 +75,115 @@ fn is_b64(b: u8) -> bool {
 fn looks_encoded(t: &[u8]) -> bool {
     let body = t.iter().take_while(|&&b| b != b'=').count();
     body % 4 != 1 && t.iter().any(u8::is_ascii_uppercase) && t.iter().any(u8::is_ascii_lowercase)
+}
+
+/// Decodes JavaScript / JSON string escapes into `out`: `\uHHHH` (surrogate pairs joined),
+/// `\u{H…}`, `\xHH`, and `\n`, `\r`, `\t`, `\0`, `\\`, `\'`, `\"`, `\/`. False when `v`
+/// holds no `\u`/`\x` escape and no `\n`/`\r` (then `out` is unspecified): a Windows
+/// path or a regex is not rewritten for nothing.
+pub fn unescape_js(v: &[u8], out: &mut Vec<u8>) -> bool {
+    if !has_js_escape(v) {
+        return false;
+    }
+    let mut changed = false;
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] != b'\\' || i + 1 >= v.len() {
+            out.push(v[i]);
+            i += 1;
+            continue;
+        }
+        let (cp, len) = match v[i + 1] {
+            b'u' if v.get(i + 2) == Some(&b'{') => match v[i + 3..].iter().position(|&b| b == b'}')
+            {
+                Some(n) if (1..=6).contains(&n) => (hex(&v[i + 3..i + 3 + n]), n + 4),
+                _ => (None, 0),
+            },
+            b'u' => match v.get(i + 2..i + 6).and_then(hex) {
+                Some(hi @ 0xD800..=0xDBFF) => {
+                    let lo = (v.get(i + 6) == Some(&b'\\') && v.get(i + 7) == Some(&b'u'))
+                        .then(|| v.get(i + 8..i + 12).and_then(hex))
+                        .flatten()
+                        .filter(|lo| (0xDC00..=0xDFFF).contains(lo));
+                    match lo {
+                        Some(lo) => (Some(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)), 12),
+                        None => (Some(0xFFFD), 6),
+                    }
+                }
+                Some(cp) => (Some(cp), 6),
+                None => (None, 0),
+            },
+            b'x' => (v.get(i + 2..i + 4).and_then(hex), 4),
+            b'n' => (Some(0x0A), 2),
+            b'r' => (Some(0x0D), 2),
+            b't' => (Some(0x09), 2),
+            b'0' => (Some(0), 2),
+            b'\\' | b'\'' | b'"' | b'/' => (Some(u32::from(v[i + 1])), 2),
+            _ => (None, 0),
+        };
+        match cp {
+            Some(cp) => {
+                let c = char::from_u32(cp).unwrap_or('\u{fffd}');
+                let mut tmp = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+                changed = true;
+                i += len;
+            }
+            None => {
+                out.push(v[i]);
+                i += 1;
+            }
+        }
+    }
+    changed
+}
+
+/// Whether `v` holds an escape [`unescape_js`] decodes.
+pub fn has_js_escape(v: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', v).any(|i| matches!(v.get(i + 1), Some(b'u' | b'x' | b'n' | b'r')))
+}
+
+fn hex(d: &[u8]) -> Option<u32> {
+    d.iter().try_fold(0u32, |acc, &b| {
+        Some(acc * 16 + u32::from(super::transform::hex_val(b)?))
+    })
+}
+
+/// Percent-decodes `v` round after round (at most [`MAX_URL_ROUNDS`]) while it still holds
+/// an escape, into `out`. False unless two rounds or more changed it: one round is what
+/// the rules' own `url_decode_uni` does, so only a nested encoding (`%252e`, `%%32%65`)
+/// yields a value of its own.
+pub fn url_unnest(v: &[u8], out: &mut Vec<u8>) -> bool {
+    if !has_escape(v) {
+        return false;
+    }
+    let mut cur = v.to_vec();
+    let mut rounds = 0;
+    while rounds < MAX_URL_ROUNDS && has_escape(&cur) {
+        let mut next = Vec::with_capacity(cur.len());
+        super::transform::url_decode(&cur, &mut next, true);
+        if next == cur {
+            break;
+        }
+        cur = next;
+        rounds += 1;
+    }
+    if rounds < 2 {
+        return false;
+    }
+    out.extend_from_slice(&cur);
+    true
+}
+
+/// A `%HH` or `%uHHHH` escape anywhere in `v`.
+pub fn has_escape(v: &[u8]) -> bool {
+    memchr::memchr_iter(b'%', v).any(|i| {
+        let hex2 = |at: usize| {
+            v.get(at..at + 2)
+                .is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit))
+        };
+        hex2(i + 1) || (matches!(v.get(i + 1), Some(b'u' | b'U')) && hex2(i + 2) && hex2(i + 4))
+    })
 }
 
 /// Folds fullwidth forms (U+FF01–U+FF5E, e.g. `＜script＞`) to their ASCII twins into

@@ -14,7 +14,9 @@
 //!
 //! A label whose first part is `benign`, `legit`, `good` or `pass` is expected to pass;
 //! every other label is expected to be blocked (an explicit `expect` wins). The report lists
-//! blocked % per label, and every false positive with the rules behind it.
+//! blocked % per label and per label prefix (`payload/sqli/base64/json` also counts towards
+//! `payload/sqli/base64`, `payload/sqli` and `payload`), and every false positive with the
+//! rules behind it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,9 @@ pub struct Miss {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub labels: BTreeMap<String, LabelStats>,
+    /// Every proper prefix of a label with more than one part (`payload/sqli` for
+    /// `payload/sqli/query`), summed over the labels under it.
+    pub groups: BTreeMap<String, LabelStats>,
     /// Expected to pass, blocked: with the rules that blocked.
     pub false_positives: Vec<Miss>,
     /// Expected to be blocked, passed.
@@ -265,7 +270,23 @@ pub fn run(rt: &Runtime, waf: &Waf, samples: &[Sample]) -> Report {
             }
         }
     }
-    for s in r.labels.values_mut() {
+    for (label, s) in &r.labels {
+        let mut end = 0;
+        while let Some(i) = label[end..].find('/') {
+            end += i;
+            let g = r.groups.entry(label[..end].to_string()).or_default();
+            if g.requests == 0 {
+                g.expect = s.expect;
+            } else if g.expect != s.expect {
+                g.expect = "mixed";
+            }
+            g.requests += s.requests;
+            g.blocked += s.blocked;
+            g.unreadable += s.unreadable;
+            end += 1;
+        }
+    }
+    for s in r.labels.values_mut().chain(r.groups.values_mut()) {
         let judged = s.requests - s.unreadable;
         s.blocked_percent = if judged == 0 {
             0.0
@@ -286,15 +307,23 @@ impl Report {
             "{:<40} {:>6} {:>9} {:>8} {:>9}",
             "label", "expect", "requests", "blocked", "blocked %"
         );
-        for (label, s) in &self.labels {
+        let mut rows: Vec<(&String, &LabelStats, &str)> = self
+            .labels
+            .iter()
+            .map(|(l, s)| (l, s, ""))
+            .chain(self.groups.iter().map(|(l, s)| (l, s, "  (all under it)")))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        for (label, s, note) in rows {
             let _ = writeln!(
                 out,
-                "{:<40} {:>6} {:>9} {:>8} {:>8.1}%{}",
+                "{:<40} {:>6} {:>9} {:>8} {:>8.1}%{}{}",
                 label,
                 s.expect,
                 s.requests,
                 s.blocked,
                 s.blocked_percent,
+                note,
                 if s.unreadable > 0 {
                     format!("  ({} unreadable)", s.unreadable)
                 } else {

@@ -16,6 +16,10 @@ use http::HeaderMap;
 use super::rule::Kind;
 
 /// The parts of a request the engine reads.
+/// Most derived values that are looked at once more for escapes (a request with hundreds
+/// of base64 values does not get hundreds of second looks).
+const DERIVED_SECOND_LOOK: usize = 64;
+
 #[derive(Clone, Copy)]
 pub struct RequestParts<'a> {
     pub method: &'a str,
@@ -284,10 +288,11 @@ impl Items {
         if want(Kind::PathSegment) {
             let mut special = 0;
             for seg in path.split('/').filter(|s| !s.is_empty()) {
-                if seg
+                let plain = seg
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-                {
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+                // A plain segment is a value only when it may be base64url text.
+                if plain && super::derived::base64_candidate(seg.as_bytes(), 0).is_none() {
                     continue;
                 }
                 special += 1;
@@ -313,36 +318,57 @@ impl Items {
     /// not decoded (their values are secrets, and sessions are often base64).
     fn derive(&mut self, decoded: bool, embedded: bool) {
         let n = self.items.len();
-        for i in 0..n {
+        // Values derived here (base64 text) get a second look for escapes and nested
+        // percent-encoding (items from `n` on), but are never base64-decoded again.
+        let mut i = 0;
+        while i < self.items.len() {
             let it = self.items[i].clone();
-            let source = matches!(
-                it.kind,
-                Kind::QueryArg
-                    | Kind::BodyArg
-                    | Kind::HeaderArg
-                    | Kind::PathSegment
-                    | Kind::XmlValue
-            );
+            i += 1;
+            let source = if i > n {
+                it.kind == Kind::Decoded && i <= DERIVED_SECOND_LOOK + n
+            } else {
+                matches!(
+                    it.kind,
+                    Kind::QueryArg
+                        | Kind::BodyArg
+                        | Kind::HeaderArg
+                        | Kind::PathSegment
+                        | Kind::XmlValue
+                )
+            };
             if !source {
                 continue;
             }
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
-            if decoded && super::derived::has_fullwidth(&self.buf[vs..ve]) {
-                let start = self.buf.len();
-                let src = self.scratch_copy(vs..ve);
-                let folded = super::derived::fold_fullwidth(&src, &mut self.buf);
-                self.derive_buf = src;
-                if folded {
-                    self.items.push(Item {
-                        kind: Kind::Decoded,
-                        name: it.name.clone(),
-                        value: start as u32..self.buf.len() as u32,
-                    });
-                } else {
-                    self.buf.truncate(start);
+            if decoded {
+                use super::derived as d;
+                type Probe = fn(&[u8]) -> bool;
+                type Decode = fn(&[u8], &mut Vec<u8>) -> bool;
+                let decoders: [(Probe, Decode); 3] = [
+                    (d::has_fullwidth, d::fold_fullwidth),
+                    (d::has_js_escape, d::unescape_js),
+                    (d::has_escape, d::url_unnest),
+                ];
+                for (probe, decode) in decoders {
+                    if !probe(&self.buf[vs..ve]) {
+                        continue;
+                    }
+                    let start = self.buf.len();
+                    let src = self.scratch_copy(vs..ve);
+                    let changed = decode(&src, &mut self.buf);
+                    self.derive_buf = src;
+                    if changed {
+                        self.items.push(Item {
+                            kind: Kind::Decoded,
+                            name: it.name.clone(),
+                            value: start as u32..self.buf.len() as u32,
+                        });
+                    } else {
+                        self.buf.truncate(start);
+                    }
                 }
             }
-            if decoded {
+            if decoded && i <= n {
                 let mut k = 0;
                 while let Some(range) = super::derived::base64_candidate(&self.buf[vs..ve], k) {
                     k += 1;
@@ -364,6 +390,7 @@ impl Items {
                 }
             }
             if embedded
+                && i <= n
                 && matches!(it.kind, Kind::QueryArg | Kind::BodyArg)
                 && super::derived::is_graphql_query(
                     &self.buf[it.name.start as usize..it.name.end as usize],

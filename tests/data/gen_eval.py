@@ -13,9 +13,18 @@ metadata) as JSON bodies. Each text is placed in a query argument, a form field,
 field, a multipart field and (when it fits a header) a custom header. Sampling is seeded,
 so a run on the same machine gives the same corpus.
 
-Usage: python3 tests/data/gen_eval.py OUT_DIR [--per-source N]
+Payload lists (optional, `--payloads DIR`): every `DIR/<family>.txt` (one payload per line,
+such as the Intruder lists of swisskyrepo/PayloadsAllTheThings, MIT; see
+tests/data/payload-sources.md for the files used in the issue notes) becomes requests labelled
+`payload/<family>/<placement>/<encoding>`: each payload in ten placements (query, path segment,
+form, JSON value, multipart field, custom header, User-Agent, XML/SOAP body, GraphQL variable,
+JSON body of an API) and five encodings (plain, URL-encoded once more, base64, unpadded
+base64url, JavaScript \\u escapes). Header placements take only what a header can carry.
+
+Usage: python3 tests/data/gen_eval.py OUT_DIR [--per-source N] [--payloads DIR]
 Then:  gateway waf eval --config gateway.toml OUT_DIR
 """
+import base64
 import glob
 import gzip
 import json
@@ -186,6 +195,72 @@ def place(label, text, where):
     raise ValueError(where)
 
 
+def encode(payload, how):
+    if how == "plain":
+        return payload
+    if how == "url":
+        return urllib.parse.quote(payload, safe="")
+    if how == "base64":
+        return base64.b64encode(payload.encode()).decode()
+    if how == "base64url":
+        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    if how == "jsunicode":
+        return "".join(c if c.isalnum() else "\\u%04x" % ord(c) for c in payload)
+    raise ValueError(how)
+
+
+def header_safe(v):
+    return v and all(32 <= ord(c) < 127 for c in v) and v == v.strip()
+
+
+def payload_requests(label, value):
+    """One payload value in every placement a client can put it."""
+    q = urllib.parse.quote
+    h = {"Host": "shop.example.com", "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+         "Accept": "*/*"}
+    out = [
+        {"label": f"{label}/query", "method": "GET", "target": "/search?q=" + q(value, safe="") + "&page=1", "headers": h},
+        {"label": f"{label}/path", "method": "GET", "target": "/files/" + q(value, safe="") + "/view", "headers": h},
+        {"label": f"{label}/form", "method": "POST", "target": "/comments",
+         "headers": dict(h, **{"Content-Type": "application/x-www-form-urlencoded"}), "body": "name=Anne&comment=" + q(value, safe="")},
+        {"label": f"{label}/json", "method": "POST", "target": "/api/notes",
+         "headers": dict(h, **{"Content-Type": "application/json"}), "body": json.dumps({"title": "note", "text": value})},
+        {"label": f"{label}/multipart", "method": "POST", "target": "/contact",
+         "headers": dict(h, **{"Content-Type": "multipart/form-data; boundary=XyZ"}),
+         "body": f"--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\n{value}\r\n--XyZ--\r\n"},
+        {"label": f"{label}/xml", "method": "POST", "target": "/soap",
+         "headers": dict(h, **{"Content-Type": "text/xml"}),
+         "body": '<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+                 f'<GetItem><name>{value.replace("&", "&amp;").replace("<", "&lt;")}</name></GetItem></soap:Body></soap:Envelope>'},
+        {"label": f"{label}/graphql", "method": "POST", "target": "/graphql",
+         "headers": dict(h, **{"Content-Type": "application/json"}),
+         "body": json.dumps({"query": "query Find($name: String!) { items(name: $name) { id title } }", "variables": {"name": value}})},
+        {"label": f"{label}/api", "method": "PUT", "target": "/api/v2/users/17",
+         "headers": dict(h, **{"Content-Type": "application/json"}), "body": json.dumps({"user": {"id": 17, "profile": {"bio": value}}})},
+    ]
+    if header_safe(value):
+        out.append({"label": f"{label}/header", "method": "GET", "target": "/", "headers": dict(h, **{"X-Request-Note": value})})
+        out.append({"label": f"{label}/user-agent", "method": "GET", "target": "/", "headers": dict(h, **{"User-Agent": value})})
+    return out
+
+
+def payload_corpus(directory):
+    out = []
+    for f in sorted(glob.glob(os.path.join(directory, "*.txt"))):
+        family = os.path.splitext(os.path.basename(f))[0]
+        seen = set()
+        for line in open(f, encoding="utf-8", errors="replace"):
+            p = line.rstrip("\n")
+            if not p.strip() or p in seen:
+                continue
+            seen.add(p)
+            for how in ["plain", "url", "base64", "base64url", "jsunicode"]:
+                for r in payload_requests(f"payload/{family}/{how}", encode(p, how)):
+                    r["payload"] = p  # not read by the eval; names the line in reports
+                    out.append(r)
+    return out
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
@@ -213,7 +288,13 @@ def main():
     with open(os.path.join(outdir, "benign.ndjson"), "w") as f:
         for b in benign:
             f.write(json.dumps(b) + "\n")
-    print(f"{len(attacks)} attacks, {len(benign)} benign requests in {outdir}")
+    payloads = []
+    if "--payloads" in sys.argv:
+        payloads = payload_corpus(sys.argv[sys.argv.index("--payloads") + 1])
+        with open(os.path.join(outdir, "payloads.ndjson"), "w") as f:
+            for p in payloads:
+                f.write(json.dumps(p) + "\n")
+    print(f"{len(attacks)} attacks, {len(payloads)} payload requests, {len(benign)} benign requests in {outdir}")
 
 
 if __name__ == "__main__":

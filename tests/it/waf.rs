@@ -221,6 +221,29 @@ fn build(c: &Case) -> (String, String, HeaderMap, Vec<u8>) {
                 }
             }
         }
+        "jsesc_query" | "jsesc_header" => {
+            // JavaScript escapes for everything but letters and digits: `\u003c`.
+            let esc: String = c
+                .value
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() {
+                        ch.to_string()
+                    } else {
+                        format!("\\u{:04x}", ch as u32)
+                    }
+                })
+                .collect();
+            if c.place == "jsesc_query" {
+                target = format!("/search?{}={}", enc(&c.name), enc(&esc));
+            } else {
+                headers.insert("x-data", HeaderValue::from_str(&esc).unwrap());
+            }
+        }
+        "nested_url_query" => {
+            // Percent-encoded twice before the query's own encoding: three layers.
+            target = format!("/search?{}={}", enc(&c.name), enc(&enc(&enc(&c.value))));
+        }
         "method" => method = c.value.clone(),
         "raw" => {
             let r = gateway::waf::tester::parse_raw(c.value.as_bytes()).unwrap();
