@@ -16,7 +16,7 @@ so a run on the same machine gives the same corpus.
 Payload lists (optional, `--payloads DIR`): every `DIR/<family>.txt` (one payload per line,
 such as the Intruder lists of swisskyrepo/PayloadsAllTheThings, MIT; see
 tests/data/payload-sources.md for the files used in the issue notes) becomes requests labelled
-`payload/<family>/<placement>/<encoding>`: each payload in ten placements (query, path segment,
+`payload/<family>/<encoding>/<placement>`: each payload in ten placements (query, path segment,
 form, JSON value, multipart field, custom header, User-Agent, XML/SOAP body, GraphQL variable,
 JSON body of an API) and five encodings (plain, URL-encoded once more, base64, unpadded
 base64url, JavaScript \\u escapes). Header placements take only what a header can carry.
