@@ -22,6 +22,7 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
     pub connections_rejected: IntCounterVec,
+    pub connections_rejected_per_address: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
@@ -117,6 +118,14 @@ impl Metrics {
             Opts::new(
                 "gateway_connections_rejected_total",
                 "Connections closed at accept because the listener was at its limit.",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+        let connections_rejected_per_address = IntCounterVec::new(
+            Opts::new(
+                "gateway_connections_rejected_per_address_total",
+                "Connections closed because their client address held max_connections_per_ip.",
             ),
             &["listener"],
         )
@@ -280,6 +289,7 @@ impl Metrics {
             Box::new(connections_active.clone()),
             Box::new(connections_total.clone()),
             Box::new(connections_rejected.clone()),
+            Box::new(connections_rejected_per_address.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
@@ -318,6 +328,7 @@ impl Metrics {
             connections_active,
             connections_total,
             connections_rejected,
+            connections_rejected_per_address,
             tls_handshake_failures,
             config_reloads,
             config_generation,

@@ -562,6 +562,7 @@ impl Runtime {
                 tls_handshake_timeout: t.tls_handshake,
                 idle_timeout: t.idle,
                 header_read_timeout: t.header_read,
+                max_connections_per_ip: ls.max_connections_per_ip,
             });
         }
 

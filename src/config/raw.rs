@@ -788,6 +788,10 @@ pub struct ListenerSection {
     pub proxy_protocol: bool,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address may hold open on this listener (0: no cap).
+    /// Trusted proxies are exempt; behind PROXY protocol the address is the one it names.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// The IP policy when no rule matches, for requests on this listener (overrides
     /// `ip_rules.default`; a route's own setting wins).
     #[serde(default)]
@@ -1105,6 +1109,10 @@ fn default_admin_bind() -> String {
 fn default_alpn() -> Vec<String> {
     vec!["h2".to_string(), "http/1.1".to_string()]
 }
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+
 fn default_max_connections() -> usize {
     10_000
 }

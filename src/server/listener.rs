@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{proxy_protocol, ConnInfo, IdleTimeoutIo};
+use super::{proxy_protocol, ConnInfo, IdleTimeoutIo, PerAddress};
 use crate::app::Shared;
 use crate::config::LimitsSection;
 
@@ -64,11 +64,13 @@ pub struct ListenerRuntime {
     pub tls_handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// Connections one client address may hold open (0: no cap); see [`PerAddress`].
+    pub max_connections_per_ip: usize,
 }
 
 /// Accepts until `stop` turns true. Each connection runs on its own task and holds a
-/// permit of the listener's connection limit; over the limit, new connections are closed
-/// at once.
+/// permit of the listener's connection limit and a place in its client address's share
+/// ([`PerAddress`]); over either limit, new connections are closed at once.
 pub async fn serve_listener(
     listener: TcpListener,
     index: usize,
@@ -77,6 +79,7 @@ pub async fn serve_listener(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let name = shared.runtime.load().listeners[index].name.clone();
     let active = shared
         .metrics
@@ -112,8 +115,9 @@ pub async fn serve_listener(
         let shared = shared.clone();
         let active = active.clone();
         let drain = shared.drain.subscribe();
+        let per_address = per_address.clone();
         tokio::spawn(async move {
-            handle_connection(stream, peer, index, shared, drain).await;
+            handle_connection(stream, peer, index, shared, drain, per_address).await;
             active.dec();
             drop(permit);
         });
@@ -126,6 +130,7 @@ async fn handle_connection(
     index: usize,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
+    per_address: Arc<PerAddress>,
 ) {
     let _ = stream.set_nodelay(true);
     // Take what this connection needs and let go of the runtime: a long-lived connection
@@ -144,6 +149,30 @@ async fn handle_connection(
             lr.header_read_timeout,
         )
     };
+    // Without PROXY protocol the cap applies to the TCP peer at once; with it, to the
+    // client the header names (the balancer itself would otherwise hit it).
+    let admit = |peer: SocketAddr| {
+        let rt = shared.runtime.load();
+        let max = rt.listeners[index].max_connections_per_ip;
+        let exempt = !rt.trusted.is_empty() && rt.trusted.contains(peer.ip());
+        let slot = per_address.admit(peer.ip(), if exempt { 0 } else { max });
+        if slot.is_none() {
+            shared
+                .metrics
+                .connections_rejected_per_address
+                .with_label_values(&[&name])
+                .inc();
+            tracing::debug!(listener = %name, %peer, max, "per-address connection cap reached");
+        }
+        slot
+    };
+    let mut _slot = None;
+    if !proxy_protocol {
+        match admit(peer) {
+            Some(s) => _slot = s,
+            None => return,
+        }
+    }
     if proxy_protocol {
         match tokio::time::timeout(handshake_timeout, proxy_protocol::read_header(&mut stream))
             .await
@@ -155,6 +184,10 @@ async fn handle_connection(
                 return;
             }
             Err(_) => return,
+        }
+        match admit(peer) {
+            Some(s) => _slot = s,
+            None => return,
         }
     }
     match tls {

@@ -3,10 +3,12 @@
 
 mod idle_io;
 mod listener;
+mod per_address;
 pub mod proxy_protocol;
 
 pub use idle_io::IdleTimeoutIo;
 pub use listener::{serve_listener, ConnBuilders, ListenerRuntime};
+pub use per_address::{AddressSlot, PerAddress};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};

@@ -158,3 +158,58 @@ async fn keep_alive_requests_spaced_near_the_head_timeout_are_not_cut() {
     }
     assert_eq!(up.hits(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_connections_unless_it_is_a_trusted_proxy() {
+    let up = echo_upstream().await;
+    let capped = "name = \"http\"\nbind = \"127.0.0.1:0\"\nmax_connections_per_ip = 2";
+    let cfg =
+        base_config(&[up.url()], "").replace("name = \"http\"\nbind = \"127.0.0.1:0\"", capped);
+    let gw = TestGateway::start(&cfg).await;
+    let mut a = Sender::plain(gw.addr("http")).await;
+    let mut b = Sender::plain(gw.addr("http")).await;
+    assert_eq!(a.get("/").await.status, 200);
+    assert_eq!(b.get("/").await.status, 200);
+    let mut third = TcpStream::connect(gw.addr("http")).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let (out, closed) = read_until_close(&mut third, Duration::from_secs(3)).await;
+    assert!(
+        closed && out.is_empty(),
+        "third connection from one address served: {out}"
+    );
+    // The TLS listener of the same gateway has its own share.
+    let mut t = gw.tls().h1(gw.addr("https")).await;
+    assert_eq!(t.get("/").await.status, 200);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(
+        c.get("/").await.status,
+        200,
+        "a closed connection gives its place back"
+    );
+    let metrics = admin(&gw, "GET", "/metrics", None).await.text();
+    assert!(
+        metrics.contains("gateway_connections_rejected_per_address_total{listener=\"http\"} 1"),
+        "{metrics}"
+    );
+    drop((b, c, t));
+
+    // A trusted proxy carries many clients: no cap for it.
+    let cfg = base_config(&[up.url()], "")
+        .replace("name = \"http\"\nbind = \"127.0.0.1:0\"", capped)
+        .replace(
+            "access_log = false",
+            "access_log = false\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        );
+    let gw = TestGateway::start(&cfg).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut s = Sender::plain(gw.addr("http")).await;
+        assert_eq!(s.get("/").await.status, 200);
+        conns.push(s);
+    }
+}
