@@ -26,6 +26,8 @@ RUN sed -i -e 's/127.0.0.1:8443/0.0.0.0:8443/' -e 's/127.0.0.1:8080/0.0.0.0:8080
     && mkdir -p /etc/gateway/certs && chown -R gateway /etc/gateway/certs
 USER gateway
 EXPOSE 8443 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
+    CMD ["/usr/local/bin/gateway", "health", "--config", "/etc/gateway/gateway.toml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gateway"]
 CMD ["run", "--config", "/etc/gateway/gateway.toml"]

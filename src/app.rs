@@ -225,6 +225,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener_addrs: Vec<(String, SocketAddr)>,
     admin_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
     admin_task: Option<JoinHandle<()>>,
@@ -319,6 +320,20 @@ impl Gateway {
         } else {
             None
         };
+        let metrics_listener = match admin.metrics_bind {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            name: "admin.metrics_bind".into(),
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let token = crate::admin::resolve_token(&admin)?;
 
         let (drain, _) = watch::channel(false);
@@ -367,6 +382,17 @@ impl Gateway {
                 stop.subscribe(),
             )));
         }
+        let mut metrics_addr = None;
+        if let Some(l) = metrics_listener {
+            let addr = l.local_addr().ok();
+            metrics_addr = addr;
+            tracing::info!(addr = ?addr, "metrics and health listening");
+            tokio::spawn(crate::admin::serve_metrics(
+                l,
+                shared.clone(),
+                stop.subscribe(),
+            ));
+        }
         tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe()));
         tokio::spawn(sweep_security_state(shared.clone(), stop.subscribe()));
         tokio::spawn(session_housekeeping(shared.clone(), stop.subscribe()));
@@ -375,6 +401,7 @@ impl Gateway {
             shared,
             listener_addrs,
             admin_addr,
+            metrics_addr,
             stop,
             accept_tasks,
             admin_task,
@@ -391,6 +418,11 @@ impl Gateway {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The bound address of `[admin] metrics_bind`, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

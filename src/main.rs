@@ -29,6 +29,16 @@ enum Command {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Ask a running gateway whether it is ready (its `/readyz`, on the metrics listener
+    /// when configured, else the admin port): exit 0 when ready, 1 when not or unreachable,
+    /// 2 when the config cannot be read. For container health checks.
+    Health {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Validate a config file: exit 0 when valid, 2 with every error listed when not.
     Check {
         #[arg(long, short, default_value = "gateway.toml")]
@@ -157,6 +167,26 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Health { config, timeout } => {
+            use gateway::admin::health::{check, endpoint, HealthError};
+            let result = endpoint(&config).and_then(|addr| {
+                check(addr, std::time::Duration::from_secs(timeout)).map(|_| addr)
+            });
+            match result {
+                Ok(addr) => {
+                    println!("{addr}: ready");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ (HealthError::Config(_) | HealthError::NoEndpoint)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Archive { action } => archive(action),
         Command::Backup { action } => backup(action),
         Command::Waf {

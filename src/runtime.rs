@@ -48,6 +48,8 @@ pub struct ListenerBind {
 pub struct AdminSettings {
     pub enabled: bool,
     pub bind: SocketAddr,
+    /// `[admin] metrics_bind`: the metrics-and-health-only listener.
+    pub metrics_bind: Option<SocketAddr>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
 }
@@ -720,6 +722,19 @@ impl Runtime {
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
+        let metrics_bind = a
+            .metrics_bind
+            .as_ref()
+            .and_then(|m| match m.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errs.push(cfg.error(
+                        &KeyPath::of(&["admin", "metrics_bind"]),
+                        format!("`{m}` is not an address:port"),
+                    ));
+                    None
+                }
+            });
         if a.token.as_deref().is_some_and(|t| t.len() < 16) {
             errs.push(cfg.error(
                 &KeyPath::of(&["admin", "token"]),
@@ -787,6 +802,7 @@ impl Runtime {
             admin: AdminSettings {
                 enabled: a.enabled,
                 bind: admin_bind,
+                metrics_bind,
                 token: a.token.clone(),
                 token_file: a.token_file.as_ref().map(|p| cfg.resolve(p)),
             },

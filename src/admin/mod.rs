@@ -2,7 +2,8 @@
 //! JSON API under `/api/v1/`.
 //!
 //! `/healthz`, `/readyz` and `/metrics` need no token (they reveal no secrets and monitoring
-//! systems scrape them). Everything under `/api/v1/` needs `Authorization: Bearer <token>`,
+//! systems scrape them); `[admin] metrics_bind` serves those three alone on a second
+//! address that may face the network while the API stays on loopback. Everything under `/api/v1/` needs `Authorization: Bearer <token>`,
 //! compared in constant time. With no token configured the API does not run: its routes
 //! answer 503 and nothing can be changed through them.
 
@@ -30,6 +31,7 @@ use crate::runtime::AdminSettings;
 
 pub mod client;
 mod events_api;
+pub mod health;
 mod security_api;
 mod sessions_api;
 
@@ -125,6 +127,30 @@ pub async fn serve(
         .nest("/api/v1", api)
         .with_state(state);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+/// Serves `[admin] metrics_bind` until `stop` turns true: `/metrics`, `/healthz` and
+/// `/readyz`, nothing else (every other path is 404, the API is not reachable here).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = AdminState {
+        shared,
+        token: None,
+        auth_failures: Arc::new(AuthFailures::default()),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -732,6 +732,11 @@ pub struct AdminSection {
     /// A file holding the bearer token; created with a random token (mode 0600) if missing.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz` (no API, no
+    /// token), which may listen on every interface so Prometheus and container health
+    /// checks reach it while the API stays on loopback.
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
 }
 
 impl Default for AdminSection {
@@ -742,6 +747,7 @@ impl Default for AdminSection {
             allow_public: false,
             token: None,
             token_file: None,
+            metrics_bind: None,
         }
     }
 }

@@ -120,3 +120,78 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_metrics_and_health_only_and_gateway_health_asks_it() {
+    let up = echo_upstream().await;
+    let port = free_port();
+    let cfg = base_config(&[up.url()], "").replace(
+        "[admin]\n",
+        &format!("[admin]\nmetrics_bind = \"127.0.0.1:{port}\"\n"),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(gw.gw().metrics_addr().map(|a| a.port()), Some(port));
+    let mut c = Sender::plain(gw.addr("http")).await;
+    assert_eq!(c.get("/").await.status, 200);
+
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let metrics = get("/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("gateway_requests_total"), "{metrics}");
+    assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    // The API is not on this listener, token or not.
+    for path in ["/api/v1/status", "/api/v1/events", "/openapi.json"] {
+        let r = get(path).await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+    }
+
+    let health = |path: std::path::PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["health", "--timeout", "2", "--config"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::spawn_blocking({
+        let p = gw.config_path();
+        move || health(p)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready"));
+
+    let dir = gw.stop_keeping_files().await;
+    let out = tokio::task::spawn_blocking({
+        let p = dir.path().join("gateway.toml");
+        move || health(p)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a stopped gateway is not healthy"
+    );
+    let missing = health(dir.path().join("nope.toml"));
+    assert_eq!(missing.status.code(), Some(2));
+}
