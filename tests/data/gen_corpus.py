@@ -239,6 +239,11 @@ for v in ["; sleep 10", "& ping -n 30 127.0.0.1 &", "`ping 127.0.0.1`", "| dir",
           "a);id", "|| whoami"]:
     c("rce", A, "query", v, name="host")
 c("php", A, "query", ";${@print(md5(31337))};", name="x")
+for v in ["/???/??t /???/p??s??", "cat /etc/pas[s]wd", "/bi[n]/bash -c id", "x;/u?r/b?n/w?oami"]:
+    c("rce", A, "query", v, name="file")
+for v in ["/home/*/public_html", "src/**/*.rs", "Is it /path?x=1 or /other?y=2", "see /docs/faq?lang=en",
+          "use /var/log/*.log", "/api/v1/items[0]/name"]:
+    c("benign", P, "query", v, name="note")
 c("sqli", A, "query", "or 1=1--", name="user")
 c("sqli", A, "query", "') or true--", name="user")
 c("sqli", A, "query", "')) or (('x'))=(('x", name="user")
