@@ -66,13 +66,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Refuses a write of `bytes` into `dir` that would leave less than 5 % of the file
-/// system (at least 64 MiB) free.
+/// Refuses a write of `bytes` into `dir` that would leave less than a reserve free: 5 %
+/// of the file system, at least 64 MiB and at most 1 GiB (on a large disk 5 % would refuse
+/// a small restore with gigabytes to spare).
 pub fn ensure_room(dir: &Path, bytes: u64) -> io::Result<()> {
     let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     let total = st.f_blocks.saturating_mul(st.f_frsize);
-    let reserve = (total / 20).max(64 << 20);
+    let reserve = (total / 20).clamp(64 << 20, 1 << 30);
     if bytes.saturating_add(reserve) > free {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
