@@ -362,3 +362,40 @@ async fn h2c_prior_knowledge_on_a_plain_listener_when_enabled() {
     let mut c = Sender::plain(gw.addr("http")).await;
     assert_eq!(c.get("/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_proxy_protocol_the_per_address_cap_counts_the_client_not_the_balancer() {
+    let up = echo_upstream().await;
+    let cfg = base_config(&[up.url()], "").replace(
+        "name = \"http\"\nbind = \"127.0.0.1:0\"",
+        "name = \"http\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\nmax_connections_per_ip = 1",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let via = |client: &'static str| {
+        let addr = gw.addr("http");
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 8080\r\n").as_bytes())
+                .await
+                .unwrap();
+            s
+        }
+    };
+    // Two clients through the same balancer address: one connection each is fine.
+    let mut a = Sender::h1(via("203.0.113.7").await).await;
+    let mut b = Sender::h1(via("203.0.113.8").await).await;
+    assert_eq!(a.get("/").await.status, 200);
+    assert_eq!(b.get("/").await.status, 200);
+    // A second connection of the same client is closed.
+    let mut again = via("203.0.113.7").await;
+    again
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let (out, closed) = read_until_close(&mut again, Duration::from_secs(3)).await;
+    assert!(
+        closed && out.is_empty(),
+        "second connection of one client served: {out}"
+    );
+    assert_eq!(a.get("/").await.status, 200);
+}
