@@ -168,8 +168,16 @@ pub fn url_unnest(v: &[u8], out: &mut Vec<u8>) -> bool {
     if !has_escape(v) {
         return false;
     }
-    let mut cur = v.to_vec();
-    let mut rounds = 0;
+    // The first round goes straight into `out`: a value encoded once (a URL with `%20`
+    // in a JSON field) is dropped without allocating.
+    let start = out.len();
+    super::transform::url_decode(v, out, true);
+    if !has_escape(&out[start..]) {
+        out.truncate(start);
+        return false;
+    }
+    let mut cur = out.split_off(start);
+    let mut rounds = 1;
     while rounds < MAX_URL_ROUNDS && has_escape(&cur) {
         let mut next = Vec::with_capacity(cur.len());
         super::transform::url_decode(&cur, &mut next, true);

@@ -137,6 +137,20 @@ impl Items {
         copy
     }
 
+    /// The bytes decoded into the buffer's tail from `start` on become a `decoded` value
+    /// named `name` when `keep`, and are dropped otherwise.
+    fn keep_decoded(&mut self, start: usize, name: &Range<u32>, keep: bool) {
+        if keep {
+            self.items.push(Item {
+                kind: Kind::Decoded,
+                name: name.clone(),
+                value: start as u32..self.buf.len() as u32,
+            });
+        } else {
+            self.buf.truncate(start);
+        }
+    }
+
     fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) {
         let start = self.buf.len() as u32;
         super::transform::url_decode(raw, &mut self.buf, false);
@@ -357,15 +371,7 @@ impl Items {
                     let src = self.scratch_copy(vs..ve);
                     let changed = decode(&src, &mut self.buf);
                     self.derive_buf = src;
-                    if changed {
-                        self.items.push(Item {
-                            kind: Kind::Decoded,
-                            name: it.name.clone(),
-                            value: start as u32..self.buf.len() as u32,
-                        });
-                    } else {
-                        self.buf.truncate(start);
-                    }
+                    self.keep_decoded(start, &it.name, changed);
                 }
             }
             if decoded && i <= n {
@@ -378,15 +384,8 @@ impl Items {
                     let src = self.scratch_copy(a..b);
                     super::transform::base64_decode(&src, &mut self.buf);
                     self.derive_buf = src;
-                    if super::derived::is_text(&self.buf[start..]) {
-                        self.items.push(Item {
-                            kind: Kind::Decoded,
-                            name: it.name.clone(),
-                            value: start as u32..self.buf.len() as u32,
-                        });
-                    } else {
-                        self.buf.truncate(start);
-                    }
+                    let text = super::derived::is_text(&self.buf[start..]);
+                    self.keep_decoded(start, &it.name, text);
                 }
             }
             if embedded
