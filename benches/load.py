@@ -18,6 +18,8 @@ Scenarios:
 
 Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
 Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
+Profiles: --perf DIR records every gateway's round-1 run with `perf record -g` (its CPU
+numbers then include perf's overhead; read them with `perf report -i DIR/<proxy>-<scenario>.data`).
 WAF: python3 benches/load.py --only gateway-crs,nginx-modsec --scenarios h1-keepalive
 (CRS v4 from ../shared/crs at paranoia level 1 in both; libnginx-mod-http-modsecurity)
 Before/after: --baseline-bin PATH (another build of the gateway, e.g. of the previous
@@ -374,6 +376,8 @@ def main():
     ap.add_argument("--scenarios", default="h1-keepalive,h2,new-conn,fixed-rate")
     ap.add_argument("--baseline-bin", default=None,
                     help="another gateway build, run as gateway-baseline beside the current one")
+    ap.add_argument("--perf", default=None, metavar="DIR",
+                    help="record each gateway's profile in round 1 (perf record -g) to DIR/<proxy>-<scenario>.data")
     ap.add_argument("--baseline-rules", default=None,
                     help="the rules/ directory gateway-baseline-waf loads (default: this checkout's)")
     args = ap.parse_args()
@@ -428,7 +432,16 @@ def main():
                 pids = proc_tree(p.pid)
                 for sc in scenarios:
                     before = cpu_seconds(pids)
+                    rec = None
+                    if args.perf and rnd == 0 and proxy.startswith("gateway"):
+                        os.makedirs(args.perf, exist_ok=True)
+                        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(p.pid), "-o",
+                                                f"{args.perf}/{proxy}-{sc}.data"],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     r = scenario(sc, PORTS[proxy], args.duration)
+                    if rec:
+                        rec.send_signal(signal.SIGINT)
+                        rec.wait()
                     r["cpu_us_per_req"] = (cpu_seconds(pids) - before) * 1e6 / max(r["requests"], 1)
                     results.setdefault((sc, proxy), []).append(r)
                     print(f"round {rnd + 1} {sc:13} {proxy:8} {fmt(r)}", flush=True)

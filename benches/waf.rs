@@ -5,6 +5,9 @@
 //!   arguments, a 2 KiB JSON body), per regex-matching strategy;
 //! - `attack/<strategy>`: the same with SQL injection in one query argument;
 //! - `body_scan/<kind>`: throughput over a 64 KiB body (unparsed text, and JSON);
+//! - `load_shapes/<name>`: the exact requests of `benches/load.py`'s `get-args` and
+//!   `json-post` scenarios (wrk sends only `Host` and, for the POST, `Content-Type`), so
+//!   the engine's share of the proxy's CPU per request can be read off directly;
 //! - `scaling/<strategy>/<n>`: the benign request with n extra regex rules (each with its
 //!   own literals, one in ten without a usable literal), n = 0, 200, 400.
 
@@ -115,6 +118,32 @@ fn prose(len: usize) -> Vec<u8> {
     words.bytes().cycle().take(len).collect()
 }
 
+/// The requests `benches/load.py` sends in `get-args` and `json-post`.
+fn load_shapes() -> (&'static str, HeaderMap, HeaderMap, Vec<u8>) {
+    let mut get_h = HeaderMap::new();
+    get_h.insert("host", HeaderValue::from_static("127.0.0.1:19450"));
+    let mut post_h = get_h.clone();
+    post_h.insert("content-type", HeaderValue::from_static("application/json"));
+    let items: Vec<String> = (0..14)
+        .map(|i| {
+            format!(
+                r#"{{"sku":"SKU-{i:05}","name":"Trail runner, size 42 (blue/grey)","qty":{},"note":"Leave at the door (side entrance), don't ring: baby sleeping."}}"#,
+                i % 3 + 1
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"customer":{{"name":"Anne-Marie O'Neil"}},"items":[{}]}}"#,
+        items.join(",")
+    );
+    (
+        "/api/v1/orders?page=2&sort=-created_at&status=shipped&q=blue+running+shoes&lang=en-GB",
+        get_h,
+        post_h,
+        body.into_bytes(),
+    )
+}
+
 fn inspect(waf: &Waf, target: &str, h: &HeaderMap, body: &[u8]) -> u32 {
     let v = waf.inspect(
         &RequestParts {
@@ -180,6 +209,19 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(json.len() as u64));
     g.bench_function("json_64k", |b| {
         b.iter(|| inspect(&w, "/upload", &jh, black_box(&json)))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("load_shapes");
+    let w = waf(Strategy::Prefilter, 0);
+    let (get_target, get_h, post_h, post_body) = load_shapes();
+    assert_eq!(inspect(&w, get_target, &get_h, b""), 0);
+    assert_eq!(inspect(&w, "/api/v1/orders", &post_h, &post_body), 0);
+    g.bench_function("get_args", |b| {
+        b.iter(|| inspect(&w, black_box(get_target), &get_h, b""))
+    });
+    g.bench_function("json_post", |b| {
+        b.iter(|| inspect(&w, "/api/v1/orders", &post_h, black_box(&post_body)))
     });
     g.finish();
 

@@ -17,7 +17,13 @@
 //!   Under [`Strategy::Hybrid`] such regexes are instead joined into one multi-pattern
 //!   regex per group.
 //! - A chain is skipped for a value that holds none of the bytes its transformations
-//!   change (`%`, `+`, `&`, upper case…): the raw value is used as it is.
+//!   change (`%`, `+`, `&`, upper case…): the raw value is used as it is. When only its
+//!   `lowercase` step would change the value, the automaton scans the raw value (it
+//!   ignores ASCII case), the byte set is derived from the raw one, and the lower-cased
+//!   copy is made only for a member that must be confirmed on it.
+//! - A regex anchored at the value's (or a line's) start carries the bytes a match can
+//!   begin with ([`super::operator::start_bytes`]); it runs only on values beginning
+//!   with one of them (or holding a line break).
 //!
 //! Per request, the values' own byte sets are computed once per value (and once per
 //! changed transformation), so gating costs four word-ANDs per member.
@@ -134,12 +140,25 @@ struct Member {
     exact: bool,
     /// A value must hold one of these bytes (direct members only).
     needs: Option<ByteSet>,
+    /// A match begins at the value's start with one of these bytes (or at a line's).
+    starts: Option<ByteSet>,
 }
 
 impl Member {
     #[inline]
     fn covers(&self, kind: Kind, name: &[u8]) -> bool {
         self.kinds & kind.bit() != 0 && self.targets.covers(kind, name)
+    }
+
+    /// The value can begin a match (see [`Member::starts`]); `first` is its first byte.
+    #[inline]
+    fn may_start(&self, first: Option<u8>, bits: &ByteSet) -> bool {
+        match (self.starts, first) {
+            (None, _) => true,
+            (Some(_), _) if bits.contains(b'\n') => true,
+            (Some(s), Some(b)) => s.contains(b),
+            (Some(_), None) => false,
+        }
     }
 }
 
@@ -160,6 +179,8 @@ struct Group {
     /// the members tested on every value.
     gate: Option<Box<[u64; 256]>>,
     ungated: u64,
+    /// Per kind: the `direct` members (bit i = `direct[i]`) that look at that kind.
+    direct_for_kind: [u64; 32],
     set: Option<SetMatcher>,
 }
 
@@ -183,6 +204,9 @@ pub struct Engine {
     chain_triggers: Vec<ByteSet>,
     /// Per chain, per step: the bytes that step may change.
     step_triggers: Vec<Vec<ByteSet>>,
+    /// Per chain: it lower-cases, and the bytes its other steps may change.
+    chain_lowers: Vec<bool>,
+    chain_other_triggers: Vec<ByteSet>,
     pass_rules: Vec<usize>,
     /// Regex per cache slot (cloning a meta regex shares it).
     slots: Vec<meta::Regex>,
@@ -209,6 +233,8 @@ impl Engine {
             chains: Vec::new(),
             chain_triggers: Vec::new(),
             step_triggers: Vec::new(),
+            chain_lowers: Vec::new(),
+            chain_other_triggers: Vec::new(),
             pass_rules: Vec::new(),
             slots: Vec::new(),
             max_set_patterns: 0,
@@ -226,6 +252,12 @@ impl Engine {
                 if chain == e.chains.len() {
                     e.chains.push(c.transforms.clone());
                     e.chain_triggers.push(chain_triggers(&c.transforms));
+                    let (lowers, others): (Vec<Transform>, Vec<Transform>) = c
+                        .transforms
+                        .iter()
+                        .partition(|t| **t == Transform::Lowercase);
+                    e.chain_lowers.push(!lowers.is_empty());
+                    e.chain_other_triggers.push(chain_triggers(&others));
                     e.step_triggers.push(
                         c.transforms
                             .iter()
@@ -281,6 +313,7 @@ impl Engine {
                         direct: Vec::new(),
                         gate: None,
                         ungated: 0,
+                        direct_for_kind: [0; 32],
                         set: None,
                     });
                     literals.push(Vec::new());
@@ -330,6 +363,11 @@ impl Engine {
                 kinds: first.targets.kinds(),
                 targets: first.targets,
                 exact: first.op.literal_is_exact(),
+                starts: if first.negate {
+                    None
+                } else {
+                    first.op.starts(pattern)
+                },
                 op: first.op,
                 slot: first.slot,
                 negate: first.negate,
@@ -402,6 +440,11 @@ impl Engine {
             if g.direct.len() <= 64 {
                 let mut gate = Box::new([0u64; 256]);
                 for (i, &mi) in g.direct.iter().enumerate() {
+                    for k in 0..32 {
+                        if g.members[mi].kinds & (1 << k) != 0 {
+                            g.direct_for_kind[k] |= 1 << i;
+                        }
+                    }
                     match g.members[mi].needs {
                         Some(n) => {
                             for b in 0..=255u8 {
@@ -563,25 +606,37 @@ impl Engine {
             let it = &s.items.items[ii];
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             let raw_bits = ByteSet::of(&s.items.buf[vs..ve]);
+            let lowered_bits = raw_bits.ascii_lowercased();
             for g in &self.groups {
                 if g.kinds & bit == 0 {
                     continue;
                 }
-                // The value under this group's chain: the raw value when the chain would
-                // not change it, else transformed once per item.
-                let identity = !raw_bits.intersects(&self.chain_triggers[g.chain]);
-                if !identity && s.chain_for[g.chain] != ii {
+                // The value under this group's chain. Steps whose trigger bytes the value
+                // lacks leave it as it is; `lowercase` alone is not run here (the automata
+                // ignore ASCII case, and the byte set follows from the raw one): the
+                // lower-cased copy is made only if a member has to be confirmed on it.
+                // Any other step runs the chain from the first step that changes the
+                // value, once per item and chain.
+                let (lower, real) = if !raw_bits.intersects(&self.chain_triggers[g.chain]) {
+                    (false, false)
+                } else if self.chain_lowers[g.chain]
+                    && !raw_bits.intersects(&self.chain_other_triggers[g.chain])
+                    && !lowered_bits.intersects(&self.chain_other_triggers[g.chain])
+                {
+                    (true, false)
+                } else {
+                    (false, true)
+                };
+                if real && s.chain_for[g.chain] != ii {
                     let raw = &s.items.buf[vs..ve];
-                    let out = &mut s.chain_out[g.chain];
-                    // Leading steps that would not change the raw value are skipped
-                    // (e.g. only `lowercase` runs on "Trail Runner").
+                    let chain = &self.chains[g.chain];
                     let steps = &self.step_triggers[g.chain];
                     let first = steps
                         .iter()
                         .position(|t| raw_bits.intersects(t))
                         .unwrap_or(0);
-                    let chain = &self.chains[g.chain][first..];
-                    super::transform::run_chain_into(chain, raw, out, &mut s.tmp);
+                    let out = &mut s.chain_out[g.chain];
+                    super::transform::run_chain_into(&chain[first..], raw, out, &mut s.tmp);
                     s.chain_bits[g.chain] = ByteSet::of(out);
                     s.chain_for[g.chain] = ii;
                 }
@@ -590,17 +645,24 @@ impl Engine {
                     caches,
                     chain_out,
                     chain_bits,
+                    chain_for,
                     hits,
                     patset,
                     ..
                 } = &mut *s;
                 let name = &items.buf[ns..ne];
-                let (value, bits): (&[u8], &ByteSet) = if identity {
-                    (&items.buf[vs..ve], &raw_bits)
+                let mut subject = if real {
+                    Subject::ready(&chain_out[g.chain], &chain_bits[g.chain])
+                } else if lower {
+                    Subject::lowered(&items.buf[vs..ve], &lowered_bits, &mut chain_out[g.chain])
                 } else {
-                    (&chain_out[g.chain], &chain_bits[g.chain])
+                    Subject::ready(&items.buf[vs..ve], &raw_bits)
                 };
-                run_group(g, kind, name, value, bits, caches, hits, patset);
+                run_group(g, kind, name, &mut subject, caches, hits, patset);
+                if lower {
+                    // The lower-cased copy (if made) is not the chain's full output.
+                    chain_for[g.chain] = usize::MAX;
+                }
                 if hits.is_empty() {
                     continue;
                 }
@@ -670,21 +732,73 @@ fn chain_triggers(chain: &[Transform]) -> ByteSet {
     set
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The value a group's members are tested on: as stored (raw or the chain's output),
+/// or the raw value lower-cased on first use (the automata ignore ASCII case and scan
+/// the raw bytes; only members that must be confirmed need the copy).
+struct Subject<'a> {
+    scan: &'a [u8],
+    bits: &'a ByteSet,
+    lower: Option<(&'a mut Vec<u8>, bool)>,
+}
+
+impl<'a> Subject<'a> {
+    fn ready(v: &'a [u8], bits: &'a ByteSet) -> Self {
+        Subject {
+            scan: v,
+            bits,
+            lower: None,
+        }
+    }
+
+    fn lowered(raw: &'a [u8], bits: &'a ByteSet, buf: &'a mut Vec<u8>) -> Self {
+        Subject {
+            scan: raw,
+            bits,
+            lower: Some((buf, false)),
+        }
+    }
+
+    /// The value's first byte as the members see it.
+    fn first_byte(&self) -> Option<u8> {
+        let b = self.scan.first().copied();
+        match self.lower {
+            Some(_) => b.map(|b| b.to_ascii_lowercase()),
+            None => b,
+        }
+    }
+
+    /// The value as the members' transformations leave it.
+    fn value(&mut self) -> &[u8] {
+        match &mut self.lower {
+            None => self.scan,
+            Some((buf, made)) => {
+                if !*made {
+                    buf.clear();
+                    buf.extend(self.scan.iter().map(u8::to_ascii_lowercase));
+                    *made = true;
+                }
+                buf
+            }
+        }
+    }
+}
+
+#[inline]
 fn run_group(
     g: &Group,
     kind: Kind,
     name: &[u8],
-    v: &[u8],
-    bits: &ByteSet,
+    subject: &mut Subject<'_>,
     caches: &mut [meta::Cache],
     hits: &mut Vec<usize>,
     patset: &mut PatternSet,
 ) {
     hits.clear();
+    let bits = *subject.bits;
+    let first = subject.first_byte();
     if let Some(i) = g.ac_for_kind[kind as usize] {
         let (ac, owner) = &g.acs[i as usize];
-        for m in ac.find_overlapping_iter(v) {
+        for m in ac.find_overlapping_iter(subject.scan) {
             hits.push(owner[m.pattern().as_usize()]);
         }
         if !hits.is_empty() {
@@ -694,14 +808,21 @@ fn run_group(
                 let m = &g.members[mi];
                 m.covers(kind, name)
                     && (m.exact
-                        || m.needs.is_none_or(|n| n.intersects(bits))
-                            && m.op.is_match(v, m.slot.map(|i| &mut caches[i])))
+                        || m.needs.is_none_or(|n| n.intersects(&bits))
+                            && m.may_start(first, &bits)
+                            && m.op
+                                .is_match(subject.value(), m.slot.map(|i| &mut caches[i])))
             });
         }
     }
-    let mut test = |mi: usize, hits: &mut Vec<usize>| {
+    let mut test = |mi: usize, hits: &mut Vec<usize>, subject: &mut Subject<'_>| {
         let m = &g.members[mi];
-        if m.covers(kind, name) && m.op.is_match(v, m.slot.map(|i| &mut caches[i])) != m.negate {
+        if m.covers(kind, name)
+            && m.may_start(first, &bits)
+            && m.op
+                .is_match(subject.value(), m.slot.map(|i| &mut caches[i]))
+                != m.negate
+        {
             hits.push(mi);
         }
     };
@@ -717,27 +838,31 @@ fn run_group(
                     word &= word - 1;
                 }
             }
+            candidates &= g.direct_for_kind[kind as usize];
             while candidates != 0 {
                 let i = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
-                test(g.direct[i], hits);
+                test(g.direct[i], hits, subject);
             }
         }
         None => {
             for &mi in &g.direct {
                 let m = &g.members[mi];
-                if m.kinds & kind.bit() == 0 || m.needs.is_some_and(|n| !n.intersects(bits)) {
+                if m.kinds & kind.bit() == 0 || m.needs.is_some_and(|n| !n.intersects(&bits)) {
                     continue;
                 }
-                test(mi, hits);
+                test(mi, hits, subject);
             }
         }
     }
     if let Some(set) = &g.set {
-        if set.needs.is_none_or(|n| n.intersects(bits)) {
+        if set.needs.is_none_or(|n| n.intersects(&bits)) {
             patset.clear();
-            set.re
-                .which_overlapping_matches_with(&mut caches[set.slot], &Input::new(v), patset);
+            set.re.which_overlapping_matches_with(
+                &mut caches[set.slot],
+                &Input::new(subject.value()),
+                patset,
+            );
             for pid in patset.iter() {
                 let mi = set.members[pid.as_usize()];
                 if g.members[mi].covers(kind, name) {

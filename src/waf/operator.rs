@@ -298,12 +298,45 @@ pub struct ByteSet(pub [u64; 4]);
 impl ByteSet {
     pub const ALL: ByteSet = ByteSet([u64::MAX; 4]);
 
+    /// The bytes of `v`. Short values set bits one by one; from [`ByteSet::TABLE_FROM`]
+    /// bytes on, flags are stored into a 256-byte table (independent stores instead of
+    /// read-modify-writes of four words) and packed eight at a time by a multiplication.
     pub fn of(v: &[u8]) -> ByteSet {
         let mut s = ByteSet::default();
+        if v.len() < Self::TABLE_FROM {
+            for &b in v {
+                s.insert(b);
+            }
+            return s;
+        }
+        let mut seen = [0u8; 256];
         for &b in v {
-            s.insert(b);
+            seen[b as usize] = 1;
+        }
+        for (i, flags) in seen.chunks_exact(8).enumerate() {
+            let x = u64::from_le_bytes(flags.try_into().unwrap_or_default());
+            // Bytes of 0/1: the product's top byte holds flag k at bit k.
+            s.0[i / 8] |= (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) << ((i % 8) * 8);
         }
         s
+    }
+
+    /// Values at least this long are scanned through a table (faster above ~40 bytes).
+    const TABLE_FROM: usize = 48;
+
+    /// The set after ASCII lower-casing (what `lowercase` makes of a value with these
+    /// bytes), without looking at the value again.
+    #[inline]
+    pub fn ascii_lowercased(&self) -> ByteSet {
+        // `A`..=`Z` are bits 1..=26 of the second word; `a`..=`z` are 32 bits higher.
+        const UPPER: u64 = 0x07ff_fffe;
+        let w = self.0[1];
+        ByteSet([
+            self.0[0],
+            (w & !UPPER) | ((w & UPPER) << 32),
+            self.0[2],
+            self.0[3],
+        ])
     }
     pub fn from_bytes(bytes: impl IntoIterator<Item = u8>) -> ByteSet {
         let mut s = ByteSet::default();
@@ -350,6 +383,15 @@ impl ByteSet {
 impl Operator {
     /// Bytes one of which a value must hold for this operator to match (`None`: any value
     /// may match, or the operator is negated by its rule).
+    /// The bytes a match must begin with when it is anchored at a value's (or line's)
+    /// start (see [`start_bytes`]).
+    pub fn starts(&self, pattern: Option<&str>) -> Option<ByteSet> {
+        match self {
+            Operator::Regex(_) => pattern.and_then(start_bytes),
+            _ => None,
+        }
+    }
+
     pub fn needs(&self, pattern: Option<&str>) -> Option<ByteSet> {
         match self {
             Operator::Regex(_) => pattern.and_then(required_bytes),
@@ -424,10 +466,110 @@ fn required_set(h: &Hir) -> Option<ByteSet> {
     }
 }
 
+/// The bytes a match of `pattern` can begin with, when every match begins at the start of
+/// the value or of a line (`^…` in the multi-line syntax rules use; `\A…`) and cannot be
+/// empty. A value whose first byte is outside the set and that holds no `\n` cannot match,
+/// so the regex is not run on it.
+pub fn start_bytes(pattern: &str) -> Option<ByteSet> {
+    anchored_first(&parse_hir(pattern)?)
+}
+
+fn anchored_first(h: &Hir) -> Option<ByteSet> {
+    use regex_syntax::hir::Look;
+    match h.kind() {
+        HirKind::Capture(c) => anchored_first(&c.sub),
+        HirKind::Alternation(alts) => alts.iter().try_fold(ByteSet::default(), |acc, a| {
+            Some(acc.union(&anchored_first(a)?))
+        }),
+        HirKind::Concat(parts) => {
+            let anchor = parts.iter().position(|p| {
+                matches!(
+                    p.kind(),
+                    HirKind::Look(Look::Start | Look::StartLF | Look::StartCRLF)
+                )
+            })?;
+            // Everything before the anchor must be empty-width.
+            if parts[..anchor]
+                .iter()
+                .any(|p| p.properties().minimum_len() != Some(0))
+                || parts[..anchor]
+                    .iter()
+                    .any(|p| !matches!(p.kind(), HirKind::Look(_)))
+            {
+                return None;
+            }
+            let (set, nullable) = first_bytes(&parts[anchor + 1..])?;
+            (!nullable).then_some(set)
+        }
+        _ => None,
+    }
+}
+
+/// The bytes a match of the sequence `hs` can begin with, and whether it can be empty.
+fn first_bytes(hs: &[Hir]) -> Option<(ByteSet, bool)> {
+    let mut set = ByteSet::default();
+    for h in hs {
+        let (s, nullable) = first_of(h)?;
+        set = set.union(&s);
+        if !nullable {
+            return Some((set, false));
+        }
+    }
+    Some((set, true))
+}
+
+fn first_of(h: &Hir) -> Option<(ByteSet, bool)> {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some((ByteSet::default(), true)),
+        HirKind::Literal(l) => match l.0.first() {
+            Some(&b) => Some((ByteSet::from_bytes([b]), false)),
+            None => Some((ByteSet::default(), true)),
+        },
+        HirKind::Class(Class::Bytes(c)) => Some((
+            ByteSet::from_bytes(c.ranges().iter().flat_map(|r| r.start()..=r.end())),
+            false,
+        )),
+        HirKind::Class(Class::Unicode(c)) => {
+            let mut s = ByteSet::default();
+            for r in c.ranges() {
+                if (r.end() as u32) > 0x7f {
+                    return None;
+                }
+                (r.start() as u8..=r.end() as u8).for_each(|b| s.insert(b));
+            }
+            Some((s, false))
+        }
+        HirKind::Capture(c) => first_of(&c.sub),
+        HirKind::Repetition(r) => {
+            let (s, nullable) = first_of(&r.sub)?;
+            Some((s, nullable || r.min == 0))
+        }
+        HirKind::Concat(parts) => first_bytes(parts),
+        HirKind::Alternation(alts) => {
+            let mut set = ByteSet::default();
+            let mut nullable = false;
+            for a in alts {
+                let (s, n) = first_of(a)?;
+                set = set.union(&s);
+                nullable |= n;
+            }
+            Some((set, nullable))
+        }
+    }
+}
+
 /// Strings (lowercased) one of which every match of `pattern` contains, when the set is
 /// small and its shortest member at least [`MIN_LITERAL`] bytes.
+///
+/// A two-byte literal with punctuation in it (`${`, `(#`, `%{`) is selective enough too:
+/// without it a rule such as `#_memberaccess|…|\$\{\s*#` would be gated only by its
+/// letters and run on nearly every value.
 pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
-    required_literals_within(pattern, MAX_LITERALS, MIN_LITERAL)
+    let set = required_literals_within(pattern, MAX_LITERALS, 2)?;
+    let selective = |l: &Vec<u8>| {
+        l.len() >= MIN_LITERAL || l.iter().any(|b| !b.is_ascii_alphanumeric() && *b != b' ')
+    };
+    set.iter().all(selective).then_some(set)
 }
 
 /// [`required_literals`] with other bounds: at most `max` literals, each at least
@@ -579,5 +721,59 @@ mod tests {
         let op = Operator::compile(&OperatorSpec::Gt(10), dir).unwrap();
         assert!(op.is_match(b"11", None));
         assert!(!op.is_match(b"x", None));
+    }
+
+    #[test]
+    fn byte_sets_of_long_values_and_lowercased_sets_match_byte_by_byte() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in [0usize, 1, 47, 48, 49, 64, 300, 4096] {
+            for _ in 0..20 {
+                let v: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Mostly text, some high and control bytes.
+                        match x % 8 {
+                            0 => (x >> 8) as u8,
+                            _ => b' ' + (x >> 8) as u8 % 95,
+                        }
+                    })
+                    .collect();
+                let mut slow = ByteSet::default();
+                v.iter().for_each(|&b| slow.insert(b));
+                assert_eq!(ByteSet::of(&v), slow, "len {len}");
+                let lower: Vec<u8> = v.iter().map(u8::to_ascii_lowercase).collect();
+                assert_eq!(slow.ascii_lowercased(), ByteSet::of(&lower), "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn anchored_regexes_name_their_first_bytes() {
+        let set = |p: &str| {
+            start_bytes(p).map(|s| (0..=255u8).filter(|&b| s.contains(b)).collect::<Vec<u8>>())
+        };
+        assert_eq!(set(r"^(?:or|and)\s"), Some(b"ao".to_vec()));
+        assert_eq!(
+            set(r"^[\s()]*(?:or|\|\|)\s+1"),
+            Some(b"\t\n\x0b\x0c\r ()o|".to_vec())
+        );
+        assert_eq!(set(r"(?:^x|y)"), None, "one alternative not anchored");
+        assert_eq!(set(r"^(?:x|\A(?:y|z))"), Some(b"xyz".to_vec()));
+        assert_eq!(set(r"(?:^a|^b)c"), Some(b"ab".to_vec()));
+        assert_eq!(set(r"^a?"), None, "can match empty");
+        assert_eq!(set(r"a^b"), None);
+        assert_eq!(set(r"x"), None);
+        // The gate never refuses what the regex matches.
+        for (p, v) in [
+            (r"^[\s()]*(?:or|and)\s+\d", "  (or 1"),
+            (r"^(?:a|b)c", "x\nbc"),
+        ] {
+            let s = start_bytes(p).unwrap();
+            let re = compile_regex(p).unwrap();
+            assert!(re.is_match(v));
+            assert!(s.contains(v.as_bytes()[0]) || v.contains('\n'));
+        }
     }
 }
