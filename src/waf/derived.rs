@@ -77,8 +77,21 @@ pub fn base64_candidate(v: &[u8], k: usize) -> Option<Range<usize>> {
     None
 }
 
+/// Bytes of the base64 and base64url alphabets (padding aside), by byte value.
+static B64: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_');
+        b += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+    B64[b as usize]
 }
 
 /// Both letter cases (hex digests, words and numbers do not qualify) and a length base64

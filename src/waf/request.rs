@@ -93,8 +93,10 @@ pub struct Items {
     text_buf: Vec<u8>,
     /// Scratch for values read back out of `buf` while appending to it (derived values).
     derive_buf: Vec<u8>,
-    /// Hashes of argument names already listed (a JSON array repeats its keys).
+    /// Hashes of argument names already listed (a JSON array repeats its keys), in
+    /// order, and by hash (the index into `seen_names` of the first with that hash).
     seen_names: Vec<(u64, Range<u32>)>,
+    seen_index: std::collections::HashMap<u64, u32, foldhash::fast::FixedState>,
 }
 
 impl Items {
@@ -173,6 +175,7 @@ impl Items {
         self.largest_arg = 0;
         self.arg_bytes = 0;
         self.seen_names.clear();
+        self.seen_index.clear();
         let want = |k: Kind| wanted & k.bit() != 0;
         let none = 0..0;
 
@@ -354,7 +357,9 @@ impl Items {
                 continue;
             }
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
-            if decoded {
+            // One pass for the bytes every decoder below needs (`\` escapes, `%` escapes,
+            // the lead byte of fullwidth forms): most values hold none.
+            if decoded && memchr::memchr3(b'\\', b'%', 0xEF, &self.buf[vs..ve]).is_some() {
                 use super::derived as d;
                 type Probe = fn(&[u8]) -> bool;
                 type Decode = fn(&[u8], &mut Vec<u8>) -> bool;
@@ -411,45 +416,60 @@ impl Items {
         }
     }
 
-    /// One argument: its name as a `*_names` value and its value.
+    /// One argument: its name as a `*_names` value and its value. A name listed before
+    /// is not copied again (a JSON array of records repeats its keys).
     fn arg(&mut self, kind: Kind, name: &[u8], value: &[u8]) {
-        let n = self.span(name);
         self.count_arg(name.len() + value.len());
-        self.push_name(names_of(kind), n.clone());
+        let names = names_of(kind);
+        let n = match self.listed_name(names, name) {
+            Some(r) => r,
+            None => {
+                let r = self.span(name);
+                self.push_name(names, r.clone());
+                r
+            }
+        };
         self.push(kind, n, value);
+    }
+
+    fn name_hash(kind: Kind, bytes: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(kind as u64).hash_one(bytes)
+    }
+
+    /// Where `bytes` already is in the buffer as a listed name of `kind`, if it is.
+    fn listed_name(&self, kind: Kind, bytes: &[u8]) -> Option<Range<u32>> {
+        if self.repeat_names {
+            return None;
+        }
+        let &i = self.seen_index.get(&Self::name_hash(kind, bytes))?;
+        let r = &self.seen_names[i as usize].1;
+        // Equal hashes are compared byte for byte: a crafted collision cannot hide a name.
+        (self.buf[r.start as usize..r.end as usize] == *bytes).then(|| r.clone())
     }
 
     /// A `*_names` item, once per distinct name and kind.
     fn push_name(&mut self, kind: Kind, name: Range<u32>) {
+        let item = Item {
+            kind,
+            name: name.clone(),
+            value: name.clone(),
+        };
         if self.repeat_names {
-            self.items.push(Item {
-                kind,
-                name: name.clone(),
-                value: name,
-            });
+            self.items.push(item);
             return;
         }
         let bytes = &self.buf[name.start as usize..name.end as usize];
-        // FNV-1a, seeded with the kind.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        // Equal hashes are compared byte for byte: a crafted collision cannot hide a name.
-        let buf = &self.buf;
-        if self
-            .seen_names
-            .iter()
-            .any(|(sh, r)| *sh == h && buf[r.start as usize..r.end as usize] == *bytes)
-        {
+        if self.listed_name(kind, bytes).is_some() {
             return;
         }
-        self.seen_names.push((h, name.clone()));
-        self.items.push(Item {
-            kind,
-            name: name.clone(),
-            value: name,
-        });
+        let h = Self::name_hash(kind, bytes);
+        // On a collision the first name keeps the index: later ones are listed each time.
+        self.seen_index
+            .entry(h)
+            .or_insert(self.seen_names.len() as u32);
+        self.seen_names.push((h, name));
+        self.items.push(item);
     }
 
     fn count_arg(&mut self, size: usize) {
@@ -511,6 +531,7 @@ impl Items {
             self.buf.truncate(mark.0);
             self.items.truncate(mark.1);
             self.seen_names.truncate(mark.2);
+            self.seen_index.retain(|_, i| (*i as usize) < mark.2);
             (self.args, self.largest_arg, self.arg_bytes) = mark.3;
             super::multipart::parse_lenient(body, boundary, |p| self.part(p, want_content));
         }
