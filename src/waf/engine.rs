@@ -21,6 +21,10 @@
 //!   `lowercase` step would change the value, the automaton scans the raw value (it
 //!   ignores ASCII case), the byte set is derived from the raw one, and the lower-cased
 //!   copy is made only for a member that must be confirmed on it.
+//! - For a kind that two or more groups scan, one more automaton holds every group's
+//!   literals: a value that several groups see unchanged (up to case) is scanned once,
+//!   and the hits are handed to each group; a group whose chain changes the value scans
+//!   its own output with its own automaton.
 //! - A regex anchored at the value's (or a line's) start carries the bytes a match can
 //!   begin with ([`super::operator::start_bytes`]); it runs only on values beginning
 //!   with one of them (or holding a line break).
@@ -210,6 +214,11 @@ pub struct Engine {
     pass_rules: Vec<usize>,
     /// Regex per cache slot (cloning a meta regex shares it).
     slots: Vec<meta::Regex>,
+    /// Automata over every group's literals, with pattern id → (group, member), and the
+    /// one a value of each kind is scanned with: one scan of the raw value serves every
+    /// group whose chain leaves the value as it is (up to ASCII case).
+    raw_acs: Vec<(AhoCorasick, Vec<(u32, u32)>)>,
+    raw_ac_for_kind: [Option<u8>; 32],
     max_set_patterns: usize,
     kinds: u32,
 }
@@ -237,6 +246,8 @@ impl Engine {
             chain_other_triggers: Vec::new(),
             pass_rules: Vec::new(),
             slots: Vec::new(),
+            raw_acs: Vec::new(),
+            raw_ac_for_kind: [None; 32],
             max_set_patterns: 0,
             kinds: 0,
         };
@@ -374,6 +385,8 @@ impl Engine {
                 needs,
             });
         }
+        // Per group: the members whose literals went into its automata, with the literals.
+        let mut group_lits: Vec<Vec<(usize, Vec<Vec<u8>>)>> = Vec::new();
         // Matchers per group.
         for (gi, g) in e.groups.iter_mut().enumerate() {
             let in_set: Vec<usize> = set_sources[gi].iter().map(|(_, m)| *m).collect();
@@ -437,6 +450,12 @@ impl Engine {
                     }
                 }
             }
+            group_lits.push(
+                with_lits
+                    .into_iter()
+                    .filter(|(mi, _)| !g.direct.contains(mi))
+                    .collect(),
+            );
             if g.direct.len() <= 64 {
                 let mut gate = Box::new([0u64; 256]);
                 for (i, &mi) in g.direct.iter().enumerate() {
@@ -478,7 +497,52 @@ impl Engine {
                 }
             }
         }
+        e.build_raw_automata(&group_lits);
         e
+    }
+
+    /// The merged automata (see [`Engine::raw_acs`]), for kinds two or more groups scan.
+    fn build_raw_automata(&mut self, group_lits: &[Vec<(usize, Vec<Vec<u8>>)>]) {
+        let mut built_for: HashMap<Vec<(u32, u32)>, u8> = HashMap::new();
+        for k in 0..32usize {
+            let scanning = self
+                .groups
+                .iter()
+                .filter(|g| g.ac_for_kind[k].is_some())
+                .count();
+            if scanning < 2 {
+                continue;
+            }
+            let mut lits: Vec<&[u8]> = Vec::new();
+            let mut owner: Vec<(u32, u32)> = Vec::new();
+            for (gi, g) in self.groups.iter().enumerate() {
+                for (mi, ls) in &group_lits[gi] {
+                    if g.members[*mi].kinds & (1 << k) == 0 {
+                        continue;
+                    }
+                    for l in ls {
+                        lits.push(l);
+                        owner.push((gi as u32, *mi as u32));
+                    }
+                }
+            }
+            if let Some(&i) = built_for.get(&owner) {
+                self.raw_ac_for_kind[k] = Some(i);
+                continue;
+            }
+            let Ok(ac) = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(&lits)
+            else {
+                continue; // the groups' own automata still scan
+            };
+            let i = self.raw_acs.len() as u8;
+            built_for.insert(owner.clone(), i);
+            self.raw_acs.push((ac, owner));
+            self.raw_ac_for_kind[k] = Some(i);
+        }
     }
 
     /// Bit set of the [`Kind`]s some rule looks at.
@@ -607,26 +671,63 @@ impl Engine {
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             let raw_bits = ByteSet::of(&s.items.buf[vs..ve]);
             let lowered_bits = raw_bits.ascii_lowercased();
+            // Per group: the value it sees. Unchanged by the chain; changed only by its
+            // `lowercase` step, which is not run here (the automata ignore ASCII case, and
+            // the byte set follows from the raw one): the lower-cased copy is made only if
+            // a member has to be confirmed on it; or changed by another step, which runs
+            // the chain from the first step that changes the value, once per item.
+            s.modes.clear();
+            let mut raw_scanners = 0;
             for g in &self.groups {
-                if g.kinds & bit == 0 {
-                    continue;
-                }
-                // The value under this group's chain. Steps whose trigger bytes the value
-                // lacks leave it as it is; `lowercase` alone is not run here (the automata
-                // ignore ASCII case, and the byte set follows from the raw one): the
-                // lower-cased copy is made only if a member has to be confirmed on it.
-                // Any other step runs the chain from the first step that changes the
-                // value, once per item and chain.
-                let (lower, real) = if !raw_bits.intersects(&self.chain_triggers[g.chain]) {
-                    (false, false)
+                let mode = if g.kinds & bit == 0 {
+                    Mode::Skip
+                } else if !raw_bits.intersects(&self.chain_triggers[g.chain]) {
+                    Mode::Raw
                 } else if self.chain_lowers[g.chain]
                     && !raw_bits.intersects(&self.chain_other_triggers[g.chain])
                     && !lowered_bits.intersects(&self.chain_other_triggers[g.chain])
                 {
-                    (true, false)
+                    Mode::Lower
                 } else {
-                    (false, true)
+                    Mode::Transformed
                 };
+                if matches!(mode, Mode::Raw | Mode::Lower) && g.ac_for_kind[kind as usize].is_some()
+                {
+                    raw_scanners += 1;
+                }
+                s.modes.push(mode);
+            }
+            // Two groups or more would scan the raw value: one merged scan serves them.
+            let merged = match self.raw_ac_for_kind[kind as usize] {
+                Some(i) if raw_scanners >= 2 => {
+                    let (ac, owner) = &self.raw_acs[i as usize];
+                    s.raw_hits.clear();
+                    for m in ac.find_overlapping_iter(&s.items.buf[vs..ve]) {
+                        s.raw_hits.push(owner[m.pattern().as_usize()]);
+                    }
+                    true
+                }
+                _ => false,
+            };
+            for (gi, g) in self.groups.iter().enumerate() {
+                let mode = s.modes[gi];
+                let (lower, real) = match mode {
+                    Mode::Skip => continue,
+                    Mode::Raw => (false, false),
+                    Mode::Lower => (true, false),
+                    Mode::Transformed => (false, true),
+                };
+                let scanned = merged && !real;
+                if scanned {
+                    s.pre_hits.clear();
+                    let gi = gi as u32;
+                    s.pre_hits.extend(
+                        s.raw_hits
+                            .iter()
+                            .filter(|(g, _)| *g == gi)
+                            .map(|(_, m)| *m as usize),
+                    );
+                }
                 if real && s.chain_for[g.chain] != ii {
                     let raw = &s.items.buf[vs..ve];
                     let chain = &self.chains[g.chain];
@@ -648,6 +749,7 @@ impl Engine {
                     chain_for,
                     hits,
                     patset,
+                    pre_hits,
                     ..
                 } = &mut *s;
                 let name = &items.buf[ns..ne];
@@ -658,7 +760,8 @@ impl Engine {
                 } else {
                     Subject::ready(&items.buf[vs..ve], &raw_bits)
                 };
-                run_group(g, kind, name, &mut subject, caches, hits, patset);
+                let pre = scanned.then_some(&pre_hits[..]);
+                run_group(g, kind, name, &mut subject, pre, caches, hits, patset);
                 if lower {
                     // The lower-cased copy (if made) is not the chain's full output.
                     chain_for[g.chain] = usize::MAX;
@@ -783,12 +886,16 @@ impl<'a> Subject<'a> {
     }
 }
 
+/// Runs a group's members on a value. `pre`: the automaton hits already found by the
+/// merged raw scan (the group's own automaton is not run then).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn run_group(
     g: &Group,
     kind: Kind,
     name: &[u8],
     subject: &mut Subject<'_>,
+    pre: Option<&[usize]>,
     caches: &mut [meta::Cache],
     hits: &mut Vec<usize>,
     patset: &mut PatternSet,
@@ -797,9 +904,14 @@ fn run_group(
     let bits = *subject.bits;
     let first = subject.first_byte();
     if let Some(i) = g.ac_for_kind[kind as usize] {
-        let (ac, owner) = &g.acs[i as usize];
-        for m in ac.find_overlapping_iter(subject.scan) {
-            hits.push(owner[m.pattern().as_usize()]);
+        match pre {
+            Some(found) => hits.extend_from_slice(found),
+            None => {
+                let (ac, owner) = &g.acs[i as usize];
+                for m in ac.find_overlapping_iter(subject.scan) {
+                    hits.push(owner[m.pattern().as_usize()]);
+                }
+            }
         }
         if !hits.is_empty() {
             hits.sort_unstable();
@@ -873,6 +985,19 @@ fn run_group(
     }
 }
 
+/// How a group sees a value (see [`Engine::evaluate`]).
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// The group looks at no value of this kind.
+    Skip,
+    /// Its chain leaves the value as it is.
+    Raw,
+    /// Only its `lowercase` step changes the value.
+    Lower,
+    /// Another step changes it: the chain runs.
+    Transformed,
+}
+
 /// Per-thread evaluation state (see the module docs).
 pub struct Scratch {
     engine: u64,
@@ -884,6 +1009,11 @@ pub struct Scratch {
     tmp: Vec<u8>,
     tmp2: Vec<u8>,
     hits: Vec<usize>,
+    /// Per group, how it sees the current value; the merged raw scan's hits, and those
+    /// of the group being run.
+    modes: Vec<Mode>,
+    raw_hits: Vec<(u32, u32)>,
+    pre_hits: Vec<usize>,
     patset: PatternSet,
     matched: Vec<u64>,
     pub hits_out: Vec<Hit>,
@@ -905,6 +1035,9 @@ impl Default for Scratch {
             tmp: Vec::new(),
             tmp2: Vec::new(),
             hits: Vec::new(),
+            modes: Vec::new(),
+            raw_hits: Vec::new(),
+            pre_hits: Vec::new(),
             patset: PatternSet::new(1),
             matched: Vec::new(),
             hits_out: Vec::new(),
