@@ -386,7 +386,7 @@ impl Engine {
             });
         }
         // Per group: the members whose literals went into its automata, with the literals.
-        let mut group_lits: Vec<Vec<(usize, Vec<Vec<u8>>)>> = Vec::new();
+        let mut group_lits: Vec<MemberLiterals> = Vec::new();
         // Matchers per group.
         for (gi, g) in e.groups.iter_mut().enumerate() {
             let in_set: Vec<usize> = set_sources[gi].iter().map(|(_, m)| *m).collect();
@@ -502,7 +502,7 @@ impl Engine {
     }
 
     /// The merged automata (see [`Engine::raw_acs`]), for kinds two or more groups scan.
-    fn build_raw_automata(&mut self, group_lits: &[Vec<(usize, Vec<Vec<u8>>)>]) {
+    fn build_raw_automata(&mut self, group_lits: &[MemberLiterals]) {
         let mut built_for: HashMap<Vec<(u32, u32)>, u8> = HashMap::new();
         for k in 0..32usize {
             let scanning = self
@@ -984,6 +984,9 @@ fn run_group(
         }
     }
 }
+
+/// A group's members with literals in its automata: (member, literals).
+type MemberLiterals = Vec<(usize, Vec<Vec<u8>>)>;
 
 /// How a group sees a value (see [`Engine::evaluate`]).
 #[derive(Debug, Clone, Copy)]
