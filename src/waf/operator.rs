@@ -581,6 +581,15 @@ pub fn required_literals_within(pattern: &str, max: usize, min_len: usize) -> Op
     ok.then_some(set)
 }
 
+/// The byte a one-byte HIR node stands for (ignoring ASCII case).
+fn single_byte(h: &Hir) -> Option<u8> {
+    match h.kind() {
+        HirKind::Literal(l) if l.0.len() == 1 => Some(l.0[0].to_ascii_lowercase()),
+        HirKind::Class(_) => ci_byte(h),
+        _ => None,
+    }
+}
+
 /// A byte an HIR node stands for, ignoring ASCII case: a literal byte or a two-byte class
 /// of one letter in both cases.
 fn ci_byte(h: &Hir) -> Option<u8> {
@@ -616,6 +625,11 @@ fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
         HirKind::Literal(l) => Some(vec![l.0.to_ascii_lowercase()]),
         HirKind::Class(_) => ci_byte(h).map(|b| vec![vec![b]]),
         HirKind::Capture(c) => required(&c.sub),
+        // `\.{2,3}`: the byte repeated as often as the repetition requires (up to 8).
+        HirKind::Repetition(r) if r.min >= 2 && single_byte(&r.sub).is_some() => {
+            let b = single_byte(&r.sub)?;
+            Some(vec![vec![b; r.min.min(8) as usize]])
+        }
         HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
         HirKind::Concat(parts) => {
             // Runs of literal bytes merge into one literal; otherwise any part's set works.
@@ -747,6 +761,13 @@ mod tests {
                 assert_eq!(slow.ascii_lowercased(), ByteSet::of(&lower), "len {len}");
             }
         }
+    }
+
+    #[test]
+    fn a_repeated_byte_is_a_literal() {
+        assert_eq!(lits(r"(?:\.{2,3}[/\\]){2}"), Some(vec!["..".to_string()]));
+        assert_eq!(lits(r"-{2,}"), Some(vec!["--".to_string()]));
+        assert_eq!(lits(r"a{2}"), None, "two letters are not selective");
     }
 
     #[test]
