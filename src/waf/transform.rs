@@ -198,30 +198,33 @@ fn hex_run(input: &[u8], at: usize, n: usize) -> Option<u32> {
 
 /// Percent-decoding with `+` as space; `uni` also decodes `%uHHHH`.
 pub fn url_decode(input: &[u8], out: &mut Vec<u8>, uni: bool) {
+    out.reserve(input.len());
     let mut i = 0;
-    while i < input.len() {
-        let c = input[i];
-        if c == b'%' {
-            if uni && matches!(input.get(i + 1), Some(b'u' | b'U')) {
-                if let Some(cp) = hex_run(input, i + 2, 4) {
-                    out.push(code_point_byte(cp));
-                    i += 6;
-                    continue;
-                }
-            }
-            if let Some(v) = hex_run(input, i + 1, 2) {
-                out.push(v as u8);
-                i += 3;
+    // The bytes between escapes are copied as runs.
+    while let Some(off) = memchr::memchr2(b'%', b'+', &input[i..]) {
+        out.extend_from_slice(&input[i..i + off]);
+        i += off;
+        if input[i] == b'+' {
+            out.push(b' ');
+            i += 1;
+            continue;
+        }
+        if uni && matches!(input.get(i + 1), Some(b'u' | b'U')) {
+            if let Some(cp) = hex_run(input, i + 2, 4) {
+                out.push(code_point_byte(cp));
+                i += 6;
                 continue;
             }
-            out.push(c);
-        } else if c == b'+' {
-            out.push(b' ');
-        } else {
-            out.push(c);
         }
+        if let Some(v) = hex_run(input, i + 1, 2) {
+            out.push(v as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b'%');
         i += 1;
     }
+    out.extend_from_slice(&input[i..]);
 }
 
 fn html_entity_decode(input: &[u8], out: &mut Vec<u8>) {
@@ -233,14 +236,17 @@ fn html_entity_decode(input: &[u8], out: &mut Vec<u8>) {
         (b"nbsp", 0xa0),
         (b"apos", b'\''),
     ];
+    out.reserve(input.len());
     let mut i = 0;
     'outer: while i < input.len() {
+        // The bytes up to the next `&` are copied as a run.
+        let Some(off) = memchr::memchr(b'&', &input[i..]) else {
+            out.extend_from_slice(&input[i..]);
+            break;
+        };
+        out.extend_from_slice(&input[i..i + off]);
+        i += off;
         let c = input[i];
-        if c != b'&' {
-            out.push(c);
-            i += 1;
-            continue;
-        }
         let rest = &input[i + 1..];
         if rest.first() == Some(&b'#') {
             let (hex, start) = match rest.get(1) {
@@ -516,6 +522,55 @@ mod tests {
         let mut out = Vec::new();
         tr.apply(s.as_bytes(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Byte-at-a-time URL decoding, as it was written before runs were copied whole.
+    fn url_decode_bytewise(input: &[u8], uni: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            let c = input[i];
+            if c == b'%' {
+                if uni && matches!(input.get(i + 1), Some(b'u' | b'U')) {
+                    if let Some(cp) = hex_run(input, i + 2, 4) {
+                        out.push(code_point_byte(cp));
+                        i += 6;
+                        continue;
+                    }
+                }
+                if let Some(v) = hex_run(input, i + 1, 2) {
+                    out.push(v as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(if c == b'+' { b' ' } else { c });
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn url_decoding_by_runs_matches_byte_at_a_time() {
+        let alphabet = b"%+uU0aF9g&#;x \xff";
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..40 {
+            for _ in 0..200 {
+                let v: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        alphabet[(x % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                for uni in [false, true] {
+                    let mut out = Vec::new();
+                    url_decode(&v, &mut out, uni);
+                    assert_eq!(out, url_decode_bytewise(&v, uni), "{v:?}");
+                }
+            }
+        }
     }
 
     #[test]
