@@ -100,6 +100,9 @@ use super::transform::Transform;
 /// bytes of rare punctuation such as `;|&`) is gated by them instead of by its literals.
 pub const RARE_GATE_COST: u32 = 3;
 
+/// Requests with at least this many values skip repeated (kind, name, value) items.
+pub const DEDUP_FROM_ITEMS: usize = 24;
+
 /// Scratch buffers above this size are released after a request.
 pub const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 
@@ -652,6 +655,7 @@ impl Engine {
         mut skip: impl FnMut(&CompiledRule, Kind, &[u8]) -> bool,
     ) {
         let n_items = s.items.items.len();
+        let dedup = n_items >= DEDUP_FROM_ITEMS;
         for ii in 0..n_items {
             let it = &s.items.items[ii];
             let kind = it.kind;
@@ -663,7 +667,9 @@ impl Engine {
             let (ns, ne) = (it.name.start as usize, it.name.end as usize);
             // The same kind, name and value again: every rule answers as it did the first
             // time (and a rule matches once per request), so there is nothing to learn.
-            if ve - vs >= 8 {
+            // Looked for only in requests with many values (JSON arrays of records, big
+            // forms): in a small request a repeat is rare and the lookup costs more.
+            if dedup && ve - vs >= 8 {
                 let buf = &s.items.buf;
                 let h = {
                     use std::hash::{BuildHasher, Hash, Hasher};
