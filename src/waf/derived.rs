@@ -477,9 +477,7 @@ mod tests {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let alphabet = b"aB3+/=_- .,;Zz9==xYQ";
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            crate::waf::xorshift(&mut seed);
             let len = 16 + (seed % 90) as usize;
             let v: Vec<u8> = (0..len)
                 .map(|j| {

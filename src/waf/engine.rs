@@ -227,11 +227,11 @@ pub struct Engine {
     pass_rules: Vec<usize>,
     /// Regex per cache slot (cloning a meta regex shares it).
     slots: Vec<meta::Regex>,
-    /// Automata over every group's literals, with pattern id → (group, member), and the
-    /// one a value of each kind is scanned with: one scan of the raw value serves every
-    /// group whose chain leaves the value as it is (up to ASCII case).
-    raw_acs: Vec<(AhoCorasick, Vec<(u32, u32)>)>,
-    raw_ac_for_kind: [Option<u8>; 32],
+    /// An automaton over every group's literals, with pattern id → (group, member), and
+    /// the kinds (bit set) it scans: one scan of the raw value serves every group whose
+    /// chain leaves the value as it is (up to ASCII case).
+    raw_ac: Option<(AhoCorasick, Vec<(u32, u32)>)>,
+    raw_ac_kinds: u32,
     max_set_patterns: usize,
     kinds: u32,
 }
@@ -259,8 +259,8 @@ impl Engine {
             chain_other_triggers: Vec::new(),
             pass_rules: Vec::new(),
             slots: Vec::new(),
-            raw_acs: Vec::new(),
-            raw_ac_for_kind: [None; 32],
+            raw_ac: None,
+            raw_ac_kinds: 0,
             max_set_patterns: 0,
             kinds: 0,
         };
@@ -276,11 +276,13 @@ impl Engine {
                 if chain == e.chains.len() {
                     e.chains.push(c.transforms.clone());
                     e.chain_triggers.push(chain_triggers(&c.transforms));
-                    let (lowers, others): (Vec<Transform>, Vec<Transform>) = c
+                    let others: Vec<Transform> = c
                         .transforms
                         .iter()
-                        .partition(|t| **t == Transform::Lowercase);
-                    e.chain_lowers.push(!lowers.is_empty());
+                        .copied()
+                        .filter(|t| *t != Transform::Lowercase)
+                        .collect();
+                    e.chain_lowers.push(others.len() < c.transforms.len());
                     e.chain_other_triggers.push(chain_triggers(&others));
                     e.step_triggers.push(
                         c.transforms
@@ -510,15 +512,15 @@ impl Engine {
                 }
             }
         }
-        e.build_raw_automata(&group_lits);
+        e.build_raw_automaton(&group_lits);
         e
     }
 
-    /// The merged automaton (see [`Engine::raw_acs`]), for the kinds two or more groups
+    /// The merged automaton (see [`Engine::raw_ac`]), for the kinds two or more groups
     /// scan. One for all kinds (a hit for a member that does not look at the value's kind
     /// is dropped as in the groups): one automaton per kind set cost megabytes.
-    fn build_raw_automata(&mut self, group_lits: &[MemberLiterals]) {
-        let kinds: Vec<usize> = (0..32usize)
+    fn build_raw_automaton(&mut self, group_lits: &[MemberLiterals]) {
+        let kinds = (0..32usize)
             .filter(|&k| {
                 self.groups
                     .iter()
@@ -526,8 +528,8 @@ impl Engine {
                     .count()
                     >= 2
             })
-            .collect();
-        if kinds.is_empty() {
+            .fold(0u32, |acc, k| acc | 1 << k);
+        if kinds == 0 {
             return;
         }
         let mut lits: Vec<&[u8]> = Vec::new();
@@ -540,21 +542,19 @@ impl Engine {
                 }
             }
         }
-        let Ok(ac) = AhoCorasick::builder()
+        // On failure the groups' own automata scan.
+        if let Ok(ac) = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .kind(Some(AhoCorasickKind::DFA))
             .build(&lits)
-        else {
-            return; // the groups' own automata still scan
-        };
-        self.raw_acs.push((ac, owner));
-        for k in kinds {
-            self.raw_ac_for_kind[k] = Some(0);
+        {
+            self.raw_ac = Some((ac, owner));
+            self.raw_ac_kinds = kinds;
         }
     }
 
-    /// Heap bytes of the automata: the groups' and the merged ones.
+    /// Heap bytes of the automata: the groups' and the merged one.
     pub fn automata_bytes(&self) -> (usize, usize) {
         let groups = self
             .groups
@@ -563,10 +563,9 @@ impl Engine {
             .map(|(a, o)| a.memory_usage() + o.len() * 8)
             .sum();
         let merged = self
-            .raw_acs
-            .iter()
-            .map(|(a, o)| a.memory_usage() + o.len() * 8)
-            .sum();
+            .raw_ac
+            .as_ref()
+            .map_or(0, |(a, o)| a.memory_usage() + o.len() * 8);
         (groups, merged)
     }
 
@@ -726,9 +725,8 @@ impl Engine {
                 s.modes.push(mode);
             }
             // Two groups or more would scan the raw value: one merged scan serves them.
-            let merged = match self.raw_ac_for_kind[kind as usize] {
-                Some(i) if raw_scanners >= 2 => {
-                    let (ac, owner) = &self.raw_acs[i as usize];
+            let merged = match &self.raw_ac {
+                Some((ac, owner)) if raw_scanners >= 2 && self.raw_ac_kinds & bit != 0 => {
                     s.raw_hits.clear();
                     for m in ac.find_overlapping_iter(&s.items.buf[vs..ve]) {
                         s.raw_hits.push(owner[m.pattern().as_usize()]);
@@ -739,23 +737,11 @@ impl Engine {
             };
             for (gi, g) in self.groups.iter().enumerate() {
                 let mode = s.modes[gi];
-                let (lower, real) = match mode {
-                    Mode::Skip => continue,
-                    Mode::Raw => (false, false),
-                    Mode::Lower => (true, false),
-                    Mode::Transformed => (false, true),
-                };
-                let scanned = merged && !real;
-                if scanned {
-                    s.pre_hits.clear();
-                    let gi = gi as u32;
-                    s.pre_hits.extend(
-                        s.raw_hits
-                            .iter()
-                            .filter(|(g, _)| *g == gi)
-                            .map(|(_, m)| *m as usize),
-                    );
+                if matches!(mode, Mode::Skip) {
+                    continue;
                 }
+                let lower = matches!(mode, Mode::Lower);
+                let real = matches!(mode, Mode::Transformed);
                 if real && s.chain_for[g.chain] != ii {
                     let raw = &s.items.buf[vs..ve];
                     let chain = &self.chains[g.chain];
@@ -777,7 +763,7 @@ impl Engine {
                     chain_for,
                     hits,
                     patset,
-                    pre_hits,
+                    raw_hits,
                     ..
                 } = &mut *s;
                 let name = &items.buf[ns..ne];
@@ -788,7 +774,7 @@ impl Engine {
                 } else {
                     Subject::ready(&items.buf[vs..ve], &raw_bits)
                 };
-                let pre = scanned.then_some(&pre_hits[..]);
+                let pre = (merged && !real).then_some((&raw_hits[..], gi as u32));
                 run_group(g, kind, name, &mut subject, pre, caches, hits, patset);
                 if lower {
                     // The lower-cased copy (if made) is not the chain's full output.
@@ -914,8 +900,8 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// Runs a group's members on a value. `pre`: the automaton hits already found by the
-/// merged raw scan (the group's own automaton is not run then).
+/// Runs a group's members on a value. `pre`: the merged raw scan's hits (group, member)
+/// and this group's index, when that scan stands for the group's own automaton.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn run_group(
@@ -923,7 +909,7 @@ fn run_group(
     kind: Kind,
     name: &[u8],
     subject: &mut Subject<'_>,
-    pre: Option<&[usize]>,
+    pre: Option<(&[(u32, u32)], u32)>,
     caches: &mut [meta::Cache],
     hits: &mut Vec<usize>,
     patset: &mut PatternSet,
@@ -933,7 +919,12 @@ fn run_group(
     let first = subject.first_byte();
     if let Some(i) = g.ac_for_kind[kind as usize] {
         match pre {
-            Some(found) => hits.extend_from_slice(found),
+            Some((found, gi)) => hits.extend(
+                found
+                    .iter()
+                    .filter(|(g, _)| *g == gi)
+                    .map(|(_, m)| *m as usize),
+            ),
             None => {
                 let (ac, owner) = &g.acs[i as usize];
                 for m in ac.find_overlapping_iter(subject.scan) {
@@ -1040,11 +1031,9 @@ pub struct Scratch {
     tmp: Vec<u8>,
     tmp2: Vec<u8>,
     hits: Vec<usize>,
-    /// Per group, how it sees the current value; the merged raw scan's hits, and those
-    /// of the group being run.
+    /// Per group, how it sees the current value; the merged raw scan's hits.
     modes: Vec<Mode>,
     raw_hits: Vec<(u32, u32)>,
-    pre_hits: Vec<usize>,
     patset: PatternSet,
     matched: Vec<u64>,
     pub hits_out: Vec<Hit>,
@@ -1068,7 +1057,6 @@ impl Default for Scratch {
             hits: Vec::new(),
             modes: Vec::new(),
             raw_hits: Vec::new(),
-            pre_hits: Vec::new(),
             patset: PatternSet::new(1),
             matched: Vec::new(),
             hits_out: Vec::new(),

@@ -561,3 +561,13 @@ pub fn printable(v: &[u8], max: usize) -> String {
     }
     out
 }
+
+/// One step of a xorshift generator: deterministic pseudo-random input for the tests
+/// that check a fast path against its plain version.
+#[cfg(test)]
+pub(crate) fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}

@@ -744,9 +744,7 @@ mod tests {
             for _ in 0..20 {
                 let v: Vec<u8> = (0..len)
                     .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
+                        crate::waf::xorshift(&mut x);
                         // Mostly text, some high and control bytes.
                         match x % 8 {
                             0 => (x >> 8) as u8,

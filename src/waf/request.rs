@@ -95,7 +95,7 @@ pub struct Items {
     derive_buf: Vec<u8>,
     /// Hashes of argument names already listed (a JSON array repeats its keys), in
     /// order, and by hash (the index into `seen_names` of the first with that hash).
-    seen_names: Vec<(u64, Range<u32>)>,
+    seen_names: Vec<Range<u32>>,
     seen_index: std::collections::HashMap<u64, u32, foldhash::fast::FixedState>,
 }
 
@@ -421,11 +421,12 @@ impl Items {
     fn arg(&mut self, kind: Kind, name: &[u8], value: &[u8]) {
         self.count_arg(name.len() + value.len());
         let names = names_of(kind);
-        let n = match self.listed_name(names, name) {
+        let h = Self::name_hash(names, name);
+        let n = match self.listed_name(h, name) {
             Some(r) => r,
             None => {
                 let r = self.span(name);
-                self.push_name(names, r.clone());
+                self.list_name(names, r.clone(), h);
                 r
             }
         };
@@ -437,19 +438,26 @@ impl Items {
         foldhash::fast::FixedState::with_seed(kind as u64).hash_one(bytes)
     }
 
-    /// Where `bytes` already is in the buffer as a listed name of `kind`, if it is.
-    fn listed_name(&self, kind: Kind, bytes: &[u8]) -> Option<Range<u32>> {
+    /// Where `bytes` (with [`Items::name_hash`] `h`) already is in the buffer as a listed
+    /// name, if it is.
+    fn listed_name(&self, h: u64, bytes: &[u8]) -> Option<Range<u32>> {
         if self.repeat_names {
             return None;
         }
-        let &i = self.seen_index.get(&Self::name_hash(kind, bytes))?;
-        let r = &self.seen_names[i as usize].1;
+        let &i = self.seen_index.get(&h)?;
+        let r = &self.seen_names[i as usize];
         // Equal hashes are compared byte for byte: a crafted collision cannot hide a name.
         (self.buf[r.start as usize..r.end as usize] == *bytes).then(|| r.clone())
     }
 
     /// A `*_names` item, once per distinct name and kind.
     fn push_name(&mut self, kind: Kind, name: Range<u32>) {
+        let h = Self::name_hash(kind, &self.buf[name.start as usize..name.end as usize]);
+        self.list_name(kind, name, h);
+    }
+
+    /// [`Items::push_name`] with the name's hash already computed.
+    fn list_name(&mut self, kind: Kind, name: Range<u32>, h: u64) {
         let item = Item {
             kind,
             name: name.clone(),
@@ -459,16 +467,17 @@ impl Items {
             self.items.push(item);
             return;
         }
-        let bytes = &self.buf[name.start as usize..name.end as usize];
-        if self.listed_name(kind, bytes).is_some() {
+        if self
+            .listed_name(h, &self.buf[name.start as usize..name.end as usize])
+            .is_some()
+        {
             return;
         }
-        let h = Self::name_hash(kind, bytes);
         // On a collision the first name keeps the index: later ones are listed each time.
         self.seen_index
             .entry(h)
             .or_insert(self.seen_names.len() as u32);
-        self.seen_names.push((h, name));
+        self.seen_names.push(name);
         self.items.push(item);
     }
 

@@ -558,9 +558,7 @@ mod tests {
             for _ in 0..200 {
                 let v: Vec<u8> = (0..len)
                     .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
+                        crate::waf::xorshift(&mut x);
                         alphabet[(x % alphabet.len() as u64) as usize]
                     })
                     .collect();
