@@ -69,13 +69,16 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    /// A named admin token that cannot be used (unset variable, too short, duplicate).
+    #[error("{0}")]
+    AdminToken(String),
 }
 
 impl StartError {
     /// Exit code for the binary: 2 for a config the operator must fix, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) => 2,
+            StartError::Config(_) | StartError::AdminToken(_) => 2,
             _ => 1,
         }
     }
@@ -334,7 +337,9 @@ impl Gateway {
             }
             None => None,
         };
-        let token = crate::admin::resolve_token(&admin)?;
+        let credentials = Arc::new(crate::admin::auth::Credentials::new(
+            &crate::admin::auth::read_secrets(&admin)?,
+        ));
 
         let (drain, _) = watch::channel(false);
         let binds = rt.listener_binds.clone();
@@ -374,11 +379,11 @@ impl Gateway {
         if let Some(l) = admin_listener {
             let addr = l.local_addr().unwrap_or(admin.bind);
             admin_addr = Some(addr);
-            tracing::info!(%addr, api = token.is_some(), "admin listening");
+            tracing::info!(%addr, api = !credentials.is_empty(), "admin listening");
             admin_task = Some(tokio::spawn(crate::admin::serve(
                 l,
                 shared.clone(),
-                token,
+                credentials,
                 stop.subscribe(),
             )));
         }

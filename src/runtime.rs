@@ -52,6 +52,25 @@ pub struct AdminSettings {
     pub metrics_bind: Option<SocketAddr>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// `[[admin.tokens]]`, validated (unique names, one secret source each).
+    pub tokens: Vec<NamedToken>,
+}
+
+/// One `[[admin.tokens]]` entry: a name, a role, and where its secret is.
+#[derive(Debug, Clone)]
+pub struct NamedToken {
+    pub name: String,
+    pub role: crate::config::AdminRole,
+    pub source: TokenSource,
+}
+
+/// Where a named token's secret is read from at start.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// A file (created with a random token, mode 0600, when missing).
+    File(PathBuf),
+    /// An environment variable (the gateway refuses to start when it is unset or empty).
+    Env(String),
 }
 
 pub struct Runtime {
@@ -741,6 +760,7 @@ impl Runtime {
                 "must be at least 16 characters",
             ));
         }
+        let admin_tokens = compile_admin_tokens(cfg, &mut errs);
 
         if raw.performance.slow_threshold.is_zero() {
             errs.push(cfg.error(
@@ -805,6 +825,7 @@ impl Runtime {
                 metrics_bind,
                 token: a.token.clone(),
                 token_file: a.token_file.as_ref().map(|p| cfg.resolve(p)),
+                tokens: admin_tokens,
             },
             shutdown_grace: raw.server.shutdown_grace,
             cert_store,
@@ -819,6 +840,60 @@ impl Runtime {
             waf,
         })
     }
+}
+
+/// `[[admin.tokens]]`, validated: names are what events and investigations record, so
+/// they must be unique and printable; each token has exactly one secret source.
+fn compile_admin_tokens(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Vec<NamedToken> {
+    let a = &cfg.raw.admin;
+    let legacy = a.token.is_some() || a.token_file.is_some();
+    let mut out: Vec<NamedToken> = Vec::new();
+    for (i, t) in a.tokens.iter().enumerate() {
+        let at = KeyPath::of(&["admin", "tokens"]).index(i);
+        let valid_name = !t.name.is_empty()
+            && t.name.len() <= 64
+            && t.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+        if !valid_name {
+            errs.push(cfg.error(&at.key("name"), "must be 1 to 64 letters, digits or `._@-`"));
+        } else if t.name == "me" {
+            errs.push(cfg.error(
+                &at.key("name"),
+                "`me` is reserved (an assignee of `me` means the caller)",
+            ));
+        } else if out.iter().any(|o| o.name == t.name) || legacy && t.name == "admin" {
+            errs.push(cfg.error(
+                &at.key("name"),
+                format!(
+                    "`{}` is already the name of another token{}",
+                    t.name,
+                    if t.name == "admin" {
+                        " (admin.token / admin.token_file is the token named `admin`)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let source = match (&t.token_file, &t.token_env) {
+            (Some(f), None) => TokenSource::File(cfg.resolve(f)),
+            (None, Some(v)) if !v.is_empty() => TokenSource::Env(v.clone()),
+            _ => {
+                errs.push(cfg.error(
+                    &at,
+                    "needs exactly one of `token_file` or `token_env` (a token is never written in the config)",
+                ));
+                continue;
+            }
+        };
+        out.push(NamedToken {
+            name: t.name.clone(),
+            role: t.role,
+            source,
+        });
+    }
+    out
 }
 
 /// The `[events]` section, validated, with paths resolved under `server.data_dir`.

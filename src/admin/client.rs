@@ -20,9 +20,13 @@ pub async fn call(
     if !admin.enabled {
         return Err("the admin port is disabled in the config".into());
     }
-    let token = super::resolve_token(admin)
+    // The command line acts as the operator: it needs a token with the admin role.
+    let token = super::auth::read_secrets(admin)
         .map_err(|e| e.to_string())?
-        .ok_or("no admin token is configured")?;
+        .into_iter()
+        .find(|s| s.role == super::auth::Role::Admin)
+        .ok_or("no admin token with the admin role is configured")?
+        .token;
     let addr = admin.bind;
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await

@@ -11,10 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::AdminState;
 use crate::events::model::{format_time, now_micros, parse_time, Patch, PatchError};
 use crate::events::store::{AuditFilter, EventWithState, PatchOutcome, PerfFilter};
@@ -203,6 +204,7 @@ async fn get_event(
 
 async fn patch_event(
     State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<Patch>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -210,10 +212,32 @@ async fn patch_event(
         Ok(id) => id,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    let Json(patch) = match body {
+    let Json(mut patch) = match body {
         Ok(b) => b,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    // Who changes and who is assigned are the signed-in token's name, not free text.
+    if !patch.by.is_empty() && patch.by != *caller.name {
+        return fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "`by` is the caller's token name (`{}`); leave it out",
+                caller.name
+            ),
+        );
+    }
+    patch.by = caller.name.to_string();
+    if let Some(a) = &patch.assignee {
+        let a = a.trim();
+        if a == "me" {
+            patch.assignee = Some(caller.name.to_string());
+        } else if !a.is_empty() && !st.credentials.knows(a) {
+            return fail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`assignee`: no admin token is named `{a}` (use `me`, a token name, or \"\" to unassign)"),
+            );
+        }
+    }
     match st.shared.events.patch(id, patch).await {
         Ok(inv) => Json(json!({"id": id, "investigation": inv})).into_response(),
         Err(PatchOutcome::Refused(e @ PatchError::NotFound(_))) => {

@@ -3,9 +3,11 @@
 //!
 //! `/healthz`, `/readyz` and `/metrics` need no token (they reveal no secrets and monitoring
 //! systems scrape them); `[admin] metrics_bind` serves those three alone on a second
-//! address that may face the network while the API stays on loopback. Everything under `/api/v1/` needs `Authorization: Bearer <token>`,
-//! compared in constant time. With no token configured the API does not run: its routes
-//! answer 503 and nothing can be changed through them.
+//! address that may face the network while the API stays on loopback. Everything under
+//! `/api/v1/` needs `Authorization: Bearer <token>` of a named token whose role allows the
+//! call ([`auth`]: 401 for an unknown token, 403 for a role that may not). With no token
+//! configured the API does not run: its routes answer 503 and nothing can be changed
+//! through them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -29,6 +30,7 @@ use crate::app::{Shared, StartError};
 use crate::events::{AuditEvent, EventType};
 use crate::runtime::AdminSettings;
 
+pub mod auth;
 pub mod client;
 mod events_api;
 pub mod health;
@@ -38,7 +40,7 @@ mod sessions_api;
 #[derive(Clone)]
 struct AdminState {
     shared: Arc<Shared>,
-    token: Option<Arc<str>>,
+    credentials: Arc<auth::Credentials>,
     auth_failures: Arc<AuthFailures>,
 }
 
@@ -104,17 +106,18 @@ fn read_or_create_token(path: &Path) -> Result<String, StartError> {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    token: Option<Arc<str>>,
+    credentials: Arc<auth::Credentials>,
     mut stop: watch::Receiver<bool>,
 ) {
     let state = AdminState {
         shared,
-        token,
+        credentials,
         auth_failures: Arc::new(AuthFailures::default()),
     };
     let api = Router::new()
         .route("/reload", post(reload))
         .route("/status", get(status))
+        .route("/whoami", get(whoami))
         .merge(events_api::routes())
         .merge(security_api::routes())
         .merge(sessions_api::routes())
@@ -143,7 +146,7 @@ pub async fn serve_metrics(
 ) {
     let state = AdminState {
         shared,
-        token: None,
+        credentials: Arc::default(),
         auth_failures: Arc::new(AuthFailures::default()),
     };
     let app = Router::new()
@@ -158,23 +161,20 @@ pub async fn serve_metrics(
         .await;
 }
 
-async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
-    let Some(token) = &st.token else {
+async fn require_token(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
+    if st.credentials.is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "admin API disabled: no token configured"})),
         )
             .into_response();
-    };
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if presented.as_bytes().ct_eq(token.as_bytes()).into() {
-        return next.run(req).await;
-    }
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -182,7 +182,41 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
     let path = req
         .extensions()
         .get::<OriginalUri>()
-        .map_or(req.uri().path(), |u| u.0.path());
+        .map_or(req.uri().path(), |u| u.0.path())
+        .to_string();
+    if let Some(caller) = st.credentials.identify(presented.as_bytes()) {
+        let needed = auth::required_role(req.method(), &path);
+        if caller.role >= needed {
+            req.extensions_mut().insert(caller);
+            return next.run(req).await;
+        }
+        tracing::warn!(path = %path, token = %caller.name, role = caller.role.as_str(), "admin API call beyond the token's role");
+        let mut e = AuditEvent::new(
+            EventType::AdminForbidden,
+            format!(
+                "admin API call refused: token `{}` has role {}, the call needs {}",
+                caller.name,
+                caller.role.as_str(),
+                needed.as_str()
+            ),
+        )
+        .path(&path)
+        .detail("by", &*caller.name)
+        .detail("role", caller.role.as_str());
+        if let Some(ip) = ip {
+            e = e.ip(ip);
+        }
+        e.method = Some(req.method().to_string());
+        st.shared.events.sink.audit(e);
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": format!("role `{}` may not {} {path}: it needs `{}`",
+                    caller.role.as_str(), req.method(), needed.as_str()),
+            })),
+        )
+            .into_response();
+    }
     tracing::warn!(path = %path, client_ip = ?ip, "admin API authentication failed");
     if let Some(ip) = ip {
         let n = st.auth_failures.count(ip);
@@ -195,7 +229,7 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
             },
         )
         .ip(ip)
-        .path(path)
+        .path(&path)
         .detail("failures_in_window", n.to_string());
         e.method = Some(req.method().to_string());
         if n >= AUTH_FAILURES_REPEATED {
@@ -211,6 +245,11 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
+}
+
+/// The caller's token name and role (the dashboard shows only what the role may do).
+async fn whoami(axum::Extension(caller): axum::Extension<auth::Caller>) -> Response {
+    Json(json!({"name": &*caller.name, "role": caller.role.as_str()})).into_response()
 }
 
 async fn readyz(State(st): State<AdminState>) -> Response {

@@ -10,10 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::events_api::{error, ApiError};
 use super::AdminState;
 use crate::events::model::now_micros;
@@ -135,7 +136,11 @@ fn rule_event(kind: EventType, verb: &str, r: &RuleSpec) -> AuditEvent {
     e
 }
 
-async fn create_rule(State(st): State<AdminState>, b: JsonBody<RuleSpec>) -> ApiResult {
+async fn create_rule(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    b: JsonBody<RuleSpec>,
+) -> ApiResult {
     let mut spec = body(b)?;
     if !spec.id.is_empty() {
         return Err(error(
@@ -151,7 +156,7 @@ async fn create_rule(State(st): State<AdminState>, b: JsonBody<RuleSpec>) -> Api
     st.shared
         .events
         .sink
-        .audit(rule_event(EventType::IpRuleCreated, "created", &spec));
+        .audit(rule_event(EventType::IpRuleCreated, "created", &spec).detail("by", &*caller.name));
     let set = st.shared.ip_rules.load();
     let rule = set.rules().iter().find(|r| r.spec.id == spec.id);
     Ok((StatusCode::CREATED, Json(rule.map(rule_json))).into_response())
@@ -185,6 +190,7 @@ fn find_api_rule(st: &AdminState, api: &[RuleSpec], id: &str) -> Result<usize, A
 
 async fn modify_rule(
     State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     b: JsonBody<RuleChange>,
 ) -> ApiResult {
@@ -216,16 +222,19 @@ async fn modify_rule(
     }
     let spec = r.clone();
     apply(&st, api, Some(spec.clone()), None).await?;
-    st.shared
-        .events
-        .sink
-        .audit(rule_event(EventType::IpRuleModified, "modified", &spec));
+    st.shared.events.sink.audit(
+        rule_event(EventType::IpRuleModified, "modified", &spec).detail("by", &*caller.name),
+    );
     let set = st.shared.ip_rules.load();
     let rule = set.rules().iter().find(|r| r.spec.id == spec.id);
     Ok(Json(rule.map(rule_json)).into_response())
 }
 
-async fn delete_rule(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+async fn delete_rule(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let _serial = st.shared.ip_rules.changes.lock().await;
     let mut api = api_rules(&st);
     let i = find_api_rule(&st, &api, &id)?;
@@ -234,7 +243,7 @@ async fn delete_rule(State(st): State<AdminState>, Path(id): Path<String>) -> Ap
     st.shared
         .events
         .sink
-        .audit(rule_event(EventType::IpRuleDeleted, "deleted", &spec));
+        .audit(rule_event(EventType::IpRuleDeleted, "deleted", &spec).detail("by", &*caller.name));
     Ok(Json(json!({"deleted": spec.id})).into_response())
 }
 
@@ -306,7 +315,11 @@ struct BanRequest {
     reason: String,
 }
 
-async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> ApiResult {
+async fn create_ban(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    b: JsonBody<BanRequest>,
+) -> ApiResult {
     let req = body(b)?;
     if req.duration.is_zero() || req.duration > Duration::from_secs(366 * 24 * 3600) {
         return Err(error(
@@ -335,18 +348,24 @@ async fn create_ban(State(st): State<AdminState>, b: JsonBody<BanRequest>) -> Ap
         AuditEvent::new(
             EventType::IpBanned,
             format!(
-                "banned by an operator {}: {}",
+                "banned by `{}` {}: {}",
+                caller.name,
                 crate::bans::until_text(&ban),
                 ban.reason
             ),
         )
         .ip(ban.ip)
-        .detail("manual", "true"),
+        .detail("manual", "true")
+        .detail("by", &*caller.name),
     );
     Ok((StatusCode::CREATED, Json(ban)).into_response())
 }
 
-async fn delete_ban(State(st): State<AdminState>, Path(ip): Path<String>) -> ApiResult {
+async fn delete_ban(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(ip): Path<String>,
+) -> ApiResult {
     let ip: IpAddr = ip.parse().map_err(|_| {
         error(
             StatusCode::BAD_REQUEST,
@@ -358,9 +377,13 @@ async fn delete_ban(State(st): State<AdminState>, Path(ip): Path<String>) -> Api
         return Err(error(StatusCode::NOT_FOUND, format!("{ip} is not banned")));
     };
     store_write(&st, move |store| crate::bans::remove(store, &[ip])).await?;
-    st.shared
-        .events
-        .sink
-        .audit(AuditEvent::new(EventType::IpUnbanned, "ban lifted by an operator").ip(ip));
+    st.shared.events.sink.audit(
+        AuditEvent::new(
+            EventType::IpUnbanned,
+            format!("ban lifted by `{}`", caller.name),
+        )
+        .ip(ip)
+        .detail("by", &*caller.name),
+    );
     Ok(Json(json!({"unbanned": ban})).into_response())
 }

@@ -9,10 +9,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::events_api::{error, query, ApiError};
 use super::AdminState;
 use crate::events::model::format_time;
@@ -131,7 +132,7 @@ async fn get_session(State(st): State<AdminState>, Path(id): Path<String>) -> Ap
 }
 
 /// Ends an active session as revoked: event, store, and refusal of its next request.
-fn revoke(st: &AdminState, id: u128, reason: &str) -> Option<Session> {
+fn revoke(st: &AdminState, id: u128, reason: &str, by: &str) -> Option<Session> {
     let now = st.shared.sessions.clock.now();
     let s = st
         .shared
@@ -141,14 +142,19 @@ fn revoke(st: &AdminState, id: u128, reason: &str) -> Option<Session> {
     st.shared.events.sink.audit(
         session_event(EventType::SessionRevoked, format!("session {reason}"), &s)
             .detail("reason", reason)
-            .detail("manual", "true"),
+            .detail("manual", "true")
+            .detail("by", by),
     );
     Some(s)
 }
 
-async fn revoke_session(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+async fn revoke_session(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = parse_id(&id)?;
-    match revoke(&st, id, "revoked by an operator") {
+    match revoke(&st, id, "revoked by an operator", &caller.name) {
         Some(s) => {
             persist(&st.shared.events, vec![s.clone()]);
             Ok(Json(json!({"revoked": s})).into_response())
@@ -164,7 +170,11 @@ async fn revoke_session(State(st): State<AdminState>, Path(id): Path<String>) ->
     }
 }
 
-async fn revoke_user(State(st): State<AdminState>, Path(user): Path<String>) -> ApiResult {
+async fn revoke_user(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult {
     let ids = st.shared.sessions.table.of_user(&user);
     let ended: Vec<Session> = ids
         .into_iter()
@@ -173,6 +183,7 @@ async fn revoke_user(State(st): State<AdminState>, Path(user): Path<String>) -> 
                 &st,
                 id,
                 "revoked by an operator (all of the user's sessions)",
+                &caller.name,
             )
         })
         .collect();
@@ -194,14 +205,22 @@ async fn list_locks(State(st): State<AdminState>) -> Response {
     Json(json!({"items": items, "count": items.len()})).into_response()
 }
 
-async fn unlock_user(State(st): State<AdminState>, Path(user): Path<String>) -> ApiResult {
+async fn unlock_user(
+    State(st): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult {
     if !st.shared.sessions.brute_force.unlock(&user) {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("user `{}` is not locked", brute_force::normalise(&user)),
         ));
     }
-    let mut e = AuditEvent::new(EventType::LoginUnlocked, "login lock lifted by an operator");
+    let mut e = AuditEvent::new(
+        EventType::LoginUnlocked,
+        format!("login lock lifted by `{}`", caller.name),
+    )
+    .detail("by", &*caller.name);
     e.user = Some(user.clone());
     st.shared.events.sink.audit(e);
     Ok(Json(json!({"unlocked": user})).into_response())

@@ -737,6 +737,47 @@ pub struct AdminSection {
     /// checks reach it while the API stays on loopback.
     #[serde(default)]
     pub metrics_bind: Option<String>,
+    /// Named tokens with roles (`[[admin.tokens]]`). The token above, if any, is the
+    /// one named `admin` with the `admin` role.
+    #[serde(default)]
+    pub tokens: Vec<AdminTokenSection>,
+}
+
+/// One named admin API token: who holds it and what it may do. The secret itself is
+/// never in the config: it is read from a file (created with a random token when
+/// missing) or from an environment variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenSection {
+    /// Recorded as `by` / `assignee` and in the events of what the holder does.
+    pub name: String,
+    pub role: AdminRole,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+/// What an admin token may do (each role may do everything the ones before it may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Reads: events, stats, sessions, rules, bans, performance, backups; the rule tester.
+    Viewer,
+    /// Also investigations, sessions (force logout, unlock), bans and IP rules.
+    Operator,
+    /// Everything: also reload, backups, archives.
+    Admin,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+        }
+    }
 }
 
 impl Default for AdminSection {
@@ -748,6 +789,7 @@ impl Default for AdminSection {
             token: None,
             token_file: None,
             metrics_bind: None,
+            tokens: Vec::new(),
         }
     }
 }

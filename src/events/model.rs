@@ -182,6 +182,7 @@ event_types! {
     BruteForceDetected = "brute_force_detected": Critical / Critical,
     SessionSuspicious = "session_suspicious": Critical / Critical,
     AdminAuthFailed = "admin_auth_failed": Medium / Critical,
+    AdminForbidden = "admin_forbidden": Medium / Medium,
     WafBlocked = "waf_blocked": High / Critical,
     IpBanned = "ip_banned": High / High,
     IpRuleDeleted = "ip_rule_deleted": High / High,
@@ -477,7 +478,9 @@ pub struct Change {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
-    /// The operator making the change (recorded in the history).
+    /// The operator making the change (recorded in the history). The admin API sets it
+    /// from the caller's token name; a body that names someone else is refused.
+    #[serde(default)]
     pub by: String,
     #[serde(default)]
     pub status: Option<Status>,

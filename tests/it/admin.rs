@@ -1,6 +1,7 @@
 //! The admin port: open health and metrics, a token-protected API, no API without a token.
 
 use crate::support::*;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requires_the_bearer_token() {
@@ -194,4 +195,162 @@ async fn the_metrics_listener_serves_metrics_and_health_only_and_gateway_health_
     );
     let missing = health(dir.path().join("nope.toml"));
     assert_eq!(missing.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_may_do_what_its_role_allows_and_acts_under_its_name() {
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], OPERATOR_TOKENS)).await;
+    let (ana, vi) = (token_of(&gw, "ana"), token_of(&gw, "vi"));
+    assert!(ana.len() >= 32 && ana != vi);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(gw.dir.path().join("vi.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "token files are private: {mode:o}");
+    }
+    for (t, name, role) in [
+        (TOKEN, "admin", "admin"),
+        (&ana, "ana", "operator"),
+        (&vi, "vi", "viewer"),
+    ] {
+        let r = api_as(&gw, t, "GET", "/api/v1/whoami", None).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({"name": name, "role": role}));
+    }
+
+    // A viewer reads and may use the rule tester; every change is 403.
+    for path in [
+        "/api/v1/events",
+        "/api/v1/sessions",
+        "/api/v1/bans",
+        "/api/v1/ip-rules",
+        "/api/v1/backups",
+    ] {
+        assert_eq!(
+            api_as(&gw, &vi, "GET", path, None).await.status,
+            200,
+            "{path}"
+        );
+    }
+    let r = api_as(
+        &gw,
+        &vi,
+        "POST",
+        "/api/v1/ip-rules/test",
+        Some(json!({"ip": "192.0.2.1", "host": "localhost", "path": "/"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ban = json!({"ip": "192.0.2.7", "duration": "1h", "reason": "scanner"});
+    let r = api_as(&gw, &vi, "POST", "/api/v1/bans", Some(ban.clone())).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("viewer"), "{}", r.text());
+    for (m, p) in [
+        ("POST", "/api/v1/reload"),
+        ("DELETE", "/api/v1/users/x/lock"),
+        ("POST", "/api/v1/backups"),
+    ] {
+        assert_eq!(api_as(&gw, &vi, m, p, None).await.status, 403, "{m} {p}");
+    }
+    assert!(
+        gw.gw().shared().bans.active().is_empty(),
+        "a refused call changed nothing"
+    );
+
+    // An operator bans and lifts under their own name, but may not reload or back up.
+    let r = api_as(&gw, &ana, "POST", "/api/v1/bans", Some(ban)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = api_as(&gw, &ana, "DELETE", "/api/v1/bans/192.0.2.7", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (m, p) in [
+        ("POST", "/api/v1/reload"),
+        ("POST", "/api/v1/backups"),
+        ("POST", "/api/v1/archive/run"),
+    ] {
+        assert_eq!(api_as(&gw, &ana, m, p, None).await.status, 403, "{m} {p}");
+    }
+    assert_eq!(api(&gw, "POST", "/api/v1/reload", None).await.status, 200);
+
+    let banned = events_of(&gw, "ip_banned").await;
+    assert_eq!(banned[0]["details"]["by"], "ana");
+    assert_eq!(
+        events_of(&gw, "ip_unbanned").await[0]["details"]["by"],
+        "ana"
+    );
+    let refused = events_of(&gw, "admin_forbidden").await;
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    assert!(refused.iter().any(|e| e["details"]["by"] == "vi"));
+    assert!(refused.iter().any(|e| e["details"]["by"] == "ana"));
+    // No event holds a token.
+    let all = api(&gw, "GET", "/api/v1/events/export", None).await.text();
+    for t in [TOKEN, &ana, &vi] {
+        assert!(!all.contains(t), "a token leaked into events");
+    }
+}
+
+#[test]
+fn named_tokens_are_checked_when_the_config_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    let cfg = base_config(
+        &["http://127.0.0.1:9".into()],
+        r#"
+[[admin.tokens]]
+name = "admin"
+role = "operator"
+token_file = "a.token"
+
+[[admin.tokens]]
+name = "bad name"
+role = "viewer"
+token_env = "X"
+
+[[admin.tokens]]
+name = "both"
+role = "viewer"
+token_env = "X"
+token_file = "b.token"
+"#,
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let errs = gateway::check_config(&path).unwrap_err().0;
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "admin.tokens[0].name",
+            "admin.tokens[1].name",
+            "admin.tokens[2]"
+        ],
+        "{errs:?}"
+    );
+    std::fs::write(
+        &path,
+        base_config(
+            &[],
+            "[[admin.tokens]]\nname = \"x\"\nrole = \"root\"\ntoken_env = \"X\"\n",
+        ),
+    )
+    .unwrap();
+    let errs = gateway::check_config(&path).unwrap_err().0;
+    assert!(errs[0].message.contains("viewer"), "{errs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_an_unset_variable_stops_the_start_with_its_name() {
+    let up = echo_upstream().await;
+    let cfg = base_config(
+        &[up.url()],
+        "[[admin.tokens]]\nname = \"ci\"\nrole = \"viewer\"\ntoken_env = \"GATEWAY_TEST_TOKEN_NEVER_SET\"\n",
+    );
+    let err = TestGateway::try_start(&cfg).await.err().expect("refused");
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains("GATEWAY_TEST_TOKEN_NEVER_SET"),
+        "{err}"
+    );
 }

@@ -184,7 +184,7 @@ async fn fill_every_table(gw: &TestGateway) -> String {
         gw,
         "PATCH",
         &format!("/api/v1/events/{id}"),
-        Some(json!({"by": "ana", "status": "investigating", "note": "checking"})),
+        Some(json!({"status": "investigating", "note": "checking"})),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());

@@ -248,7 +248,8 @@ async fn filters_pagination_and_export_return_what_was_stored() {
 #[tokio::test]
 async fn investigation_moves_through_its_workflow_and_keeps_the_event_intact() {
     let up = named_upstream("a", Duration::ZERO).await;
-    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let gw = TestGateway::start(&base_config(&[up.url()], OPERATOR_TOKENS)).await;
+    let (ana, bo) = (token_of(&gw, "ana"), token_of(&gw, "bo"));
     fail_logins(&gw, 5).await;
     let list = items(&api(&gw, "GET", "/api/v1/events", None).await);
     let id = list[0]["id"].as_str().unwrap().to_string();
@@ -257,40 +258,55 @@ async fn investigation_moves_through_its_workflow_and_keeps_the_event_intact() {
     let before = api(&gw, "GET", &path, None).await.json();
 
     // open -> resolved skips investigating.
-    let r = api(
+    let r = api_as(
         &gw,
+        &ana,
         "PATCH",
         &path,
-        Some(json!({"by": "ana", "status": "resolved", "note": "x"})),
+        Some(json!({"status": "resolved", "note": "x"})),
     )
     .await;
     assert_eq!(r.status, 409, "{}", r.text());
-    let r = api(
+    // Who acts and who is assigned are token names, not whatever the body says.
+    let r = api_as(
         &gw,
+        &ana,
         "PATCH",
         &path,
-        Some(json!({"status": "investigating"})),
+        Some(json!({"by": "bo", "status": "investigating"})),
     )
     .await;
-    assert_eq!(r.status, 400, "the operator's name is required");
-    let r = api(
+    assert_eq!(r.status, 422, "ana cannot act as bo: {}", r.text());
+    let r = api_as(
         &gw,
+        &ana,
         "PATCH",
         &path,
-        Some(json!({"by": "ana", "status": "investigating", "assignee": "bo", "related": [other]})),
+        Some(json!({"status": "investigating", "assignee": "carol"})),
+    )
+    .await;
+    assert_eq!(r.status, 422, "no token is named carol: {}", r.text());
+    let r = api_as(
+        &gw,
+        &ana,
+        "PATCH",
+        &path,
+        Some(json!({"status": "investigating", "assignee": "bo", "related": [other]})),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = api(
+    let r = api_as(
         &gw,
+        &bo,
         "PATCH",
         &path,
-        Some(json!({"by": "bo", "status": "resolved"})),
+        Some(json!({"status": "resolved"})),
     )
     .await;
     assert_eq!(r.status, 422, "resolving needs a note: {}", r.text());
-    let r = api(
+    let r = api_as(
         &gw,
+        &bo,
         "PATCH",
         &path,
         Some(json!({"by": "bo", "status": "resolved", "note": "our own monitoring with an old token"})),
@@ -303,6 +319,8 @@ async fn investigation_moves_through_its_workflow_and_keeps_the_event_intact() {
     assert_eq!(inv["status"], "resolved");
     assert_eq!(inv["assignee"], "bo");
     assert_eq!(inv["resolved_by"], "bo");
+    assert_eq!(inv["history"][0]["by"], "ana");
+    assert_eq!(inv["notes"][0]["by"], "bo");
     assert!(inv["resolved_at"].is_string());
     assert_eq!(
         inv["notes"][0]["text"],
@@ -350,7 +368,7 @@ async fn investigation_moves_through_its_workflow_and_keeps_the_event_intact() {
         &gw,
         "PATCH",
         &format!("/api/v1/events/{missing}"),
-        Some(json!({"by": "ana", "status": "investigating"})),
+        Some(json!({"status": "investigating"})),
     )
     .await;
     assert_eq!(r.status, 404);
@@ -514,6 +532,7 @@ async fn openapi_document_lists_every_endpoint() {
         "/archive/restore",
         "/reload",
         "/status",
+        "/whoami",
         "/ip-rules",
         "/ip-rules/{id}",
         "/ip-rules/test",

@@ -487,9 +487,47 @@ pub async fn events_of(gw: &TestGateway, kind: &str) -> Vec<serde_json::Value> {
     r.json()["items"].as_array().unwrap().clone()
 }
 
+/// Named admin tokens for `base_config`'s `extra`: `ana` and `bo` (operators) and `vi`
+/// (viewer), each in a file beside the config, created at start (see [`token_of`]).
+pub const OPERATOR_TOKENS: &str = r#"
+[[admin.tokens]]
+name = "ana"
+role = "operator"
+token_file = "ana.token"
+
+[[admin.tokens]]
+name = "bo"
+role = "operator"
+token_file = "bo.token"
+
+[[admin.tokens]]
+name = "vi"
+role = "viewer"
+token_file = "vi.token"
+"#;
+
+/// The secret of the named token `name` (from `OPERATOR_TOKENS`), as the gateway created it.
+pub fn token_of(gw: &TestGateway, name: &str) -> String {
+    std::fs::read_to_string(gw.dir.path().join(format!("{name}.token")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// An admin API call with the test token and an optional JSON body.
 pub async fn api(
     gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    api_as(gw, TOKEN, method, path, body).await
+}
+
+/// An admin API call with `token` and an optional JSON body.
+pub async fn api_as(
+    gw: &TestGateway,
+    token: &str,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
@@ -499,7 +537,7 @@ pub async fn api(
         .method(method)
         .uri(path)
         .header("host", "admin")
-        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .body(full(body.map(|b| b.to_string()).unwrap_or_default()))
         .unwrap();
