@@ -413,6 +413,14 @@ async fn stats(State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Re
                 "by_status": stats.by_status,
                 "open_high_and_critical": stats.open_high_and_critical,
                 "top_blocked_ips": stats.top_blocked_ips.iter().map(|(ip, n)| json!({"ip": ip, "count": n})).collect::<Vec<_>>(),
+                "top_rules": stats.top_rules.iter().map(|(r, n)| json!({"rule": r, "count": n})).collect::<Vec<_>>(),
+                "timeline": {
+                    "bucket_seconds": stats.timeline_bucket_micros / 1_000_000,
+                    "buckets": stats.timeline.iter().enumerate().map(|(i, c)| json!({
+                        "start": format_time(since + i as u64 * stats.timeline_bucket_micros),
+                        "low": c[0], "medium": c[1], "high": c[2], "critical": c[3],
+                    })).collect::<Vec<_>>(),
+                },
                 "performance_events": stats.performance_events,
                 "task_failures": stats.task_failures,
                 "events_dropped": dropped,

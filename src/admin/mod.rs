@@ -32,6 +32,7 @@ use crate::runtime::AdminSettings;
 
 pub mod auth;
 pub mod client;
+mod console;
 mod events_api;
 pub mod health;
 mod security_api;
@@ -42,6 +43,7 @@ struct AdminState {
     shared: Arc<Shared>,
     credentials: Arc<auth::Credentials>,
     auth_failures: Arc<AuthFailures>,
+    console: Arc<console::ConsoleSessions>,
 }
 
 /// Failed admin logins per address in a sliding window: the fifth within
@@ -52,7 +54,7 @@ struct AuthFailures {
 }
 
 const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
-const AUTH_FAILURES_REPEATED: u32 = 5;
+pub(crate) const AUTH_FAILURES_REPEATED: u32 = 5;
 
 impl AuthFailures {
     /// Counts a failure from `ip`; returns how many in the current window.
@@ -68,6 +70,15 @@ impl AuthFailures {
         }
         e.0 += 1;
         e.0
+    }
+
+    /// Failures from `ip` in the current window, without counting one.
+    fn current(&self, ip: IpAddr) -> u32 {
+        let m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&ip) {
+            Some((n, since)) if since.elapsed() < AUTH_FAILURE_WINDOW => *n,
+            _ => 0,
+        }
     }
 }
 
@@ -113,6 +124,7 @@ pub async fn serve(
         shared,
         credentials,
         auth_failures: Arc::new(AuthFailures::default()),
+        console: Arc::default(),
     };
     let api = Router::new()
         .route("/reload", post(reload))
@@ -128,6 +140,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .merge(console::routes())
         .with_state(state);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let _ = axum::serve(listener, app)
@@ -148,6 +161,7 @@ pub async fn serve_metrics(
         shared,
         credentials: Arc::default(),
         auth_failures: Arc::new(AuthFailures::default()),
+        console: Arc::default(),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -169,12 +183,33 @@ async fn require_token(State(st): State<AdminState>, mut req: Request, next: Nex
         )
             .into_response();
     }
-    let presented = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // A browser signed in to the console sends its cookie instead of a bearer token.
+    let mut by_console = None;
+    if bearer.is_none() && console::ConsoleSessions::has_cookie(req.headers()) {
+        match st.console.authorize(req.method(), req.headers()) {
+            Ok(caller) => by_console = Some(caller),
+            Err(console::Refusal::Csrf) => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"error": "console writes need the session's X-CSRF-Token from the same origin"})),
+                )
+                    .into_response()
+            }
+            Err(console::Refusal::NoSession) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "the console session has ended; sign in again"})),
+                )
+                    .into_response()
+            }
+        }
+    }
+    let presented = bearer.unwrap_or("");
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -184,7 +219,7 @@ async fn require_token(State(st): State<AdminState>, mut req: Request, next: Nex
         .get::<OriginalUri>()
         .map_or(req.uri().path(), |u| u.0.path())
         .to_string();
-    if let Some(caller) = st.credentials.identify(presented.as_bytes()) {
+    if let Some(caller) = by_console.or_else(|| st.credentials.identify(presented.as_bytes())) {
         let needed = auth::required_role(req.method(), &path);
         if caller.role >= needed {
             req.extensions_mut().insert(caller);

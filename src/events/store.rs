@@ -171,6 +171,33 @@ pub struct Stats {
     pub performance_events: u64,
     /// Backup and archive failures in the window, newest first (at most 20).
     pub task_failures: Vec<AuditEvent>,
+    /// Events per risk (low, medium, high, critical) in consecutive buckets of
+    /// `timeline_bucket_micros` from `since` (at most [`TIMELINE_BUCKETS`]).
+    pub timeline: Vec<[u64; 4]>,
+    pub timeline_bucket_micros: u64,
+    /// The WAF rules behind `waf_blocked` and `waf_detected` events, most first (at most 10).
+    pub top_rules: Vec<(String, u64)>,
+}
+
+/// The most buckets a stats timeline has.
+pub const TIMELINE_BUCKETS: u64 = 48;
+
+/// A bucket width (one of 1, 5, 15, 30 minutes, 1, 3, 6, 12 hours, 1 day, 1 week) that
+/// splits `span` microseconds into at most [`TIMELINE_BUCKETS`].
+pub fn timeline_bucket(span: u64) -> u64 {
+    const MINUTE: u64 = 60_000_000;
+    [1, 5, 15, 30, 60, 180, 360, 720, 1440, 10080]
+        .iter()
+        .map(|m| m * MINUTE)
+        .find(|b| span.div_ceil(*b) <= TIMELINE_BUCKETS)
+        .unwrap_or(span.div_ceil(TIMELINE_BUCKETS).max(1))
+}
+
+/// Just the rule ids of an event.
+#[derive(Deserialize)]
+struct RuleIds {
+    #[serde(default)]
+    rule_ids: Vec<String>,
 }
 
 /// The event store.
@@ -436,11 +463,24 @@ impl Store {
         let inv = tx.open_table(INVESTIGATIONS)?;
         let mut st = Stats::default();
         let mut blocked: HashMap<IpAddr, u64> = HashMap::new();
+        let mut rules: HashMap<String, u64> = HashMap::new();
+        let bucket = timeline_bucket(until.saturating_sub(since).max(1));
+        st.timeline_bucket_micros = bucket;
+        st.timeline = vec![[0; 4]; (until.saturating_sub(since).max(1)).div_ceil(bucket) as usize];
         let (lo, hi) = id_range(Some(since), Some(until), None);
         for row in audit.range(lo..hi)? {
             let (k, v) = row?;
             let slim: Slim = decode(v.value())?;
             st.total += 1;
+            let at = EventId(k.value()).time_micros().saturating_sub(since) / bucket;
+            if let Some(b) = st.timeline.get_mut(at as usize) {
+                b[slim.risk as usize] += 1;
+            }
+            if matches!(slim.kind, EventType::WafBlocked | EventType::WafDetected) {
+                for r in decode::<RuleIds>(v.value())?.rule_ids {
+                    *rules.entry(r).or_default() += 1;
+                }
+            }
             *st.by_type.entry(slim.kind.as_str()).or_default() += 1;
             *st.by_risk.entry(slim.risk.as_str()).or_default() += 1;
             let status = match inv.get(k.value())? {
@@ -471,6 +511,10 @@ impl Store {
         top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.truncate(10);
         st.top_blocked_ips = top;
+        let mut top: Vec<(String, u64)> = rules.into_iter().collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(10);
+        st.top_rules = top;
         st.task_failures.reverse();
         st.task_failures.truncate(20);
         st.open_high_and_critical = tx.open_table(OPEN_SEVERE)?.len()?;

@@ -6,6 +6,7 @@ mod admin;
 mod backups;
 mod canonical;
 mod config;
+mod console;
 mod crs;
 mod events;
 mod forwarding;
