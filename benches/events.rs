@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     // Large enough that a sample never fills the queue: this measures admission, not shedding.
-    let events = Events::start(settings(dir.path(), 1 << 21), &metrics).unwrap();
+    let events = Events::start(settings(dir.path(), 1 << 21), &metrics, None).unwrap();
 
     let mut g = c.benchmark_group("emit");
     g.measurement_time(Duration::from_secs(3)).sample_size(50);
@@ -148,7 +148,7 @@ fn backup_timing(n: u64) {
     std::fs::write(dir.path().join("gateway.toml"), "# bench\n").unwrap();
     let s = settings(dir.path(), 1 << 16);
     let metrics = Metrics::new();
-    let events = Events::start(s.clone(), &metrics).unwrap();
+    let events = Events::start(s.clone(), &metrics, None).unwrap();
     let started = Instant::now();
     for i in 0..n {
         // Varied addresses, paths and ids, so compression sees realistic records.

@@ -72,13 +72,16 @@ pub enum StartError {
     /// A named admin token that cannot be used (unset variable, too short, duplicate).
     #[error("{0}")]
     AdminToken(String),
+    /// A webhook whose secret or CA file cannot be read.
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertError),
 }
 
 impl StartError {
     /// Exit code for the binary: 2 for a config the operator must fix, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::AdminToken(_) => 2,
+            StartError::Config(_) | StartError::AdminToken(_) | StartError::Alerts(_) => 2,
             _ => 1,
         }
     }
@@ -250,10 +253,11 @@ impl Gateway {
         }
         drop(checked);
         let rt = Runtime::compile(&loaded, &metrics, &resolver, 1, CompileMode::Run)?;
+        let alerts = crate::alerts::Alerts::start(&rt.alerts, &metrics.registry)?;
         let events = {
             let settings = rt.events.clone();
             let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || Events::start(settings, &metrics))
+            tokio::task::spawn_blocking(move || Events::start(settings, &metrics, alerts))
                 .await
                 .map_err(|e| StoreError::Invalid(format!("opening the event store: {e}")))??
         };

@@ -6,6 +6,7 @@
 //! the whole; [`admin`] is the operator's side port.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod bans;
 pub mod canonical;

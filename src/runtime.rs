@@ -103,6 +103,8 @@ pub struct Runtime {
     pub apps: Vec<Arc<AppPolicy>>,
     /// The compiled WAF (`None`: no rule files configured).
     pub waf: Option<Arc<crate::waf::Waf>>,
+    /// `[[alerts.webhooks]]`, validated (started once, at start).
+    pub alerts: Vec<crate::alerts::WebhookSettings>,
 }
 
 /// `[requests]`, validated: what phase 1 enforces beyond the framing.
@@ -761,6 +763,7 @@ impl Runtime {
             ));
         }
         let admin_tokens = compile_admin_tokens(cfg, &mut errs);
+        let alerts = compile_alerts(cfg, &mut errs);
 
         if raw.performance.slow_threshold.is_zero() {
             errs.push(cfg.error(
@@ -838,8 +841,106 @@ impl Runtime {
             sessions: session_settings,
             apps: apps.into_iter().map(|(a, _)| a).collect(),
             waf,
+            alerts,
         })
     }
+}
+
+/// `[[alerts.webhooks]]`, validated: unique names, an http(s) URL with a host, known risk
+/// and event types, one secret source, sane queue and timeouts.
+fn compile_alerts(
+    cfg: &LoadedConfig,
+    errs: &mut ConfigErrors,
+) -> Vec<crate::alerts::WebhookSettings> {
+    use crate::alerts::{SecretSource, WebhookSettings};
+    use crate::events::model::{EventType, Risk};
+    let mut out: Vec<WebhookSettings> = Vec::new();
+    for (i, w) in cfg.raw.alerts.webhooks.iter().enumerate() {
+        let at = KeyPath::of(&["alerts", "webhooks"]).index(i);
+        let before = errs.len();
+        if w.name.is_empty()
+            || w.name.len() > 64
+            || !w
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            errs.push(cfg.error(&at.key("name"), "must be 1 to 64 letters, digits or `._-`"));
+        } else if out.iter().any(|o| o.name == w.name) {
+            errs.push(cfg.error(
+                &at.key("name"),
+                format!("a webhook named `{}` exists already", w.name),
+            ));
+        }
+        let url = match w.url.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                Some(u)
+            }
+            _ => {
+                errs.push(cfg.error(
+                    &at.key("url"),
+                    format!("`{}` is not an http:// or https:// URL with a host", w.url),
+                ));
+                None
+            }
+        };
+        let min_risk = w.min_risk.parse::<Risk>().unwrap_or_else(|e| {
+            errs.push(cfg.error(&at.key("min_risk"), e));
+            Risk::Critical
+        });
+        let mut types = Vec::new();
+        for (j, t) in w.types.iter().enumerate() {
+            match t.parse::<EventType>() {
+                Ok(t) => types.push(t),
+                Err(e) => errs.push(cfg.error(&at.key("types").index(j), e)),
+            }
+        }
+        let secret = match (&w.secret_file, &w.secret_env) {
+            (Some(f), None) => Some(SecretSource::File(cfg.resolve(f))),
+            (None, Some(v)) if !v.is_empty() => Some(SecretSource::Env(v.clone())),
+            _ => {
+                errs.push(cfg.error(
+                    &at,
+                    "needs exactly one of `secret_file` or `secret_env` (alerts are always signed)",
+                ));
+                None
+            }
+        };
+        if !(1..=100_000).contains(&w.queue) {
+            errs.push(cfg.error(&at.key("queue"), "must be between 1 and 100000"));
+        }
+        if w.timeout.is_zero() {
+            errs.push(cfg.error(&at.key("timeout"), "must be greater than zero"));
+        }
+        if w.backoff.is_zero() {
+            errs.push(cfg.error(&at.key("backoff"), "must be greater than zero"));
+        }
+        if w.ca_file.is_some()
+            && url
+                .as_ref()
+                .is_some_and(|u| u.scheme_str() != Some("https"))
+        {
+            errs.push(cfg.error(&at.key("ca_file"), "only applies to an https:// URL"));
+        }
+        if let (Some(url), Some(secret), true) = (url, secret, errs.len() == before) {
+            out.push(WebhookSettings {
+                name: w.name.clone(),
+                url,
+                secret,
+                min_risk,
+                types,
+                queue: w.queue,
+                max_retries: w.max_retries,
+                timeout: w.timeout,
+                backoff: w.backoff,
+                ca_file: w.ca_file.as_ref().map(|p| cfg.resolve(p)),
+            });
+        }
+    }
+    out
 }
 
 /// `[[admin.tokens]]`, validated: names are what events and investigations record, so

@@ -45,6 +45,81 @@ pub struct RawConfig {
     /// The web application firewall.
     #[serde(default)]
     pub waf: WafSection,
+    #[serde(default)]
+    pub alerts: AlertsSection,
+}
+
+/// `[alerts]`: where events worth waking someone for are pushed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
+}
+
+/// One `[[alerts.webhooks]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub name: String,
+    /// `http://` or `https://` URL the alerts are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 signing secret: a file (created random when missing) or a variable.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Events at or above this risk are sent.
+    #[serde(default = "default_alert_min_risk")]
+    pub min_risk: String,
+    /// Events of these types are sent whatever their risk.
+    #[serde(default = "default_alert_types")]
+    pub types: Vec<String>,
+    /// Alerts waiting for delivery; more are dropped (and counted).
+    #[serde(default = "default_alert_queue")]
+    pub queue: usize,
+    #[serde(default = "default_alert_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_alert_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The first wait before a retry; doubled for each further one (at most 5 minutes).
+    #[serde(default = "default_alert_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Extra CA certificates (PEM) trusted for an `https://` URL.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_alert_min_risk() -> String {
+    "critical".into()
+}
+
+fn default_alert_types() -> Vec<String> {
+    [
+        "brute_force_detected",
+        "session_suspicious",
+        "backup_failed",
+        "archive_failed",
+        "performance_alert",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_alert_queue() -> usize {
+    1000
+}
+
+fn default_alert_retries() -> u32 {
+    5
+}
+
+fn default_alert_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_alert_backoff() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `[waf]`: rule files, scoring, body inspection and argument limits.

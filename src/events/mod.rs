@@ -87,7 +87,12 @@ pub struct Events {
 
 impl Events {
     /// Opens the store, loads the kept trend buckets and starts the writer thread.
-    pub fn start(settings: EventSettings, metrics: &Metrics) -> Result<Events, StoreError> {
+    /// `alerts`: the webhooks every committed event is offered to.
+    pub fn start(
+        settings: EventSettings,
+        metrics: &Metrics,
+        alerts: Option<Arc<crate::alerts::Alerts>>,
+    ) -> Result<Events, StoreError> {
         let store = Arc::new(Store::open(&settings.store_path)?);
         let loaded =
             archive::load_trends(&store, &metrics.trends, model::now_micros() / 1_000_000)?;
@@ -105,7 +110,7 @@ impl Events {
         let writer = store
             .claim_writer()
             .ok_or_else(|| StoreError::Invalid("the event store already has a writer".into()))?;
-        let w = Writer::new(writer, rx, state, settings.clone(), metrics);
+        let w = Writer::new(writer, rx, state, settings.clone(), metrics, alerts);
         let handle = std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || w.run())

@@ -73,6 +73,8 @@ pub(crate) struct Writer {
     trends: Arc<Trends>,
     metrics: WriterMetrics,
     tasks: TaskMetrics,
+    /// Offered every audit event once its batch is committed (or given up).
+    alerts: Option<Arc<crate::alerts::Alerts>>,
 }
 
 /// One archive run's totals so far (a run spans several chunks).
@@ -98,8 +100,10 @@ impl Writer {
         state: Arc<QueueState>,
         settings: Arc<ArcSwap<EventSettings>>,
         metrics: &Metrics,
+        alerts: Option<Arc<crate::alerts::Alerts>>,
     ) -> Writer {
         Writer {
+            alerts,
             store,
             rx,
             state,
@@ -222,6 +226,17 @@ impl Writer {
         }
     }
 
+    /// Offers the batch's audit events to the alert webhooks.
+    fn alert(&self, batch: &[Record]) {
+        if let Some(alerts) = &self.alerts {
+            for r in batch {
+                if let Record::Audit(e) = r {
+                    alerts.offer(e);
+                }
+            }
+        }
+    }
+
     fn commit(&self, batch: &mut Vec<Record>, buf: &mut Vec<u8>) {
         batch.extend(self.state.take_overflow());
         self.metrics
@@ -238,6 +253,7 @@ impl Writer {
                         .commit_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.committed.inc_by(batch.len() as u64);
+                    self.alert(batch);
                     batch.clear();
                     return;
                 }
@@ -248,6 +264,8 @@ impl Writer {
                 }
             }
         }
+        // Not stored, but an alert still goes out: that is when someone should look.
+        self.alert(batch);
         for r in batch.drain(..) {
             let risk = match &r {
                 Record::Audit(e) => e.risk,

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod alerts;
 mod backups;
 mod canonical;
 mod config;
