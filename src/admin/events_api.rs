@@ -501,6 +501,7 @@ async fn perf_trends(State(st): State<AdminState>, Query(q): Query<TrendQuery>) 
         q.route.as_deref().filter(|r| !r.is_empty()),
         granularity,
         since,
+        now,
     );
     Json(json!({
         "granularity": granularity,

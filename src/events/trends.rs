@@ -149,6 +149,7 @@ impl Bucket {
             } else {
                 round2(self.sum_us as f64 / count as f64 / 1000.0)
             },
+            partial: false,
         }
     }
 }
@@ -165,6 +166,9 @@ pub struct TrendPoint {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub mean_ms: f64,
+    /// The minute still open: counts so far.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 #[derive(Default)]
@@ -270,19 +274,32 @@ impl Trends {
         push_merged(map.entry(route.into()).or_default(), bucket);
     }
 
-    /// Buckets for one route (or all) since `since` (Unix seconds).
+    /// Buckets for one route (or all) since `since` (Unix seconds). With minutes, the
+    /// minute still open at `now` (Unix seconds) comes last, as far as it has gone, so a
+    /// dashboard sees traffic before the minute closes.
     pub fn query(
         &self,
         route: Option<&str>,
         granularity: Granularity,
         since: u64,
+        now: u64,
     ) -> BTreeMap<String, Vec<TrendPoint>> {
+        let open: Vec<(Arc<str>, Arc<RouteHistogram>)> = if granularity == Granularity::Minute {
+            let r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            r.iter()
+                .filter(|(name, _)| route.is_none_or(|r| r == &***name))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         let map = match granularity {
             Granularity::Minute => &mem.minutes,
             Granularity::Hour => &mem.hours,
         };
-        map.iter()
+        let mut out: BTreeMap<String, Vec<TrendPoint>> = map
+            .iter()
             .filter(|(name, _)| route.is_none_or(|r| r == &***name))
             .map(|(name, q)| {
                 (
@@ -293,7 +310,23 @@ impl Trends {
                         .collect(),
                 )
             })
-            .collect()
+            .collect();
+        let minute_start = now - now % MINUTE;
+        for (name, h) in open {
+            let (cur, sum) = h.snapshot();
+            let (prev, prev_sum) = mem.last.get(&name).copied().unwrap_or(([0; BUCKETS], 0));
+            let mut b = Bucket::empty(minute_start);
+            for i in 0..BUCKETS {
+                b.counts[i] = cur[i].saturating_sub(prev[i]);
+            }
+            b.sum_us = sum.saturating_sub(prev_sum);
+            if b.count() > 0 && minute_start >= since {
+                let mut point = b.summary();
+                point.partial = true;
+                out.entry(name.to_string()).or_default().push(point);
+            }
+        }
+        out
     }
 }
 

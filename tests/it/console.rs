@@ -345,7 +345,18 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
     text_when(&c, "#test-result", |t| t.starts_with("deny")).await;
     shot(&c, "ip-control").await;
 
-    open(&c, &base, "performance", "#perf-route").await;
+    // Performance: the minute still open is shown, with the API's numbers.
+    open(&c, &base, "performance", "#perf-p50").await;
+    let trends = admin_json(&gw, &admin_token, "/api/v1/perf/trends?route=app").await;
+    let last = trends["routes"]["app"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["partial"], true);
+    assert!(last["count"].as_u64().unwrap() >= 5);
+    c.find(Locator::Css("#latency-chart")).await.unwrap();
     shot(&c, "performance").await;
     open(&c, &base, "backups", "#backup-create").await;
     click(&c, "#backup-create").await;

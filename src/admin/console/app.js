@@ -11,7 +11,7 @@ const can = (role) => S.me && RANK[S.me.role] >= RANK[role];
 
 // h('tag', {attr: v, onclick: f}, child, ...): an element; strings become text nodes.
 function h(tag, attrs, ...kids) {
-  const svg = ['svg', 'rect', 'line', 'polyline', 'text', 'g', 'title'].includes(tag);
+  const svg = ['svg', 'rect', 'line', 'polyline', 'circle', 'text', 'g', 'title'].includes(tag);
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
@@ -135,6 +135,8 @@ function latencyChart(buckets) {
   const series = [['p50_ms', '#2563eb'], ['p95_ms', '#f08a4b'], ['p99_ms', '#d64045']];
   for (const [k, c] of series) {
     svg.append(h('polyline', { fill: 'none', stroke: c, 'stroke-width': 2, points: buckets.map((b, i) => `${x(i)},${y(b[k])}`).join(' ') }));
+    buckets.forEach((b, i) => svg.append(h('circle', { cx: x(i), cy: y(b[k]), r: 3, fill: c },
+      h('title', {}, `${time(b.start)}: ${k.replace('_ms', '')} ${b[k]} ms over ${b.count} requests${b.partial ? ' (minute still open)' : ''}`))));
   }
   buckets.forEach((b, i) => {
     if (i % Math.ceil(n / 6) === 0) svg.append(h('text', { x: x(i) - 10, y: H + 14 }, new Date(b.start).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })));
