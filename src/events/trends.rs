@@ -396,4 +396,26 @@ mod tests {
         assert_eq!(hour.bucket.start, HOUR * 10);
         assert_eq!(hour.bucket.count(), 2);
     }
+
+    #[test]
+    fn the_open_minute_is_queried_until_it_closes() {
+        let t = Trends::default();
+        let h = t.route("r");
+        let m = HOUR * 10;
+        h.record(Duration::from_millis(2));
+        h.record(Duration::from_millis(2));
+        let q = t.query(None, Granularity::Minute, 0, m + 30);
+        assert_eq!(q["r"].len(), 1);
+        assert!(q["r"][0].partial);
+        assert_eq!(q["r"][0].count, 2);
+        t.roll(m);
+        h.record(Duration::from_millis(2));
+        let q = t.query(None, Granularity::Minute, 0, m + MINUTE + 5);
+        let counts: Vec<(u64, bool)> = q["r"].iter().map(|p| (p.count, p.partial)).collect();
+        assert_eq!(counts, [(2, false), (1, true)]);
+        // Hours show closed buckets only.
+        assert!(t
+            .query(None, Granularity::Hour, 0, m + MINUTE + 5)
+            .is_empty());
+    }
 }
