@@ -363,6 +363,19 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
         });
 
+        // The posture at start, so `gateway_posture_score` has a value from the beginning
+        // (the newest backup is verified, and an event recorded, on request:
+        // GET /api/v1/posture).
+        {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                let rt = shared.runtime.load_full();
+                let report =
+                    crate::posture::evaluate(&rt, Some(crate::posture::Live::default()), false);
+                let _ = report.record(&shared.metrics);
+            });
+        }
+
         let (stop, _) = watch::channel(false);
         let mut listener_addrs = Vec::new();
         let mut accept_tasks = Vec::new();

@@ -16,6 +16,7 @@ pub mod events;
 pub mod ip_rules;
 pub mod metrics;
 pub mod pipeline;
+pub mod posture;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request_id;

@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Check the security posture of a config and its state on disk, with the controls each
+    /// check supports (PCI DSS v4, SOC 2, ISO 27001:2022, HIPAA, GDPR) and a score per
+    /// framework. Exit 1 when the overall score is below --min-score, 2 for a bad config.
+    Posture {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// text or json
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// Fail (exit 1) below this overall score (0-100).
+        #[arg(long, default_value_t = 0)]
+        min_score: u32,
+        /// Also open and check the newest backup in full.
+        #[arg(long)]
+        verify_backup: bool,
+    },
     /// Validate a config file: exit 0 when valid, 2 with every error listed when not.
     Check {
         #[arg(long, short, default_value = "gateway.toml")]
@@ -152,6 +168,42 @@ enum BackupAction {
     },
 }
 
+fn posture(
+    config: &std::path::Path,
+    format: &str,
+    min_score: u32,
+    verify_backup: bool,
+) -> ExitCode {
+    if format != "text" && format != "json" {
+        eprintln!("error: --format is text or json, not `{format}`");
+        return ExitCode::from(2);
+    }
+    let rt = match gateway::app::compile_config(config) {
+        Ok(rt) => rt,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = gateway::posture::evaluate(&rt, None, verify_backup);
+    if format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.text());
+    }
+    if report.overall < min_score {
+        eprintln!(
+            "posture score {} is below --min-score {min_score}",
+            report.overall
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -167,6 +219,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Posture {
+            config,
+            format,
+            min_score,
+            verify_backup,
+        } => posture(&config, &format, min_score, verify_backup),
         Command::Health { config, timeout } => {
             use gateway::admin::health::{check, endpoint, HealthError};
             let result = endpoint(&config).and_then(|addr| {

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub waf_rule_matches: IntCounterVec,
     pub brute_force_detections: IntCounterVec,
     pub login_locks_active: IntGauge,
+    /// The last posture check's score by framework (`overall`, `pci_dss_v4`, …).
+    pub posture_score: IntGaugeVec,
     /// Backups and archive runs: last success and failures, for staleness alerts.
     pub tasks: TaskMetrics,
     /// Rate-limit buckets, kept across reloads.
@@ -162,6 +164,14 @@ impl Metrics {
                 "Events handed to the event queue, by class (audit, performance).",
             ),
             &["class"],
+        )
+        .expect("metric");
+        let posture_score = IntGaugeVec::new(
+            Opts::new(
+                "gateway_posture_score",
+                "The last posture check's score (0-100) by framework; `overall` for all checks.",
+            ),
+            &["framework"],
         )
         .expect("metric");
         let events_dropped = IntCounterVec::new(
@@ -296,6 +306,7 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(events_emitted.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(posture_score.clone()),
             Box::new(events_committed.clone()),
             Box::new(events_commit_duration.clone()),
             Box::new(events_queue_depth.clone()),
@@ -335,6 +346,7 @@ impl Metrics {
             upstream_healthy,
             events_emitted,
             events_dropped,
+            posture_score,
             events_committed,
             events_commit_duration,
             events_queue_depth,

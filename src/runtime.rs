@@ -105,6 +105,10 @@ pub struct Runtime {
     pub waf: Option<Arc<crate::waf::Waf>>,
     /// `[[alerts.webhooks]]`, validated (started once, at start).
     pub alerts: Vec<crate::alerts::WebhookSettings>,
+    /// The config as written, and the directory its relative paths start from (for
+    /// checks that read it as the operator wrote it, such as `gateway posture`).
+    pub source: Arc<crate::config::RawConfig>,
+    pub base_dir: PathBuf,
 }
 
 /// `[requests]`, validated: what phase 1 enforces beyond the framing.
@@ -842,6 +846,8 @@ impl Runtime {
             apps: apps.into_iter().map(|(a, _)| a).collect(),
             waf,
             alerts,
+            source: Arc::new(raw.clone()),
+            base_dir: cfg.base_dir.clone(),
         })
     }
 }

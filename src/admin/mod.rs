@@ -130,6 +130,7 @@ pub async fn serve(
         .route("/reload", post(reload))
         .route("/status", get(status))
         .route("/whoami", get(whoami))
+        .route("/posture", get(posture))
         .merge(events_api::routes())
         .merge(security_api::routes())
         .merge(sessions_api::routes())
@@ -280,6 +281,63 @@ async fn require_token(State(st): State<AdminState>, mut req: Request, next: Nex
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostureQuery {
+    /// Open and check the newest backup in full (default true).
+    verify_backup: Option<bool>,
+}
+
+/// The posture of the running gateway (see [`crate::posture`]); recorded as an event and
+/// in `gateway_posture_score`.
+async fn posture(
+    State(st): State<AdminState>,
+    q: Result<axum::extract::Query<PostureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let verify = match q {
+        Ok(q) => q.verify_backup.unwrap_or(true),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.body_text()})),
+            )
+                .into_response()
+        }
+    };
+    let rt = st.shared.runtime.load_full();
+    let live = crate::posture::Live {
+        events_dropped: crate::events::model::Risk::ALL
+            .iter()
+            .map(|r| {
+                st.shared
+                    .metrics
+                    .events_dropped
+                    .with_label_values(&[r.as_str()])
+                    .get()
+            })
+            .sum(),
+    };
+    let report = match tokio::task::spawn_blocking(move || {
+        crate::posture::evaluate(&rt, Some(live), verify)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response()
+        }
+    };
+    st.shared
+        .events
+        .sink
+        .audit(report.record(&st.shared.metrics));
+    Json(report).into_response()
 }
 
 /// The caller's token name and role (the dashboard shows only what the role may do).

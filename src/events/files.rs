@@ -66,6 +66,12 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The share of the file system holding `dir` that is free for unprivileged writes.
+pub fn free_fraction(dir: &Path) -> Option<f64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    (st.f_blocks > 0).then(|| st.f_bavail as f64 / st.f_blocks as f64)
+}
+
 /// Refuses a write of `bytes` into `dir` that would leave less than a reserve free: 5 %
 /// of the file system, at least 64 MiB and at most 1 GiB (on a large disk 5 % would refuse
 /// a small restore with gigabytes to spare).

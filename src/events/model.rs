@@ -208,6 +208,7 @@ event_types! {
     DataArchived = "data_archived": Low / Low,
     DataRestored = "data_restored": Low / Low,
     PerformanceAlert = "performance_alert": Low / Low,
+    PostureChecked = "posture_checked": Low / Medium,
 }
 
 impl FromStr for EventType {

@@ -26,13 +26,16 @@ pub enum DevCertError {
 
 /// Writes `cert_path` (leaf then CA), `key_path` and `dev-ca.crt` beside the certificate.
 /// Returns the CA path.
+/// The development CA's common name (how `gateway posture` recognises its certificates).
+pub const CA_COMMON_NAME: &str = "gateway development CA";
+
 pub fn generate(cert_path: &Path, key_path: &Path) -> Result<std::path::PathBuf, DevCertError> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "gateway development CA");
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
     ca.distinguished_name = dn;
     let ca_cert = ca.self_signed(&ca_key)?;
 

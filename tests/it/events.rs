@@ -533,6 +533,7 @@ async fn openapi_document_lists_every_endpoint() {
         "/reload",
         "/status",
         "/whoami",
+        "/posture",
         "/ip-rules",
         "/ip-rules/{id}",
         "/ip-rules/test",

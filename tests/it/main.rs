@@ -14,6 +14,7 @@ mod forwarding;
 mod hardening;
 mod lifecycle;
 mod multipart;
+mod posture;
 mod security;
 mod sessions;
 mod timeouts;
