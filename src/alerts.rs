@@ -12,7 +12,8 @@
 //! order; a connection error, timeout, 408, 429 or 5xx is retried after `backoff`,
 //! doubling up to five minutes, `max_retries` times; any other answer ends the attempt
 //! (`sent` for 2xx, `failed` otherwise). `https://` URLs are verified against the Mozilla
-//! roots (webpki-roots) plus `ca_file`.
+//! roots (webpki-roots) plus `ca_file`. Connections go only to addresses inside
+//! `[network] egress_allow` (DNS answers included).
 //!
 //! Webhooks are read at start; a reload that changes `[alerts]` takes effect at the next
 //! restart.
@@ -142,6 +143,7 @@ impl Alerts {
     pub fn start(
         webhooks: &[WebhookSettings],
         registry: &Registry,
+        egress: &crate::network::Egress,
     ) -> Result<Option<Arc<Alerts>>, AlertError> {
         if webhooks.is_empty() {
             return Ok(None);
@@ -161,6 +163,7 @@ impl Alerts {
                 max_retries: w.max_retries,
                 timeout: w.timeout,
                 backoff: w.backoff,
+                egress: egress.clone(),
                 sent: counters.sent.with_label_values(&[&w.name]),
                 failed: counters.failed.with_label_values(&[&w.name]),
                 retries: counters.retries.with_label_values(&[&w.name]),
@@ -274,6 +277,7 @@ struct Delivery {
     max_retries: u32,
     timeout: Duration,
     backoff: Duration,
+    egress: crate::network::Egress,
     sent: prometheus::IntCounter,
     failed: prometheus::IntCounter,
     retries: prometheus::IntCounter,
@@ -344,7 +348,16 @@ impl Delivery {
         let host = self.url.host().ok_or("no host")?;
         let https = self.tls.is_some();
         let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        // The DNS answers (or the literal) must be inside [network] egress_allow.
+        let bare = host.trim_matches(['[', ']']);
+        let answers = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| format!("resolve {bare}: {e}"))?;
+        let allowed = self
+            .egress
+            .filter(bare, answers)
+            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(&allowed[..])
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);

@@ -253,7 +253,7 @@ impl Gateway {
         }
         drop(checked);
         let rt = Runtime::compile(&loaded, &metrics, &resolver, 1, CompileMode::Run)?;
-        let alerts = crate::alerts::Alerts::start(&rt.alerts, &metrics.registry)?;
+        let alerts = crate::alerts::Alerts::start(&rt.alerts, &metrics.registry, &rt.egress)?;
         let events = {
             let settings = rt.events.clone();
             let metrics = metrics.clone();

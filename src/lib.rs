@@ -15,6 +15,7 @@ pub mod config;
 pub mod events;
 pub mod ip_rules;
 pub mod metrics;
+pub mod network;
 pub mod pipeline;
 pub mod posture;
 pub mod proxy;

@@ -89,10 +89,33 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         min_pass_rate: f64,
     },
+    /// Write what the config implies for other systems.
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
     /// The web application firewall's tools.
     Waf {
         #[command(subcommand)]
         action: WafAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportWhat {
+    /// A Kubernetes NetworkPolicy (YAML) for the gateway's pod: ingress to the listener
+    /// and metrics ports, egress to upstreams, alert webhooks and DNS.
+    Networkpolicy {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        /// The policy's name.
+        #[arg(long, default_value = "gateway")]
+        name: String,
+        /// The label selecting the gateway's pod, as key=value.
+        #[arg(long, default_value = "app.kubernetes.io/name=gateway")]
+        pod_label: String,
     },
 }
 
@@ -219,6 +242,40 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Export {
+            what:
+                ExportWhat::Networkpolicy {
+                    config,
+                    namespace,
+                    name,
+                    pod_label,
+                },
+        } => {
+            let Some(label) = pod_label.split_once('=') else {
+                eprintln!("error: --pod-label is key=value, not `{pod_label}`");
+                return ExitCode::from(2);
+            };
+            match gateway::check_config(&config) {
+                Ok(loaded) => {
+                    let policy =
+                        gateway::network::network_policy(&loaded.raw, &namespace, &name, label);
+                    match serde_yaml::to_string(&policy) {
+                        Ok(y) => {
+                            print!("{y}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Posture {
             config,
             format,

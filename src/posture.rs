@@ -164,6 +164,12 @@ const CLIENT_IDENTITY: Controls = &[
     ("SOC 2", &["CC6.6"]),
     ("ISO 27001:2022", &["A.8.15", "A.8.20"]),
 ];
+const EGRESS: Controls = &[
+    ("PCI DSS v4", &["1.3.2", "1.4.2"]),
+    ("SOC 2", &["CC6.6"]),
+    ("ISO 27001:2022", &["A.8.20", "A.8.22"]),
+    ("GDPR", &["Art. 32(1)(b)"]),
+];
 const SECRETS_AT_REST: Controls = &[
     ("PCI DSS v4", &["3.6.1", "8.3.2"]),
     ("SOC 2", &["CC6.1"]),
@@ -592,6 +598,18 @@ pub fn evaluate(rt: &Runtime, live: Option<Live>, verify_backup: bool) -> Report
         },
         "List only your load balancers in `[server] trusted_proxies`, never 0.0.0.0/0.",
         CLIENT_IDENTITY,
+    );
+    add(
+        "egress_restricted",
+        "Outbound connections are limited to listed networks",
+        pass(!raw.network.egress_allow.is_empty()),
+        if raw.network.egress_allow.is_empty() {
+            "no [network] egress_allow: upstreams and webhooks may reach any address".into()
+        } else {
+            format!("egress_allow: {}", raw.network.egress_allow.join(", "))
+        },
+        "List your upstreams' and webhooks' networks in `[network] egress_allow` (DNS answers are checked at connect).",
+        EGRESS,
     );
     add(
         "backup_secrets",

@@ -105,6 +105,8 @@ pub struct Runtime {
     pub waf: Option<Arc<crate::waf::Waf>>,
     /// `[[alerts.webhooks]]`, validated (started once, at start).
     pub alerts: Vec<crate::alerts::WebhookSettings>,
+    /// `[network] egress_allow`: where upstreams and webhooks may be reached.
+    pub egress: crate::network::Egress,
     /// The config as written, and the directory its relative paths start from (for
     /// checks that read it as the operator wrote it, such as `gateway posture`).
     pub source: Arc<crate::config::RawConfig>,
@@ -594,6 +596,7 @@ impl Runtime {
         }
 
         // Upstream pools.
+        let egress = compile_egress(cfg, &mut errs);
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         let mut pool_names = HashSet::new();
         for (i, u) in raw.upstreams.iter().enumerate() {
@@ -612,7 +615,20 @@ impl Runtime {
             let mut targets = Vec::new();
             for (j, s) in u.servers.iter().enumerate() {
                 match Target::parse(s) {
-                    Ok(t) => targets.push(t),
+                    Ok(t) => {
+                        if let Target::Http { authority, .. } = &t {
+                            let host = authority.host().trim_matches(['[', ']']);
+                            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                                if !egress.allows(ip) {
+                                    errs.push(cfg.error(
+                                        &at.key("servers").index(j),
+                                        format!("{ip} is outside [network] egress_allow"),
+                                    ));
+                                }
+                            }
+                        }
+                        targets.push(t)
+                    }
                     Err(m) => errs.push(cfg.error(&at.key("servers").index(j), m)),
                 }
             }
@@ -638,6 +654,7 @@ impl Runtime {
                     u,
                     targets,
                     metrics.pool_metrics(&u.name),
+                    &egress,
                 )));
             }
         }
@@ -846,10 +863,43 @@ impl Runtime {
             apps: apps.into_iter().map(|(a, _)| a).collect(),
             waf,
             alerts,
+            egress,
             source: Arc::new(raw.clone()),
             base_dir: cfg.base_dir.clone(),
         })
     }
+}
+
+/// `[network] egress_allow`, parsed; webhooks whose URL is an address literal outside it
+/// are errors here (upstreams are checked where they are parsed).
+fn compile_egress(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> crate::network::Egress {
+    let mut nets = Vec::new();
+    for (i, n) in cfg.raw.network.egress_allow.iter().enumerate() {
+        match n.parse::<ipnet::IpNet>() {
+            Ok(net) => nets.push(net),
+            Err(_) => errs.push(cfg.error(
+                &KeyPath::of(&["network", "egress_allow"]).index(i),
+                format!("`{n}` is not a network (CIDR, e.g. 10.0.0.0/8)"),
+            )),
+        }
+    }
+    let egress = crate::network::Egress::new(nets);
+    for (i, w) in cfg.raw.alerts.webhooks.iter().enumerate() {
+        let host = w
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+        if let Some(ip) = host.and_then(|h| h.parse::<std::net::IpAddr>().ok()) {
+            if !egress.allows(ip) {
+                errs.push(cfg.error(
+                    &KeyPath::of(&["alerts", "webhooks"]).index(i).key("url"),
+                    format!("{ip} is outside [network] egress_allow"),
+                ));
+            }
+        }
+    }
+    egress
 }
 
 /// `[[alerts.webhooks]]`, validated: unique names, an http(s) URL with a host, known risk

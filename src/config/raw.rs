@@ -47,6 +47,17 @@ pub struct RawConfig {
     pub waf: WafSection,
     #[serde(default)]
     pub alerts: AlertsSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+/// `[network]`: where the gateway may connect.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Networks upstreams, health checks and webhooks may reach (CIDR); empty: anywhere.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
 }
 
 /// `[alerts]`: where events worth waking someone for are pushed.

@@ -23,7 +23,7 @@ use crate::metrics::PoolMetrics;
 
 use super::body::RequestBody;
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<HttpConnector<crate::network::EgressResolver>, RequestBody>;
 
 /// Where a server is.
 #[derive(Debug, Clone)]
@@ -137,8 +137,15 @@ pub struct Pool {
 
 impl Pool {
     /// Builds a pool from a validated config section.
-    pub fn new(cfg: &UpstreamSection, targets: Vec<Target>, metrics: PoolMetrics) -> Pool {
-        let mut connector = HttpConnector::new();
+    /// `egress`: the networks its connections (and health checks) may reach; host names
+    /// are checked on their DNS answers.
+    pub fn new(
+        cfg: &UpstreamSection,
+        targets: Vec<Target>,
+        metrics: PoolMetrics,
+        egress: &crate::network::Egress,
+    ) -> Pool {
+        let mut connector = HttpConnector::new_with_resolver(egress.resolver());
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));

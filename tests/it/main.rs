@@ -14,6 +14,7 @@ mod forwarding;
 mod hardening;
 mod lifecycle;
 mod multipart;
+mod network;
 mod posture;
 mod security;
 mod sessions;
