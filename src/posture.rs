@@ -252,6 +252,29 @@ pub fn evaluate(rt: &Runtime, live: Option<Live>, verify_backup: bool) -> Report
         "Serve clients over TLS only: set `tls = true` on every listener, or keep a plain one on loopback behind a TLS terminator.",
         TRANSPORT,
     );
+    let tls_listeners = raw.listeners.iter().any(|l| l.tls);
+    add(
+        "hsts",
+        "Browsers are told to use HTTPS only (Strict-Transport-Security)",
+        if tls_listeners {
+            pass(raw.tls.hsts.as_deref().is_some_and(|v| {
+                v.to_ascii_lowercase()
+                    .trim_start()
+                    .strip_prefix("max-age=")
+                    .and_then(|r| r.split(';').next())
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n >= 180 * DAY)
+            }))
+        } else {
+            Status::Skipped
+        },
+        match &raw.tls.hsts {
+            Some(v) => format!("Strict-Transport-Security: {v}"),
+            None => "no `[tls] hsts`: browsers may try plain HTTP first".into(),
+        },
+        "Set `[tls] hsts = \"max-age=31536000; includeSubDomains\"` (at least 180 days) once every name is served over HTTPS.",
+        TRANSPORT,
+    );
     let mut cert_notes = Vec::new();
     let mut cert_ok = !raw.tls.certificates.is_empty() || raw.listeners.iter().all(|l| !l.tls);
     for c in &raw.tls.certificates {

@@ -88,6 +88,8 @@ pub struct Runtime {
     pub admin: AdminSettings,
     pub shutdown_grace: Duration,
     pub cert_store: Arc<CertStore>,
+    /// `[tls] hsts`, for responses over TLS.
+    pub hsts: Option<http::HeaderValue>,
     pub dev_cert: Option<(PathBuf, PathBuf)>,
     /// `server.data_dir`, resolved.
     pub data_dir: PathBuf,
@@ -784,6 +786,19 @@ impl Runtime {
             ));
         }
         let admin_tokens = compile_admin_tokens(cfg, &mut errs);
+        let hsts = raw.tls.hsts.as_deref().and_then(|v| {
+            let ok = v.trim_start().to_ascii_lowercase().starts_with("max-age=");
+            match http::HeaderValue::from_str(v) {
+                Ok(h) if ok => Some(h),
+                _ => {
+                    errs.push(cfg.error(
+                        &KeyPath::of(&["tls", "hsts"]),
+                        format!("`{v}` is not a Strict-Transport-Security value (`max-age=<seconds>[; includeSubDomains][; preload]`)"),
+                    ));
+                    None
+                }
+            }
+        });
         let alerts = compile_alerts(cfg, &mut errs);
 
         if raw.performance.slow_threshold.is_zero() {
@@ -853,6 +868,7 @@ impl Runtime {
             },
             shutdown_grace: raw.server.shutdown_grace,
             cert_store,
+            hsts,
             dev_cert,
             data_dir: cfg.resolve(&raw.server.data_dir),
             events,

@@ -887,6 +887,10 @@ pub struct TlsSection {
     /// those files do not exist (development only).
     #[serde(default)]
     pub dev_self_signed: bool,
+    /// `Strict-Transport-Security` sent on every response over TLS (unless the upstream
+    /// set its own), e.g. `"max-age=31536000; includeSubDomains"`. Unset: not sent.
+    #[serde(default)]
+    pub hsts: Option<String>,
     #[serde(default)]
     pub certificates: Vec<CertificateSection>,
 }

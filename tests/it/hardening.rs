@@ -211,3 +211,60 @@ async fn errors_carry_the_request_id_and_no_internals() {
         r.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_is_sent_over_tls_only_and_an_upstreams_own_value_is_kept() {
+    let up = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let mut r = Response::builder();
+        if req.uri().path() == "/own" {
+            r = r.header("strict-transport-security", "max-age=5");
+        }
+        r.body(full("ok")).unwrap()
+    })
+    .await;
+    let cfg = base_config(&[up.url()], "").replace(
+        "dev_self_signed = true",
+        "dev_self_signed = true\nhsts = \"max-age=31536000; includeSubDomains\"",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let mut tls = gw.tls().h1(gw.addr("https")).await;
+    let r = tls.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    assert_eq!(
+        tls.get("/own").await.headers["strict-transport-security"],
+        "max-age=5"
+    );
+    // The gateway's own answers carry it too (a refused request: bad Host).
+    let bad = Request::get("/x")
+        .header("host", "bad host")
+        .body(full(""))
+        .unwrap();
+    let r = Reply::from(tls.send(bad).await.unwrap()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.headers.contains_key("strict-transport-security"));
+    // Never on plain HTTP (it would be ignored, and says nothing true there).
+    let mut plain = Sender::plain(gw.addr("http")).await;
+    assert!(!plain
+        .get("/x")
+        .await
+        .headers
+        .contains_key("strict-transport-security"));
+    gw.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(
+        &path,
+        base_config(&[up.url()], "").replace(
+            "dev_self_signed = true",
+            "dev_self_signed = true\nhsts = \"includeSubDomains\"",
+        ),
+    )
+    .unwrap();
+    let errs = gateway::check_config(&path).unwrap_err().0;
+    assert_eq!(errs[0].key, "tls.hsts", "{errs:?}");
+}
