@@ -41,7 +41,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct WebhookSettings {
     pub name: String,
     pub url: Uri,
-    pub secret: SecretSource,
+    pub secret: crate::secrets::SecretSource,
     pub min_risk: Risk,
     pub types: Vec<EventType>,
     pub queue: usize,
@@ -51,26 +51,14 @@ pub struct WebhookSettings {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Where a webhook's signing secret is read from at start.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    /// A file, created with a random secret (mode 0600) when missing.
-    File(std::path::PathBuf),
-    /// An environment variable (the start fails when it is unset or empty).
-    Env(String),
-}
-
 /// Why alerts cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    #[error("webhook `{name}`: secret file {path}: {source}")]
-    SecretFile {
+    #[error("webhook `{name}`: secret {source}")]
+    Secret {
         name: String,
-        path: String,
-        source: std::io::Error,
+        source: crate::secrets::SecretError,
     },
-    #[error("webhook `{name}`: environment variable {var} is unset or empty")]
-    SecretEnv { name: String, var: String },
     #[error("webhook `{name}`: ca_file {path}: {message}")]
     CaFile {
         name: String,
@@ -151,7 +139,14 @@ impl Alerts {
         let counters = Counters::register(registry);
         let mut sinks = Vec::new();
         for w in webhooks {
-            let secret = read_secret(w)?;
+            let secret = w
+                .secret
+                .read()
+                .map_err(|source| AlertError::Secret {
+                    name: w.name.clone(),
+                    source,
+                })?
+                .into_bytes();
             let tls = tls_config(w)?;
             let (tx, rx) = mpsc::channel(w.queue);
             let depth = counters.depth.with_label_values(&[&w.name]);
@@ -198,25 +193,6 @@ impl Alerts {
     }
 }
 
-fn read_secret(w: &WebhookSettings) -> Result<Vec<u8>, AlertError> {
-    match &w.secret {
-        SecretSource::File(path) => crate::secrets::read_or_create(path)
-            .map(String::into_bytes)
-            .map_err(|source| AlertError::SecretFile {
-                name: w.name.clone(),
-                path: path.display().to_string(),
-                source,
-            }),
-        SecretSource::Env(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().as_bytes().to_vec()),
-            _ => Err(AlertError::SecretEnv {
-                name: w.name.clone(),
-                var: var.clone(),
-            }),
-        },
-    }
-}
-
 fn tls_config(w: &WebhookSettings) -> Result<Option<Arc<rustls::ClientConfig>>, AlertError> {
     if w.url.scheme_str() != Some("https") {
         return Ok(None);
@@ -260,13 +236,10 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!(
+        "sha256={}",
+        crate::secrets::hex(&mac.finalize().into_bytes())
+    )
 }
 
 struct Delivery {

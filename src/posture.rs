@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::runtime::{Runtime, TokenSource};
+use crate::runtime::Runtime;
+use crate::secrets::SecretSource;
 
 /// The frameworks scored, in report order.
 pub const FRAMEWORKS: [&str; 5] = ["PCI DSS v4", "SOC 2", "ISO 27001:2022", "HIPAA", "GDPR"];
@@ -343,7 +344,7 @@ pub fn evaluate(rt: &Runtime, live: Option<Live>, verify_backup: bool) -> Report
         files.push(("admin".into(), f.clone()));
     }
     for t in &rt.admin.tokens {
-        if let TokenSource::File(f) = &t.source {
+        if let SecretSource::File(f) = &t.source {
             files.push((t.name.clone(), f.clone()));
         }
     }

@@ -61,16 +61,7 @@ pub struct AdminSettings {
 pub struct NamedToken {
     pub name: String,
     pub role: crate::config::AdminRole,
-    pub source: TokenSource,
-}
-
-/// Where a named token's secret is read from at start.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    /// A file (created with a random token, mode 0600, when missing).
-    File(PathBuf),
-    /// An environment variable (the gateway refuses to start when it is unset or empty).
-    Env(String),
+    pub source: crate::secrets::SecretSource,
 }
 
 pub struct Runtime {
@@ -924,8 +915,9 @@ fn compile_alerts(
     cfg: &LoadedConfig,
     errs: &mut ConfigErrors,
 ) -> Vec<crate::alerts::WebhookSettings> {
-    use crate::alerts::{SecretSource, WebhookSettings};
+    use crate::alerts::WebhookSettings;
     use crate::events::model::{EventType, Risk};
+    use crate::secrets::SecretSource;
     let mut out: Vec<WebhookSettings> = Vec::new();
     for (i, w) in cfg.raw.alerts.webhooks.iter().enumerate() {
         let at = KeyPath::of(&["alerts", "webhooks"]).index(i);
@@ -1018,6 +1010,7 @@ fn compile_alerts(
 /// `[[admin.tokens]]`, validated: names are what events and investigations record, so
 /// they must be unique and printable; each token has exactly one secret source.
 fn compile_admin_tokens(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Vec<NamedToken> {
+    use crate::secrets::SecretSource;
     let a = &cfg.raw.admin;
     let legacy = a.token.is_some() || a.token_file.is_some();
     let mut out: Vec<NamedToken> = Vec::new();
@@ -1050,8 +1043,8 @@ fn compile_admin_tokens(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Vec<Name
             ));
         }
         let source = match (&t.token_file, &t.token_env) {
-            (Some(f), None) => TokenSource::File(cfg.resolve(f)),
-            (None, Some(v)) if !v.is_empty() => TokenSource::Env(v.clone()),
+            (Some(f), None) => SecretSource::File(cfg.resolve(f)),
+            (None, Some(v)) if !v.is_empty() => SecretSource::Env(v.clone()),
             _ => {
                 errs.push(cfg.error(
                     &at,

@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::StartError;
-use crate::runtime::{AdminSettings, TokenSource};
+use crate::runtime::AdminSettings;
+use crate::secrets::SecretError;
 
 pub use crate::config::AdminRole as Role;
 
@@ -68,31 +69,16 @@ pub fn read_secrets(admin: &AdminSettings) -> Result<Vec<Secret>, StartError> {
         });
     }
     for t in &admin.tokens {
-        let token = match &t.source {
-            TokenSource::File(path) => {
-                let existed = path.exists();
-                let token = crate::secrets::read_or_create(path).map_err(|source| {
-                    StartError::SecretFile {
-                        what: "admin token",
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?;
-                if !existed {
-                    tracing::warn!(name = %t.name, path = %path.display(), "generated an admin API token");
-                }
-                token
-            }
-            TokenSource::Env(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
-                _ => {
-                    return Err(StartError::AdminToken(format!(
-                        "admin token `{}`: environment variable {var} is unset or empty",
-                        t.name
-                    )))
-                }
+        let token = t.source.read().map_err(|e| match e {
+            SecretError::File { path, source } => StartError::SecretFile {
+                what: "admin token",
+                path,
+                source,
             },
-        };
+            e @ SecretError::Env(_) => {
+                StartError::AdminToken(format!("admin token `{}`: {e}", t.name))
+            }
+        })?;
         if token.len() < MIN_TOKEN_LEN {
             return Err(StartError::AdminToken(format!(
                 "admin token `{}` is shorter than {MIN_TOKEN_LEN} characters",

@@ -128,6 +128,13 @@ pub async fn handle(
     );
 
     let mut resp = run_phases(&shared, &rt, &conn, &mut ctx, checked, req).await;
+    // `[tls] hsts` on every answer over TLS, the gateway's own ones included; an upstream's
+    // own header is kept.
+    if let (true, Some(v)) = (conn.tls, &rt.hsts) {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| v.clone());
+    }
 
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();

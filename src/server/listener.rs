@@ -234,20 +234,7 @@ async fn serve_http<I>(
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let info = info.clone();
-        async move {
-            let tls = info.tls;
-            let mut resp = crate::pipeline::handle(shared.clone(), info, req).await;
-            // `[tls] hsts` on every answer over TLS, the gateway's own ones included; an
-            // upstream's own header is kept.
-            if tls {
-                if let Some(v) = &shared.runtime.load().hsts {
-                    resp.headers_mut()
-                        .entry(http::header::STRICT_TRANSPORT_SECURITY)
-                        .or_insert_with(|| v.clone());
-                }
-            }
-            Ok::<_, Infallible>(resp)
-        }
+        async move { Ok::<_, Infallible>(crate::pipeline::handle(shared, info, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);

@@ -294,9 +294,7 @@ async fn each_token_may_do_what_its_role_allows_and_acts_under_its_name() {
 
 #[test]
 fn named_tokens_are_checked_when_the_config_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.toml");
-    let cfg = base_config(
+    let errs = config_errors(&base_config(
         &["http://127.0.0.1:9".into()],
         r#"
 [[admin.tokens]]
@@ -315,9 +313,7 @@ role = "viewer"
 token_env = "X"
 token_file = "b.token"
 "#,
-    );
-    std::fs::write(&path, cfg).unwrap();
-    let errs = gateway::check_config(&path).unwrap_err().0;
+    ));
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -328,15 +324,10 @@ token_file = "b.token"
         ],
         "{errs:?}"
     );
-    std::fs::write(
-        &path,
-        base_config(
-            &[],
-            "[[admin.tokens]]\nname = \"x\"\nrole = \"root\"\ntoken_env = \"X\"\n",
-        ),
-    )
-    .unwrap();
-    let errs = gateway::check_config(&path).unwrap_err().0;
+    let errs = config_errors(&base_config(
+        &[],
+        "[[admin.tokens]]\nname = \"x\"\nrole = \"root\"\ntoken_env = \"X\"\n",
+    ));
     assert!(errs[0].message.contains("viewer"), "{errs:?}");
 }
 

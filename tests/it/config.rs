@@ -27,16 +27,9 @@ path_prefix = "no-slash"
 upstream = "missing"
 "#;
 
-fn errors_of(text: &str) -> Vec<gateway::config::ConfigError> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, text).unwrap();
-    gateway::check_config(&path).unwrap_err().0
-}
-
 #[test]
 fn every_error_is_reported_with_its_line_and_key() {
-    let errs = errors_of(BAD);
+    let errs = config_errors(BAD);
     let found: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
     let expect = [
         (2, "server.trusted_proxies[1]"),
@@ -60,7 +53,7 @@ fn every_error_is_reported_with_its_line_and_key() {
 
 #[test]
 fn unknown_keys_and_wrong_types_are_located() {
-    let errs = errors_of("[server]\naccess_log = true\nacess_log = false\n");
+    let errs = config_errors("[server]\naccess_log = true\nacess_log = false\n");
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].line, 3);
     assert!(
@@ -69,7 +62,7 @@ fn unknown_keys_and_wrong_types_are_located() {
         errs[0].message
     );
 
-    let errs = errors_of("[timeouts]\nidle = 5\n");
+    let errs = config_errors("[timeouts]\nidle = 5\n");
     assert_eq!(errs[0].line, 2);
     assert_eq!(errs[0].key, "timeouts.idle");
 }
@@ -80,7 +73,7 @@ fn admin_on_a_public_address_must_be_asked_for() {
         "bind = \"127.0.0.1:0\"\ntoken",
         "bind = \"0.0.0.0:0\"\ntoken",
     );
-    let errs = errors_of(&cfg);
+    let errs = config_errors(&cfg);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].key, "admin.bind");
 }

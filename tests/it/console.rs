@@ -117,6 +117,26 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// Types `text` into the field `css`.
+async fn fill(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Picks the option `value` of the select `css`.
+async fn choose(c: &Client, css: &str, value: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .select_by_value(value)
+        .await
+        .unwrap();
+}
+
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/")).await.unwrap();
     let field = c
@@ -168,13 +188,7 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
     )
         + "\n[[admin.tokens]]\nname = \"vi\"\nrole = \"viewer\"\ntoken_file = \"data/vi.token\"\n";
     let gw = TestGateway::start(&cfg).await;
-    let token = |name: &str| {
-        std::fs::read_to_string(gw.dir.path().join(format!("data/{name}.token")))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let (admin_token, viewer) = (token("admin"), token("vi"));
+    let (admin_token, viewer) = (token_of(&gw, "data/admin"), token_of(&gw, "data/vi"));
     let base = format!("http://{}", gw.admin());
 
     // Traffic: two WAF blocks and a signed-in user of the demo app.
@@ -260,35 +274,15 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
     open(&c, &base, &format!("event/{id}"), "#inv-apply").await;
     click(&c, "#assign-me").await;
     text_when(&c, "#inv-assignee", |t| t == "admin").await;
-    c.find(Locator::Css("#inv-next"))
-        .await
-        .unwrap()
-        .select_by_value("investigating")
-        .await
-        .unwrap();
+    choose(&c, "#inv-next", "investigating").await;
     click(&c, "#inv-apply").await;
     text_when(&c, "#inv-status", |t| t == "investigating").await;
     // Resolving without a note is refused, and the page says so.
-    c.find(Locator::Css("#inv-next"))
-        .await
-        .unwrap()
-        .select_by_value("resolved")
-        .await
-        .unwrap();
+    choose(&c, "#inv-next", "resolved").await;
     click(&c, "#inv-apply").await;
     text_when(&c, "#status", |t| t.contains("note")).await;
-    c.find(Locator::Css("#inv-next"))
-        .await
-        .unwrap()
-        .select_by_value("resolved")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#inv-note"))
-        .await
-        .unwrap()
-        .send_keys("our own scanner, ticket 42")
-        .await
-        .unwrap();
+    choose(&c, "#inv-next", "resolved").await;
+    fill(&c, "#inv-note", "our own scanner, ticket 42").await;
     click(&c, "#inv-apply").await;
     text_when(&c, "#inv-status", |t| t == "resolved").await;
     shot(&c, "investigation").await;
@@ -316,18 +310,8 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
         200
     );
     open(&c, &base, "ip", "#rule-add").await;
-    c.find(Locator::Css("#rule-cidr"))
-        .await
-        .unwrap()
-        .send_keys("198.51.100.64/26")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#rule-comment"))
-        .await
-        .unwrap()
-        .send_keys("from the console test")
-        .await
-        .unwrap();
+    fill(&c, "#rule-cidr", "198.51.100.64/26").await;
+    fill(&c, "#rule-comment", "from the console test").await;
     click(&c, "#rule-add").await;
     text_when(&c, "main", |t| t.contains("198.51.100.64/26")).await;
     assert_eq!(
@@ -335,12 +319,7 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
         403
     );
     // The tester on the page gives the same answer.
-    c.find(Locator::Css("#test-ip"))
-        .await
-        .unwrap()
-        .send_keys("198.51.100.77")
-        .await
-        .unwrap();
+    fill(&c, "#test-ip", "198.51.100.77").await;
     click(&c, "#test-run").await;
     text_when(&c, "#test-result", |t| t.starts_with("deny")).await;
     shot(&c, "ip-control").await;

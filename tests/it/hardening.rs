@@ -255,16 +255,9 @@ async fn hsts_is_sent_over_tls_only_and_an_upstreams_own_value_is_kept() {
         .contains_key("strict-transport-security"));
     gw.shutdown().await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.toml");
-    std::fs::write(
-        &path,
-        base_config(&[up.url()], "").replace(
-            "dev_self_signed = true",
-            "dev_self_signed = true\nhsts = \"includeSubDomains\"",
-        ),
-    )
-    .unwrap();
-    let errs = gateway::check_config(&path).unwrap_err().0;
+    let errs = config_errors(&base_config(&[up.url()], "").replace(
+        "dev_self_signed = true",
+        "dev_self_signed = true\nhsts = \"includeSubDomains\"",
+    ));
     assert_eq!(errs[0].key, "tls.hsts", "{errs:?}");
 }

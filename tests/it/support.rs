@@ -506,7 +506,8 @@ role = "viewer"
 token_file = "vi.token"
 "#;
 
-/// The secret of the named token `name` (from `OPERATOR_TOKENS`), as the gateway created it.
+/// The token the gateway created in `<name>.token` beside the config (`OPERATOR_TOKENS`'
+/// `ana`, or `data/admin` for the shipped config's admin token).
 pub fn token_of(gw: &TestGateway, name: &str) -> String {
     std::fs::read_to_string(gw.dir.path().join(format!("{name}.token")))
         .unwrap()
@@ -565,6 +566,17 @@ pub struct BinaryGateway {
     pub path: PathBuf,
     pub port: u16,
     _dir: tempfile::TempDir,
+}
+
+/// The errors `gateway check` finds in config `text` (written as `bad.toml`); panics if
+/// the config is valid.
+pub fn config_errors(text: &str) -> Vec<gateway::config::ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    gateway::check_config(&path)
+        .expect_err("the config should be refused")
+        .0
 }
 
 /// `base_config` reduced to what the binary tests need: the plain listener on `port`.
