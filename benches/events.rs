@@ -23,11 +23,11 @@ fn settings(dir: &std::path::Path, capacity: usize) -> EventSettings {
         retention: RetentionPolicy {
             audit: Duration::from_secs(730 * 86400),
             performance: Duration::from_secs(30 * 86400),
-            run_every: Duration::from_secs(3600),
+            schedule: gateway::schedule::Schedule::Every(Duration::from_secs(3600)),
             archive_dir: dir.join("archive"),
         },
         backup: BackupSchedule {
-            every: None,
+            schedule: None,
             retention: Retention {
                 keep: 1,
                 max_age: None,

@@ -539,23 +539,34 @@ async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<boo
 }
 
 /// Sessions: every `persist_every`, writes changed sessions in one transaction and updates
-/// the gauges; every `cleanup_every`, closes expired sessions (`session_closed` events),
-/// forgets old failed-login windows, and deletes ended sessions past retention from the
-/// store (suspicious ones are kept).
+/// the gauges; at each run of the cleanup schedule (`cleanup_every` or `cleanup_schedule`),
+/// closes expired sessions (`session_closed` events), forgets old failed-login windows, and
+/// deletes ended sessions past retention from the store (suspicious ones are kept).
 async fn session_housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut last_cleanup = std::time::Instant::now();
+    use crate::schedule::{until, Job};
+    use std::time::SystemTime;
+    let mut last_cleanup = SystemTime::now();
     loop {
-        let (persist_every, cleanup_every) = {
+        // Read each round, so a reload's schedule applies from the last cleanup.
+        let (persist_every, next_cleanup) = {
             let rt = shared.runtime.load();
-            (rt.sessions.persist_every, rt.sessions.cleanup_every)
+            let next = rt.sessions.cleanup.next_after(last_cleanup);
+            (rt.sessions.persist_every, next)
         };
+        shared
+            .events
+            .next_runs
+            .set(Job::SessionCleanup, next_cleanup);
+        let wait = next_cleanup.map_or(persist_every, |at| {
+            persist_every.min(until(at, SystemTime::now()))
+        });
         tokio::select! {
-            _ = tokio::time::sleep(persist_every.min(cleanup_every)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let cleanup = last_cleanup.elapsed() >= cleanup_every;
+        let cleanup = next_cleanup.is_some_and(|at| SystemTime::now() >= at);
         if cleanup {
-            last_cleanup = std::time::Instant::now();
+            last_cleanup = SystemTime::now();
         }
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || session_pass(&s, cleanup)).await;
@@ -606,18 +617,31 @@ pub fn session_pass(shared: &Shared, cleanup: bool) {
         .set(sessions.brute_force.locks(now).len() as i64);
 }
 
-/// Writes a backup every `events.backup.every` (re-read after each one, so a reload applies).
+/// Writes a backup at each run of `events.backup`'s schedule (`every` or a cron
+/// `schedule`). The schedule is read again at least once a minute, so a reload applies.
 async fn scheduled_backups(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use crate::schedule::{until, Job};
+    use std::time::{Duration, SystemTime};
+    let mut last = SystemTime::now();
     loop {
-        let every = shared.events.settings().backup.every;
-        let wait = every.unwrap_or(std::time::Duration::from_secs(60));
+        let next = shared
+            .events
+            .settings()
+            .backup
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(last));
+        shared.events.next_runs.set(Job::Backup, next);
+        let minute = Duration::from_secs(60);
+        let wait = next.map_or(minute, |at| minute.min(until(at, SystemTime::now())));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if every.is_none() {
+        if next.is_none_or(|at| SystemTime::now() < at) {
             continue;
         }
+        last = SystemTime::now();
         let events = shared.events.clone();
         match tokio::task::spawn_blocking(move || events.backup_now()).await {
             Ok(Ok(_)) => {}

@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;
+pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod session;

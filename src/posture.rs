@@ -518,19 +518,18 @@ pub fn evaluate(rt: &Runtime, live: Option<Live>, verify_backup: bool) -> Report
     // Records and recovery.
     let backups = crate::events::backup::list(&rt.events.backup.dir).unwrap_or_default();
     let newest = backups.first();
-    let every = rt.events.backup.every;
+    let schedule = rt.events.backup.schedule.as_ref();
     let newest_age = newest.and_then(|b| age_secs(&b.path));
-    let due = every.map_or(2 * DAY, |e| 2 * e.as_secs().max(3600));
+    let due = schedule.map_or(2 * DAY, |s| 2 * s.period().as_secs().max(3600));
     add(
         "backups_recent",
         "Backups are scheduled and the newest is recent",
-        pass(every.is_some() && newest_age.is_some_and(|a| a <= due)),
-        match (every, newest, newest_age) {
-            (None, _, _) => "no backup schedule (`[events.backup] every`)".into(),
+        pass(schedule.is_some() && newest_age.is_some_and(|a| a <= due)),
+        match (schedule, newest, newest_age) {
+            (None, _, _) => "no backup schedule (`[events.backup] every` or `schedule`)".into(),
             (Some(_), None, _) => "scheduled, but no backup yet".into(),
-            (Some(e), Some(b), age) => format!(
-                "every {}; newest {} ({} old)",
-                humantime::format_duration(e),
+            (Some(s), Some(b), age) => format!(
+                "{s}; newest {} ({} old)",
                 b.name,
                 days(age.unwrap_or(0))
             ),

@@ -1084,15 +1084,43 @@ fn compile_events(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> EventSettings 
         (&["batch_max_delay"][..], e.batch_max_delay),
         (&["retention", "audit"][..], e.retention.audit),
         (&["retention", "performance"][..], e.retention.performance),
-        (&["retention", "run_every"][..], e.retention.run_every),
     ] {
         if d.is_zero() {
             errs.push(cfg.error(&at(keys), "must be greater than zero"));
         }
     }
-    if e.backup.every.is_some_and(|d| d < Duration::from_secs(60)) {
-        errs.push(cfg.error(&at(&["backup", "every"]), "must be at least 1m"));
-    }
+    use crate::schedule::{Schedule, ScheduleKeys};
+    let archive_schedule = crate::schedule::compile(
+        cfg,
+        errs,
+        ScheduleKeys {
+            at: at(&["retention"]),
+            every_key: "run_every",
+            every: e.retention.run_every,
+            schedule_key: "schedule",
+            schedule: e.retention.schedule.as_deref(),
+            time_zone_key: "time_zone",
+            time_zone: e.retention.time_zone.as_deref(),
+            default_every: Some(crate::config::default_retention_every()),
+            min_every: Duration::from_secs(1),
+        },
+    )
+    .unwrap_or(Schedule::Every(crate::config::default_retention_every()));
+    let backup_schedule = crate::schedule::compile(
+        cfg,
+        errs,
+        ScheduleKeys {
+            at: at(&["backup"]),
+            every_key: "every",
+            every: e.backup.every,
+            schedule_key: "schedule",
+            schedule: e.backup.schedule.as_deref(),
+            time_zone_key: "time_zone",
+            time_zone: e.backup.time_zone.as_deref(),
+            default_every: None,
+            min_every: Duration::from_secs(60),
+        },
+    );
     if e.backup
         .max_age
         .is_some_and(|d| d < Duration::from_secs(3600))
@@ -1111,11 +1139,11 @@ fn compile_events(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> EventSettings 
         retention: RetentionPolicy {
             audit: e.retention.audit,
             performance: e.retention.performance,
-            run_every: e.retention.run_every.max(Duration::from_secs(1)),
+            schedule: archive_schedule,
             archive_dir: data_dir.join(&e.retention.archive_dir),
         },
         backup: BackupSchedule {
-            every: e.backup.every,
+            schedule: backup_schedule,
             retention: crate::events::backup::Retention {
                 keep: e.backup.keep.max(1),
                 max_age: e.backup.max_age,

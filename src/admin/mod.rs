@@ -402,11 +402,38 @@ async fn status(State(st): State<AdminState>) -> Response {
             })
         })
         .collect();
+    let settings = st.shared.events.settings();
+    let schedules: serde_json::Map<String, serde_json::Value> = crate::schedule::Job::ALL
+        .iter()
+        .map(|&job| {
+            use crate::schedule::Job;
+            let schedule = match job {
+                Job::Backup => settings.backup.schedule.as_ref(),
+                Job::Archive => Some(&settings.retention.schedule),
+                Job::SessionCleanup => Some(&rt.sessions.cleanup),
+            };
+            let next = st
+                .shared
+                .events
+                .next_runs
+                .get(job)
+                .filter(|_| schedule.is_some());
+            (
+                job.name().to_string(),
+                json!({
+                    "schedule": schedule.map(|s| s.to_string()),
+                    "time_zone": schedule.and_then(|s| s.time_zone()),
+                    "next_run": next.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                }),
+            )
+        })
+        .collect();
     Json(json!({
         "generation": rt.generation,
         "ready": st.shared.ready.load(Ordering::Relaxed),
         "listeners": rt.listener_binds.iter().map(|b| json!({"name": b.name, "bind": b.addr.to_string()})).collect::<Vec<_>>(),
         "upstreams": upstreams,
+        "schedules": schedules,
     }))
     .into_response()
 }

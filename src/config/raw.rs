@@ -291,8 +291,15 @@ pub struct SessionsSection {
     /// missing, mode 0600).
     #[serde(default = "default_session_key_file")]
     pub key_file: PathBuf,
-    #[serde(default = "default_session_cleanup", with = "humantime_serde")]
-    pub cleanup_every: Duration,
+    /// How often expired sessions are closed and old records dropped (default 15m)...
+    #[serde(default, with = "humantime_serde")]
+    pub cleanup_every: Option<Duration>,
+    /// ...or at the wall-clock times of this cron expression.
+    #[serde(default)]
+    pub cleanup_schedule: Option<String>,
+    /// The IANA time zone `cleanup_schedule` is read in (default UTC).
+    #[serde(default)]
+    pub cleanup_time_zone: Option<String>,
     /// How often last-activity times are written to the store.
     #[serde(default = "default_session_persist", with = "humantime_serde")]
     pub persist_every: Duration,
@@ -308,7 +315,9 @@ impl Default for SessionsSection {
     fn default() -> Self {
         SessionsSection {
             key_file: default_session_key_file(),
-            cleanup_every: default_session_cleanup(),
+            cleanup_every: None,
+            cleanup_schedule: None,
+            cleanup_time_zone: None,
             persist_every: default_session_persist(),
             retention: default_session_retention(),
             max_sessions: default_max_sessions(),
@@ -490,7 +499,7 @@ fn default_login_window() -> Duration {
 fn default_session_key_file() -> PathBuf {
     PathBuf::from("session.key")
 }
-fn default_session_cleanup() -> Duration {
+pub fn default_session_cleanup() -> Duration {
     Duration::from_secs(15 * 60)
 }
 fn default_session_persist() -> Duration {
@@ -693,9 +702,15 @@ pub struct RetentionSection {
     pub audit: Duration,
     #[serde(default = "default_perf_retention", with = "humantime_serde")]
     pub performance: Duration,
-    /// How often the archive job runs.
-    #[serde(default = "default_retention_every", with = "humantime_serde")]
-    pub run_every: Duration,
+    /// How often the archive job runs (default 1h)...
+    #[serde(default, with = "humantime_serde")]
+    pub run_every: Option<Duration>,
+    /// ...or at the wall-clock times of this cron expression (`"0 3 * * SUN"`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The IANA time zone `schedule` is read in (default UTC).
+    #[serde(default)]
+    pub time_zone: Option<String>,
     /// Where archive files go, relative to `server.data_dir`.
     #[serde(default = "default_archive_dir")]
     pub archive_dir: PathBuf,
@@ -706,7 +721,9 @@ impl Default for RetentionSection {
         RetentionSection {
             audit: default_audit_retention(),
             performance: default_perf_retention(),
-            run_every: default_retention_every(),
+            run_every: None,
+            schedule: None,
+            time_zone: None,
             archive_dir: default_archive_dir(),
         }
     }
@@ -716,9 +733,16 @@ impl Default for RetentionSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupSection {
-    /// How often to write a backup; absent: only on demand.
+    /// How often to write a backup...
     #[serde(default, with = "humantime_serde")]
     pub every: Option<Duration>,
+    /// ...or at the wall-clock times of this cron expression (`"0 2 * * *"`); neither:
+    /// only on demand.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The IANA time zone `schedule` is read in (default UTC).
+    #[serde(default)]
+    pub time_zone: Option<String>,
     /// Backups kept (the oldest are deleted).
     #[serde(default = "default_backup_keep")]
     pub keep: usize,
@@ -739,6 +763,8 @@ impl Default for BackupSection {
     fn default() -> Self {
         BackupSection {
             every: None,
+            schedule: None,
+            time_zone: None,
             keep: default_backup_keep(),
             max_age: None,
             include_secrets: false,
@@ -1216,7 +1242,7 @@ fn default_audit_retention() -> Duration {
 fn default_perf_retention() -> Duration {
     Duration::from_secs(30 * DAY)
 }
-fn default_retention_every() -> Duration {
+pub fn default_retention_every() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_archive_dir() -> PathBuf {

@@ -41,7 +41,8 @@ pub const RESTORE_HOLD: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct RetentionPolicy {
     pub audit: Duration,
     pub performance: Duration,
-    pub run_every: Duration,
+    /// When the archive job runs.
+    pub schedule: crate::schedule::Schedule,
     pub archive_dir: PathBuf,
 }
 
@@ -660,7 +661,7 @@ mod tests {
         let policy = RetentionPolicy {
             audit: Duration::from_secs(3600),
             performance: Duration::from_secs(3600),
-            run_every: Duration::from_secs(3600),
+            schedule: crate::schedule::Schedule::Every(Duration::from_secs(3600)),
             archive_dir: dir.path().join("archive"),
         };
         let mut buf = Vec::new();

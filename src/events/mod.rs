@@ -59,7 +59,7 @@ pub struct EventSettings {
 #[derive(Debug, Clone)]
 pub struct BackupSchedule {
     /// `None`: only on demand.
-    pub every: Option<Duration>,
+    pub schedule: Option<crate::schedule::Schedule>,
     pub retention: backup::Retention,
     pub dir: PathBuf,
     pub sources: backup::BackupSources,
@@ -83,6 +83,8 @@ pub struct Events {
     /// One backup at a time (scheduled and on demand would otherwise copy twice).
     backup_running: Mutex<()>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// When the archive and backup jobs run next (for `/api/v1/status`).
+    pub next_runs: Arc<crate::schedule::NextRuns>,
 }
 
 impl Events {
@@ -110,7 +112,16 @@ impl Events {
         let writer = store
             .claim_writer()
             .ok_or_else(|| StoreError::Invalid("the event store already has a writer".into()))?;
-        let w = Writer::new(writer, rx, state, settings.clone(), metrics, alerts);
+        let next_runs = Arc::new(crate::schedule::NextRuns::default());
+        let w = Writer::new(
+            writer,
+            rx,
+            state,
+            settings.clone(),
+            metrics,
+            alerts,
+            next_runs.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || w.run())
@@ -123,6 +134,7 @@ impl Events {
             tasks: metrics.tasks.clone(),
             backup_running: Mutex::new(()),
             writer: Mutex::new(Some(handle)),
+            next_runs,
         })
     }
 

@@ -8,14 +8,14 @@
 //! after a crash every counted record is in the store. Operator commands (investigation
 //! changes, archive runs, flushes) come through the same queue and run between batches,
 //! after the records queued before them are committed. Once a minute it closes the trend
-//! buckets; every `retention.run_every` it archives expired records in chunks, between
+//! buckets; at each run of `retention`'s schedule it archives expired records in chunks, between
 //! which it keeps committing new events. On stop it commits everything queued and the
 //! partial trend minute.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -28,6 +28,7 @@ use super::store::{PatchOutcome, StoreError, StoreWriter};
 use super::trends::{Trends, MINUTE};
 use super::EventSettings;
 use crate::metrics::{Metrics, Task, TaskMetrics};
+use crate::schedule::{until, Job, Schedule};
 
 /// Records per archive file (and per delete transaction).
 const ARCHIVE_CHUNK: usize = 50_000;
@@ -75,6 +76,8 @@ pub(crate) struct Writer {
     tasks: TaskMetrics,
     /// Offered every audit event once its batch is committed (or given up).
     alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// Where the archive job publishes its next run.
+    next_runs: Arc<crate::schedule::NextRuns>,
 }
 
 /// One archive run's totals so far (a run spans several chunks).
@@ -101,9 +104,11 @@ impl Writer {
         settings: Arc<ArcSwap<EventSettings>>,
         metrics: &Metrics,
         alerts: Option<Arc<crate::alerts::Alerts>>,
+        next_runs: Arc<crate::schedule::NextRuns>,
     ) -> Writer {
         Writer {
             alerts,
+            next_runs,
             store,
             rx,
             state,
@@ -127,15 +132,31 @@ impl Writer {
         let mut buf = Vec::with_capacity(1024);
         let mut stop = false;
         let mut next_roll = next_minute_boundary();
-        let mut next_archive = Instant::now() + Duration::from_secs(60);
         let mut archiving = false;
         let mut run = ArchiveRun::default();
+        let mut last_archive = SystemTime::now();
+        let mut seen = self.settings.load_full();
+        // An interval schedule first runs a minute after the start (a store left behind
+        // by a long stop is trimmed soon); a cron schedule at its next time.
+        let mut next_archive = match &seen.retention.schedule {
+            Schedule::Every(d) => last_archive + (*d).min(Duration::from_secs(60)),
+            s => next_run(s, last_archive),
+        };
+        self.next_runs.set(Job::Archive, Some(next_archive));
         loop {
             let s = self.settings.load_full();
+            if !Arc::ptr_eq(&s, &seen) {
+                // Reloaded; with another schedule, the next run follows it.
+                if s.retention.schedule.to_string() != seen.retention.schedule.to_string() {
+                    next_archive = next_run(&s.retention.schedule, last_archive);
+                    self.next_runs.set(Job::Archive, Some(next_archive));
+                }
+                seen = s.clone();
+            }
             let wake = if archiving {
                 Instant::now()
             } else {
-                next_roll.min(next_archive)
+                next_roll.min(Instant::now() + until(next_archive, SystemTime::now()))
             };
             match self
                 .rx
@@ -194,7 +215,7 @@ impl Writer {
                 self.roll_trends(current_minute() - MINUTE);
                 next_roll = next_minute_boundary();
             }
-            if archiving || now >= next_archive {
+            if archiving || SystemTime::now() >= next_archive {
                 run.started.get_or_insert_with(Instant::now);
                 match self.archive_once(&s, &mut batch) {
                     Ok(Some(r)) => {
@@ -212,7 +233,9 @@ impl Writer {
                     }
                 }
                 if !archiving {
-                    next_archive = Instant::now() + s.retention.run_every;
+                    last_archive = SystemTime::now();
+                    next_archive = next_run(&s.retention.schedule, last_archive);
+                    self.next_runs.set(Job::Archive, Some(next_archive));
                 }
             }
         }
@@ -414,4 +437,12 @@ fn next_minute_boundary() -> Instant {
     let micros = now_micros();
     let into = micros % (MINUTE * 1_000_000);
     Instant::now() + Duration::from_micros(MINUTE * 1_000_000 - into)
+}
+
+/// The next run of `schedule` after `last` (an hour later should the expression have no
+/// next date, which config validation rules out).
+fn next_run(schedule: &Schedule, last: SystemTime) -> SystemTime {
+    schedule
+        .next_after(last)
+        .unwrap_or(last + Duration::from_secs(3600))
 }

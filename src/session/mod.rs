@@ -44,7 +44,8 @@ use crate::events::model::now_micros;
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub key_file: PathBuf,
-    pub cleanup_every: Duration,
+    /// When expired sessions are closed.
+    pub cleanup: crate::schedule::Schedule,
     pub persist_every: Duration,
     pub retention: Duration,
     pub max_sessions: usize,
@@ -122,8 +123,25 @@ pub fn compile_settings(
     let raw = &cfg.raw;
     let s = &raw.sessions;
     let at = KeyPath::root().key("sessions");
+    let cleanup = crate::schedule::compile(
+        cfg,
+        errs,
+        crate::schedule::ScheduleKeys {
+            at: at.clone(),
+            every_key: "cleanup_every",
+            every: s.cleanup_every,
+            schedule_key: "cleanup_schedule",
+            schedule: s.cleanup_schedule.as_deref(),
+            time_zone_key: "cleanup_time_zone",
+            time_zone: s.cleanup_time_zone.as_deref(),
+            default_every: Some(crate::config::default_session_cleanup()),
+            min_every: Duration::from_secs(1),
+        },
+    )
+    .unwrap_or(crate::schedule::Schedule::Every(
+        crate::config::default_session_cleanup(),
+    ));
     for (key, d) in [
-        ("cleanup_every", s.cleanup_every),
         ("persist_every", s.persist_every),
         ("retention", s.retention),
     ] {
@@ -136,7 +154,7 @@ pub fn compile_settings(
     }
     SessionSettings {
         key_file: cfg.resolve(&raw.server.data_dir).join(&s.key_file),
-        cleanup_every: s.cleanup_every.max(Duration::from_secs(1)),
+        cleanup,
         persist_every: s.persist_every.max(Duration::from_secs(1)),
         retention: s.retention,
         max_sessions: s.max_sessions.max(1),

@@ -2,7 +2,8 @@
 //! the session key), restores entry by entry into a fresh data directory where the API rule,
 //! the ban and the logged-in session work again; crafted archives (absolute paths, `..`,
 //! links, duplicates, a tampered store, a decompression bomb) are refused without touching
-//! anything; retention, permissions, metrics and failure events; archive listing and caps.
+//! anything; retention, permissions, metrics and failure events; archive listing and caps;
+//! cron schedules with time zones.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -797,4 +798,103 @@ async fn archives_are_listed_and_a_restore_checks_the_whole_file_first() {
         "a refused archive restored records"
     );
     gw.shutdown().await;
+}
+
+/// Wall-clock schedules: a cron backup fires at the minute it names, the status shows each
+/// job's next run in the configured zone, and bad schedules are named config errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedules_run_at_wall_clock_times_and_show_their_next_run() {
+    let up = named_upstream("a", Duration::ZERO).await;
+    let extra = r#"
+[sessions]
+cleanup_schedule = "*/15 * * * *"
+cleanup_time_zone = "Asia/Kolkata"
+
+[events.backup]
+schedule = "* * * * *"
+
+[events.retention]
+schedule = "0 3 * * SUN"
+time_zone = "Europe/Paris"
+"#;
+    let gw = TestGateway::start(&base_config(&[up.url()], extra)).await;
+    let started = std::time::SystemTime::now();
+    let status = api(&gw, "GET", "/api/v1/status", None).await.json();
+    let s = &status["schedules"];
+    let next = |job: &str| -> std::time::SystemTime {
+        humantime::parse_rfc3339(s[job]["next_run"].as_str().unwrap_or_else(|| panic!("{s}")))
+            .unwrap()
+    };
+    assert_eq!(s["archive"]["time_zone"], "Europe/Paris", "{s}");
+    assert_eq!(
+        s["archive"]["schedule"], "0 3 * * SUN (Europe/Paris)",
+        "{s}"
+    );
+    // Sunday 03:00 in Paris is 01:00 or 02:00 UTC on a Sunday, within a week.
+    let archive = next("archive");
+    let secs = archive
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!((secs / 86400 + 4) % 7, 0, "a Sunday: {s}");
+    assert!([1, 2].contains(&(secs % 86400 / 3600)), "{s}");
+    assert_eq!(secs % 3600, 0, "{s}");
+    assert!(archive > started && archive < started + Duration::from_secs(7 * 86400 + 60));
+    // Every quarter hour in Kolkata (UTC+05:30) is a quarter hour in UTC too.
+    let cleanup = next("session_cleanup");
+    let secs = cleanup
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(secs % 900, 0, "{s}");
+    assert!(cleanup < started + Duration::from_secs(901), "{s}");
+    // The backup runs at the start of the next minute.
+    let backup = next("backup");
+    assert_eq!(
+        backup
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60,
+        0,
+        "{s}"
+    );
+    let deadline = backup + Duration::from_secs(20);
+    let made = loop {
+        let listed = api(&gw, "GET", "/api/v1/backups", None).await.json();
+        if let Some(item) = listed["items"].as_array().and_then(|a| a.first()) {
+            break item.clone();
+        }
+        assert!(
+            std::time::SystemTime::now() < deadline,
+            "no backup by {}",
+            humantime::format_rfc3339_seconds(deadline)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(std::time::SystemTime::now() >= backup, "{made}");
+    // ...and the next one is a minute later.
+    let status = api(&gw, "GET", "/api/v1/status", None).await.json();
+    let again =
+        humantime::parse_rfc3339(status["schedules"]["backup"]["next_run"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        again.duration_since(backup).unwrap(),
+        Duration::from_secs(60)
+    );
+    gw.shutdown().await;
+
+    // Mistakes are named by key.
+    let bad = |extra: &str| config_errors(&base_config(&[up.url()], extra));
+    let e = bad("\n[events.backup]\nevery = \"24h\"\nschedule = \"0 2 * * *\"\n");
+    assert_eq!(e[0].key, "events.backup.schedule", "{e:?}");
+    assert!(e[0].message.contains("not both"), "{e:?}");
+    let e = bad("\n[events.backup]\nschedule = \"0 2 * *\"\n");
+    assert_eq!(e[0].key, "events.backup.schedule", "{e:?}");
+    let e = bad("\n[events.retention]\nschedule = \"0 2 * * *\"\ntime_zone = \"Mars/Olympus\"\n");
+    assert_eq!(e[0].key, "events.retention.time_zone", "{e:?}");
+    let e = bad("\n[sessions]\ncleanup_time_zone = \"UTC\"\n");
+    assert_eq!(e[0].key, "sessions.cleanup_time_zone", "{e:?}");
+    let e = bad("\n[events.backup]\nevery = \"10s\"\n");
+    assert_eq!(e[0].key, "events.backup.every", "{e:?}");
 }
