@@ -127,43 +127,20 @@ fn check_and_run_exit_2_on_a_bad_config_and_bind_nothing() {
     );
 }
 
-/// The container's config is the shipped one rewritten by the Dockerfile's `sed`: it must
-/// stay valid, keep every state path in the volume, and serve metrics where compose.yaml's
-/// Prometheus scrapes.
+/// The container's config is the shipped one rewritten by the Dockerfile's rootfs script:
+/// it must stay valid, keep every state path in the volume, and serve metrics where
+/// compose.yaml's Prometheus scrapes.
 #[test]
 fn the_container_config_is_valid_and_compose_scrapes_its_metrics_listener() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
-    // The sed expressions of the RUN that rewrites /etc/gateway/gateway.toml.
-    let exprs: Vec<String> = dockerfile
-        .lines()
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("-e '")
-                .or_else(|| l.split(" -e '").nth(1))
-        })
-        .map(|l| l[..l.find('\'').unwrap()].to_string())
-        .collect();
-    assert!(exprs.len() >= 4, "{exprs:?}");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::copy(root.join("gateway.toml"), &cfg).unwrap();
-    let mut sed = std::process::Command::new("sed");
-    sed.arg("-i");
-    for e in &exprs {
-        sed.arg("-e").arg(e);
-    }
-    assert!(sed.arg(&cfg).status().unwrap().success());
-    // Rules (and their data files) as the image has them, beside the config.
-    for sub in ["rules", "rules/data"] {
-        std::fs::create_dir(dir.path().join(sub)).unwrap();
-        for f in std::fs::read_dir(root.join(sub)).unwrap() {
-            let f = f.unwrap().path();
-            if f.is_file() {
-                std::fs::copy(&f, dir.path().join(sub).join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    let rootfs = crate::container::assemble_rootfs(
+        dir.path(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_gateway")),
+    );
+    // The config with the rules beside it, as the image has them.
+    let cfg = rootfs.join("etc/gateway/gateway.toml");
     let loaded = gateway::check_config(&cfg).expect("the container's config is valid");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(!text.contains("\"data/"), "a state path outside the volume");

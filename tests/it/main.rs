@@ -8,6 +8,7 @@ mod backups;
 mod canonical;
 mod config;
 mod console;
+mod container;
 mod crs;
 mod events;
 mod forwarding;
