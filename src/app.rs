@@ -47,6 +47,24 @@ pub struct Shared {
     pub sampler: EventSampler,
     /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
+    /// `[cluster]`: state shared with other instances through Redis.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl Shared {
+    /// Offers a decision of this instance (a ban, a lock, a revocation) to the others.
+    pub fn replicate(&self, change: crate::cluster::sync::Change) {
+        if let Some(c) = &self.cluster {
+            c.sync.offer(change);
+        }
+    }
+
+    /// This instance's name in a cluster.
+    pub fn instance(&self) -> Option<&str> {
+        self.cluster
+            .as_deref()
+            .map(|c| c.settings.instance.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +93,19 @@ pub enum StartError {
     /// A webhook whose secret or CA file cannot be read.
     #[error(transparent)]
     Alerts(#[from] crate::alerts::AlertError),
+    /// `[cluster]` whose password cannot be read or whose URL the client refuses.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl StartError {
     /// Exit code for the binary: 2 for a config the operator must fix, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::AdminToken(_) | StartError::Alerts(_) => 2,
+            StartError::Config(_)
+            | StartError::AdminToken(_)
+            | StartError::Alerts(_)
+            | StartError::Cluster(_) => 2,
             _ => 1,
         }
     }
@@ -345,6 +369,13 @@ impl Gateway {
             &crate::admin::auth::read_secrets(&admin)?,
         ));
 
+        let cluster = match &rt.cluster {
+            Some(s) => Some(Arc::new(
+                crate::cluster::Cluster::new(s.clone(), &metrics)
+                    .map_err(|e| StartError::Cluster(e.to_string()))?,
+            )),
+            None => None,
+        };
         let (drain, _) = watch::channel(false);
         let binds = rt.listener_binds.clone();
         prepare(&resolver, &metrics, &rt);
@@ -361,6 +392,7 @@ impl Gateway {
             sessions,
             sampler: EventSampler::new(std::time::Duration::from_secs(10)),
             reload_lock: tokio::sync::Mutex::new(()),
+            cluster,
         });
 
         // The posture at start, so `gateway_posture_score` has a value from the beginning
@@ -412,6 +444,13 @@ impl Gateway {
             tokio::spawn(crate::admin::serve_metrics(
                 l,
                 shared.clone(),
+                stop.subscribe(),
+            ));
+        }
+        if let Some(c) = &shared.cluster {
+            tokio::spawn(crate::cluster::run(
+                shared.clone(),
+                c.clone(),
                 stop.subscribe(),
             ));
         }
@@ -517,6 +556,9 @@ async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<boo
         let swept = tokio::task::spawn_blocking(move || {
             let keys = s.metrics.rate_limiters.sweep();
             let forgotten = s.bans.sweep();
+            if let Some(c) = &s.cluster {
+                c.limits.sweep();
+            }
             (keys, forgotten)
         })
         .await;

@@ -217,6 +217,28 @@ impl Bans {
         ban
     }
 
+    /// Puts in force a ban decided elsewhere (another instance of the cluster), as it is;
+    /// returns false when an equal or longer ban on the address is already known.
+    pub fn apply(&self, ban: Ban) -> bool {
+        let now = now_micros();
+        if self
+            .records
+            .get(&ban.ip)
+            .is_some_and(|b| b.until >= ban.until && b.since >= ban.since)
+        {
+            return false;
+        }
+        let active = ban.active(now);
+        let was_active = self
+            .records
+            .insert(ban.ip, ban)
+            .is_some_and(|b| b.active(now));
+        if active && !was_active {
+            self.active_hint.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Lifts a ban (the record is forgotten too). Returns it when there was one.
     pub fn unban(&self, ip: IpAddr) -> Option<Ban> {
         let (_, b) = self.records.remove(&ip)?;

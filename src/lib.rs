@@ -11,6 +11,7 @@ pub mod app;
 pub mod bans;
 pub mod canonical;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod ip_rules;

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub waf_rule_matches: IntCounterVec,
     pub brute_force_detections: IntCounterVec,
     pub login_locks_active: IntGauge,
+    /// `[cluster]`: 1 while Redis answers.
+    pub cluster_up: IntGauge,
+    pub cluster_errors: IntCounter,
+    pub cluster_fallbacks: IntCounter,
+    pub cluster_changes_applied: IntCounter,
     /// The last posture check's score by framework (`overall`, `pci_dss_v4`, …).
     pub posture_score: IntGaugeVec,
     /// Backups and archive runs: last success and failures, for staleness alerts.
@@ -291,8 +296,32 @@ impl Metrics {
             "User names locked after repeated failed logins.",
         )
         .expect("metric");
+        let cluster_up = IntGauge::new(
+            "gateway_cluster_up",
+            "1 while the cluster's Redis answers (0 also without [cluster]).",
+        )
+        .expect("metric");
+        let cluster_errors = IntCounter::new(
+            "gateway_cluster_errors_total",
+            "Redis calls that failed or timed out.",
+        )
+        .expect("metric");
+        let cluster_fallbacks = IntCounter::new(
+            "gateway_cluster_fallbacks_total",
+            "Rate-limit decisions taken on local state because Redis could not be asked in time.",
+        )
+        .expect("metric");
+        let cluster_changes_applied = IntCounter::new(
+            "gateway_cluster_changes_applied_total",
+            "Bans, locks and revocations received from other instances and applied.",
+        )
+        .expect("metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_errors.clone()),
+            Box::new(cluster_fallbacks.clone()),
+            Box::new(cluster_changes_applied.clone()),
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -366,6 +395,10 @@ impl Metrics {
             waf_rule_matches,
             brute_force_detections,
             login_locks_active,
+            cluster_up,
+            cluster_errors,
+            cluster_fallbacks,
+            cluster_changes_applied,
             rate_limiters: crate::rate_limit::Registry::default(),
         }
     }

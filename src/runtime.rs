@@ -100,6 +100,8 @@ pub struct Runtime {
     pub alerts: Vec<crate::alerts::WebhookSettings>,
     /// `[network] egress_allow`: where upstreams and webhooks may be reached.
     pub egress: crate::network::Egress,
+    /// `[cluster]` (used at start; a change needs a restart).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     /// The config as written, and the directory its relative paths start from (for
     /// checks that read it as the operator wrote it, such as `gateway posture`).
     pub source: Arc<crate::config::RawConfig>,
@@ -590,6 +592,7 @@ impl Runtime {
 
         // Upstream pools.
         let egress = compile_egress(cfg, &mut errs);
+        let cluster = crate::cluster::compile(cfg, &mut errs);
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         let mut pool_names = HashSet::new();
         for (i, u) in raw.upstreams.iter().enumerate() {
@@ -871,6 +874,7 @@ impl Runtime {
             waf,
             alerts,
             egress,
+            cluster,
             source: Arc::new(raw.clone()),
             base_dir: cfg.base_dir.clone(),
         })

@@ -129,6 +129,7 @@ pub async fn serve(
     let api = Router::new()
         .route("/reload", post(reload))
         .route("/status", get(status))
+        .route("/cluster", get(cluster))
         .route("/whoami", get(whoami))
         .route("/posture", get(posture))
         .merge(events_api::routes())
@@ -347,7 +348,16 @@ async fn whoami(axum::Extension(caller): axum::Extension<auth::Caller>) -> Respo
 
 async fn readyz(State(st): State<AdminState>) -> Response {
     if st.shared.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
+        // Cut off from the cluster's Redis the instance still serves (on local state): it
+        // stays ready, and says so.
+        match &st.shared.cluster {
+            Some(c) if !c.is_up() => (
+                StatusCode::OK,
+                "ready (cluster degraded: redis unreachable)\n",
+            )
+                .into_response(),
+            _ => (StatusCode::OK, "ready\n").into_response(),
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
@@ -383,6 +393,31 @@ async fn reload(State(st): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /api/v1/cluster`: this instance, whether Redis answers, and the instances whose
+/// heartbeat Redis holds.
+async fn cluster(State(st): State<AdminState>) -> Response {
+    let Some(c) = &st.shared.cluster else {
+        return Json(json!({"enabled": false})).into_response();
+    };
+    let instances = c.instances().await;
+    Json(json!({
+        "enabled": true,
+        "backend": "redis",
+        "instance": c.settings.instance,
+        "connected": c.is_up(),
+        "instances": instances.unwrap_or_default(),
+        "local": {
+            "bans": st.shared.bans.active().len(),
+            "login_locks": st.shared.sessions.brute_force.locks(st.shared.sessions.clock.now()).len(),
+        },
+        "policy_when_redis_is_down": {
+            "rate_limits": "local",
+            "bans_locks_revocations": "last known",
+        },
+    }))
+    .into_response()
 }
 
 async fn status(State(st): State<AdminState>) -> Response {

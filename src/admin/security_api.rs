@@ -344,6 +344,8 @@ async fn create_ban(
     );
     let stored = ban.clone();
     store_write(&st, move |store| crate::bans::save(store, &stored)).await?;
+    st.shared
+        .replicate(crate::cluster::sync::Change::Ban { ban: ban.clone() });
     st.shared.events.sink.audit(
         AuditEvent::new(
             EventType::IpBanned,
@@ -377,6 +379,8 @@ async fn delete_ban(
         return Err(error(StatusCode::NOT_FOUND, format!("{ip} is not banned")));
     };
     store_write(&st, move |store| crate::bans::remove(store, &[ip])).await?;
+    st.shared
+        .replicate(crate::cluster::sync::Change::Unban { ip });
     st.shared.events.sink.audit(
         AuditEvent::new(
             EventType::IpUnbanned,

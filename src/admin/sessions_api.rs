@@ -139,6 +139,8 @@ fn revoke(st: &AdminState, id: u128, reason: &str, by: &str) -> Option<Session> 
         .sessions
         .table
         .end(id, SessionState::Revoked, reason, now)?;
+    st.shared
+        .replicate(crate::cluster::sync::Sync::revocation(&s.app, id));
     st.shared.events.sink.audit(
         session_event(EventType::SessionRevoked, format!("session {reason}"), &s)
             .detail("reason", reason)
@@ -189,6 +191,12 @@ async fn revoke_user(
         .collect();
     let n = ended.len();
     persist(&st.shared.events, ended);
+    // The user's sessions other instances of a cluster know of (and this one does not).
+    st.shared
+        .replicate(crate::cluster::sync::Change::RevokeUser {
+            user: user.clone(),
+            until: crate::events::model::now_micros(),
+        });
     Ok(Json(json!({"user": user, "revoked": n})).into_response())
 }
 
@@ -216,6 +224,9 @@ async fn unlock_user(
             format!("user `{}` is not locked", brute_force::normalise(&user)),
         ));
     }
+    st.shared.replicate(crate::cluster::sync::Change::Unlock {
+        user: brute_force::normalise(&user).into(),
+    });
     let mut e = AuditEvent::new(
         EventType::LoginUnlocked,
         format!("login lock lifted by `{}`", caller.name),

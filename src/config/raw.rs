@@ -49,6 +49,51 @@ pub struct RawConfig {
     pub alerts: AlertsSection,
     #[serde(default)]
     pub network: NetworkSection,
+    /// `[cluster]`: state shared with other instances; absent: this instance alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: several gateways sharing rate limits, bans, login locks and session
+/// revocations through Redis (read at start; a change needs a restart).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `"redis"`, the one backend.
+    pub backend: String,
+    /// `redis://host:port/db` or `rediss://` (TLS); no password in it: see below.
+    pub url: String,
+    /// The Redis password (AUTH), read from a file...
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// ...or an environment variable.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The Redis user (ACL) the password belongs to; absent: `default`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// This instance's name in events and `/api/v1/cluster`; default: the host name.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// The longest a request waits on Redis before deciding locally.
+    #[serde(default = "default_cluster_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most rate-limit tokens one instance reserves per Redis round trip for one key.
+    #[serde(default = "default_cluster_reserve")]
+    pub reserve_max: u32,
+    /// Prefix of every Redis key and channel (several deployments may share a Redis).
+    #[serde(default = "default_cluster_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_cluster_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_cluster_reserve() -> u32 {
+    10
+}
+fn default_cluster_prefix() -> String {
+    "gateway".into()
 }
 
 /// `[network]`: where the gateway may connect.

@@ -209,6 +209,8 @@ event_types! {
     DataRestored = "data_restored": Low / Low,
     PerformanceAlert = "performance_alert": Low / Low,
     PostureChecked = "posture_checked": Low / Medium,
+    ClusterDegraded = "cluster_degraded": High / High,
+    ClusterRestored = "cluster_restored": Low / Low,
 }
 
 impl FromStr for EventType {

@@ -202,7 +202,13 @@ async fn run_phases(
     let policies = route
         .as_ref()
         .map_or(&rt.unmatched_limits, |r| &r.rate_limits);
-    if let Some(refusal) = rate_limit::check(&report, policies, ctx, &req) {
+    let shared_verdicts = match &shared.cluster {
+        Some(c) if !policies.is_empty() => {
+            rate_limit::shared_verdicts(c, policies, ctx, req.headers()).await
+        }
+        _ => Vec::new(),
+    };
+    if let Some(refusal) = rate_limit::check(&report, policies, ctx, &req, &shared_verdicts) {
         return refusal;
     }
 

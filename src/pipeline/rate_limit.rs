@@ -2,6 +2,10 @@
 //! first empty window answers 429 with `Retry-After` and the IETF `RateLimit` headers, a
 //! sampled `rate_limited` event, and a violation towards a ban — except for a refusal
 //! from the shared overflow bucket, which the client did not empty itself.
+//!
+//! In a cluster the tokens come from the buckets shared in Redis ([`shared_verdicts`],
+//! asked before [`check`]); a policy Redis could not decide in time is decided by this
+//! instance's own buckets.
 
 use std::sync::Arc;
 
@@ -10,21 +14,64 @@ use http::{Request, Response, StatusCode};
 use super::report::{request_event, Report, SAMPLE_RATE_LIMITED};
 use super::RequestCtx;
 use crate::bans::Violation;
+use crate::cluster::limits::{Decision, SharedLimits};
+use crate::cluster::Cluster;
 use crate::events::EventType;
 use crate::proxy::error::error_response;
 use crate::proxy::ResponseBody;
-use crate::rate_limit::Policy;
+use crate::rate_limit::{Policy, Rejection};
 
-/// The 429, when a policy refuses the request.
+/// The shared buckets' verdicts for the route's policies, in order, up to the first
+/// refusal; `None` for a policy Redis could not decide in time.
+pub async fn shared_verdicts(
+    cluster: &Cluster,
+    policies: &[Arc<Policy>],
+    ctx: &RequestCtx,
+    headers: &http::HeaderMap,
+) -> Vec<Option<Decision>> {
+    let keys: Vec<String> = policies
+        .iter()
+        .map(|p| SharedLimits::key(p, ctx.client_key, headers))
+        .collect();
+    let mut out = Vec::with_capacity(policies.len());
+    for (p, k) in policies.iter().zip(&keys) {
+        let d = if cluster.is_up() {
+            cluster.limits.check(cluster, p, k).await
+        } else {
+            None
+        };
+        if d.is_none() {
+            cluster.fell_back();
+        }
+        let refused = matches!(d, Some(Decision::Deny { .. }));
+        out.push(d);
+        if refused {
+            break;
+        }
+    }
+    out
+}
+
+/// The 429, when a policy refuses the request. `shared`: the cluster's verdicts (see
+/// [`shared_verdicts`]); a policy without one is checked against this instance's buckets.
 pub fn check<B>(
     report: &Report<'_>,
     policies: &[Arc<Policy>],
     ctx: &RequestCtx,
     req: &Request<B>,
+    shared: &[Option<Decision>],
 ) -> Option<Response<ResponseBody>> {
-    for policy in policies {
+    for (i, policy) in policies.iter().enumerate() {
         let key = policy.key(ctx.client_key, req.headers());
-        let Err(rejection) = policy.check(key) else {
+        let verdict = match shared.get(i).copied().flatten() {
+            Some(Decision::Allow) => Ok(()),
+            Some(Decision::Deny {
+                retry_after,
+                window,
+            }) => Err(Rejection::new(retry_after, key, window)),
+            None => policy.check(key),
+        };
+        let Err(rejection) = verdict else {
             continue;
         };
         if let Some(n) = report.sample(SAMPLE_RATE_LIMITED, rejection.key) {

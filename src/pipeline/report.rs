@@ -28,6 +28,8 @@ pub struct Report<'a> {
     pub bans: &'a Bans,
     pub ban_settings: &'a BanSettings,
     pub ip_rules: &'a IpRules,
+    /// Shares new bans with the other instances of a cluster.
+    pub shared: &'a Shared,
 }
 
 impl<'a> Report<'a> {
@@ -38,6 +40,7 @@ impl<'a> Report<'a> {
             bans: &shared.bans,
             ban_settings: &rt.bans,
             ip_rules: &shared.ip_rules,
+            shared,
         }
     }
 
@@ -74,9 +77,13 @@ impl<'a> Report<'a> {
             format!("banned {}: {}", until_text(&ban), ban.reason),
             MAX_TEXT_CHARS,
         );
-        self.events
-            .sink
-            .audit(base.detail("offenses", ban.offenses.to_string()));
+        let mut base = base.detail("offenses", ban.offenses.to_string());
+        if let Some(instance) = self.shared.instance() {
+            base = base.detail("instance", instance);
+        }
+        self.events.sink.audit(base);
+        self.shared
+            .replicate(crate::cluster::sync::Change::Ban { ban: ban.clone() });
         self.events.write_detached(move |store| {
             if let Err(e) = crate::bans::save(store, &ban) {
                 tracing::error!(error = %e, "storing a ban failed");

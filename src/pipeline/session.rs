@@ -679,6 +679,13 @@ fn login_failed(
             .detail("distinct_users", f.distinct_users.to_string());
         if let Some(until) = f.locked_until {
             d = d.detail("locked_until", crate::events::model::format_time(until));
+            if let Some(u) = user {
+                shared.replicate(crate::cluster::sync::Change::Lock {
+                    app: app.name.to_string(),
+                    user: crate::session::brute_force::normalise(u).into(),
+                    until,
+                });
+            }
         }
         d.user = user.map(str::to_string);
         shared.events.sink.audit(d);

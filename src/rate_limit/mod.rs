@@ -75,6 +75,7 @@ struct Window {
     /// `"<policy>-<window>"`, as named in the `RateLimit` header fields.
     label: String,
     limiter: Arc<Limiter>,
+    spec: WindowSpec,
 }
 
 /// A policy's buckets and limiters, kept by the registry across reloads.
@@ -108,7 +109,24 @@ pub struct Rejection {
     pub shared_bucket: bool,
 }
 
+impl Rejection {
+    /// A refusal decided elsewhere (the cluster's shared buckets) by `window`.
+    pub fn new(retry_after: u64, key: u128, window: usize) -> Rejection {
+        Rejection {
+            retry_after: retry_after.max(1),
+            key,
+            window,
+            shared_bucket: false,
+        }
+    }
+}
+
 impl Policy {
+    /// The windows, in order.
+    pub fn windows(&self) -> impl Iterator<Item = &WindowSpec> {
+        self.windows.iter().map(|w| &w.spec)
+    }
+
     /// The bucket key for a request.
     pub fn key(&self, ip: IpAddr, headers: &HeaderMap) -> u128 {
         match &self.key {
@@ -243,6 +261,7 @@ impl Registry {
             built.push(Window {
                 label,
                 limiter: limiter.clone(),
+                spec: w.clone(),
             });
         }
         let policy_header = HeaderValue::from_str(&policy_items.join(", "))

@@ -153,6 +153,19 @@ impl BruteForce {
             .filter(|t| *t > now)
     }
 
+    /// Puts in force a lock decided elsewhere (another instance of the cluster); returns
+    /// false when the user name was already locked at least that long.
+    pub fn apply_lock(&self, app: &Arc<str>, user: &str, until: u64) -> bool {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let e = locks.entry((app.clone(), normalise(user))).or_insert(0);
+        if *e >= until {
+            return false;
+        }
+        *e = until;
+        self.locked_hint.store(locks.len(), Ordering::Relaxed);
+        true
+    }
+
     /// Unlocks a user name in every app; returns whether it was locked.
     pub fn unlock(&self, user: &str) -> bool {
         let key = normalise(user);

@@ -381,6 +381,25 @@ impl SessionTable {
         Some(snapshot)
     }
 
+    /// Ends session `id` as revoked because another instance of the cluster revoked it.
+    /// A session this instance never saw is remembered as revoked, so its cookie is
+    /// refused here too instead of being adopted. Returns the session when one ended.
+    pub fn revoke_elsewhere(
+        &self,
+        app: &crate::session::AppPolicy,
+        id: u128,
+        reason: &str,
+        now: u64,
+    ) -> Option<Session> {
+        if self.map.contains_key(&id) {
+            return self.end(id, State::Revoked, reason, now);
+        }
+        let mut s = Session::new(id, app, None, IpAddr::from([0, 0, 0, 0]), b"", now);
+        s.end(State::Revoked, reason, now);
+        self.map.entry(id).or_insert(s);
+        None
+    }
+
     /// The user of a session, if it has one.
     pub fn user_of(&self, id: u128) -> Option<Arc<str>> {
         self.map.get(&id).and_then(|s| s.user.clone())

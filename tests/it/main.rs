@@ -6,6 +6,7 @@ mod admin;
 mod alerts;
 mod backups;
 mod canonical;
+mod cluster;
 mod config;
 mod console;
 mod container;

@@ -1,0 +1,460 @@
+//! Bans, login locks and session revocations shared by the instances of a cluster.
+//!
+//! A decision made here is offered with [`Sync::offer`] (never waits: a bounded queue,
+//! full means the change stays local until the next resync) and written by [`publish`] to
+//! a Redis hash (`<prefix>:bans`, `:locks`, `:revoked`) and the channel `<prefix>:changes`.
+//! [`subscribe`] applies what other instances publish to the in-memory sets the request
+//! path reads. [`resync`], run whenever Redis comes (back), pulls the hashes (what this
+//! instance missed while cut off) and pushes this instance's active bans, locks and
+//! revocations that Redis lacks (a Redis restarted empty gets them back). Expired entries
+//! are skipped both ways.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::Cluster;
+use crate::app::Shared;
+use crate::bans::Ban;
+use crate::events::model::now_micros;
+
+/// One shared decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Ban {
+        ban: Ban,
+    },
+    Unban {
+        ip: IpAddr,
+    },
+    Lock {
+        app: String,
+        user: String,
+        until: u64,
+    },
+    Unlock {
+        user: String,
+    },
+    /// A session ended by an operator (or a forced logout of its user).
+    Revoke {
+        app: String,
+        id: String,
+        until: u64,
+    },
+    /// Every session of a user, on the instances that know them.
+    RevokeUser {
+        user: String,
+        until: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    from: String,
+    #[serde(flatten)]
+    change: Change,
+}
+
+/// How long a revocation is kept in Redis: past it, the session has expired anyway.
+const REVOCATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The queue of local changes and the revocations this instance knows.
+pub struct Sync {
+    prefix: String,
+    instance: String,
+    tx: mpsc::Sender<Change>,
+    rx: Mutex<Option<mpsc::Receiver<Change>>>,
+    /// Revocations (id → (app, until)), to push at a resync.
+    revoked: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl Sync {
+    pub fn new(prefix: &str, instance: &str) -> Sync {
+        let (tx, rx) = mpsc::channel(4096);
+        Sync {
+            prefix: prefix.to_string(),
+            instance: instance.to_string(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            revoked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues a decision of this instance for the others; never waits.
+    pub fn offer(&self, c: Change) {
+        if let Change::Revoke { app, id, until } = &c {
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), (app.clone(), *until));
+        }
+        if self.tx.try_send(c).is_err() {
+            tracing::warn!("cluster change queue full; the change is shared at the next resync");
+        }
+    }
+
+    /// A revocation of session `id` of `app`, valid for a day.
+    pub fn revocation(app: &str, id: u128) -> Change {
+        Change::Revoke {
+            app: app.to_string(),
+            id: format!("{id:032x}"),
+            until: now_micros() + REVOCATION_TTL.as_micros() as u64,
+        }
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.key("changes")
+    }
+}
+
+/// The Redis hash and field a change lives under (`None`: it is only published).
+fn record_of(c: &Change) -> Option<(&'static str, String, Option<String>)> {
+    Some(match c {
+        Change::Ban { ban } => ("bans", ban.ip.to_string(), serde_json::to_string(ban).ok()),
+        Change::Unban { ip } => ("bans", ip.to_string(), None),
+        Change::Lock { app, user, until } => (
+            "locks",
+            format!("{app}\u{0}{user}"),
+            Some(until.to_string()),
+        ),
+        Change::Unlock { .. } | Change::RevokeUser { .. } => return None,
+        Change::Revoke { app, id, until } => {
+            ("revoked", id.clone(), Some(format!("{app}\u{0}{until}")))
+        }
+    })
+}
+
+/// Writes queued changes to Redis and publishes them; a change that cannot be written now
+/// stays in this instance's state and is pushed at the next resync.
+pub async fn publish(
+    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = &shared;
+    let Some(mut rx) = cluster
+        .sync
+        .rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return;
+    };
+    loop {
+        let c = tokio::select! {
+            c = rx.recv() => match c { Some(c) => c, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let msg = Message {
+            from: cluster.sync.instance.clone(),
+            change: c,
+        };
+        let Ok(body) = serde_json::to_string(&msg) else {
+            continue;
+        };
+        let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
+        let unlock_user = match &msg.change {
+            Change::Unlock { user } => Some(user.clone()),
+            _ => None,
+        };
+        let channel = cluster.sync.channel();
+        let locks = cluster.sync.key("locks");
+        let done = cluster
+            .call(|mut c| async move {
+                let mut p = redis::pipe();
+                p.atomic();
+                match record {
+                    Some((hash, field, Some(v))) => {
+                        p.hset(hash, field, v).ignore();
+                    }
+                    Some((hash, field, None)) => {
+                        p.hdel(hash, field).ignore();
+                    }
+                    None => {}
+                }
+                if let Some(user) = unlock_user {
+                    // Locks are per app: drop the user's lock in every app.
+                    let all: HashMap<String, String> = redis::cmd("HGETALL")
+                        .arg(&locks)
+                        .query_async(&mut c)
+                        .await?;
+                    for f in all.keys() {
+                        if f.split('\u{0}').nth(1) == Some(user.as_str()) {
+                            p.hdel(&locks, f).ignore();
+                        }
+                    }
+                }
+                p.publish(channel, body).ignore();
+                p.query_async::<()>(&mut c).await
+            })
+            .await;
+        if done.is_none() {
+            tracing::debug!("cluster change not published (redis unreachable); kept for resync");
+        }
+    }
+}
+
+/// Applies one change made elsewhere; returns whether it changed anything here.
+fn apply(shared: &Shared, from: &str, c: Change) -> bool {
+    let now = now_micros();
+    let changed = match c {
+        Change::Ban { ban } => {
+            if !ban.active(now) {
+                return false;
+            }
+            let stored = ban.clone();
+            let applied = shared.bans.apply(ban);
+            if applied {
+                shared.events.write_detached(move |store| {
+                    if let Err(e) = crate::bans::save(store, &stored) {
+                        tracing::error!(error = %e, "storing a shared ban failed");
+                    }
+                });
+            }
+            applied
+        }
+        Change::Unban { ip } => {
+            let lifted = shared.bans.unban(ip).is_some();
+            if lifted {
+                shared.events.write_detached(move |store| {
+                    if let Err(e) = crate::bans::remove(store, &[ip]) {
+                        tracing::error!(error = %e, "removing a shared ban failed");
+                    }
+                });
+            }
+            lifted
+        }
+        Change::Lock { app, user, until } => {
+            until > now
+                && shared
+                    .sessions
+                    .brute_force
+                    .apply_lock(&app.into(), &user, until)
+        }
+        Change::Unlock { user } => shared.sessions.brute_force.unlock(&user),
+        Change::Revoke { app, id, until } => {
+            if until <= now {
+                return false;
+            }
+            let rt = shared.runtime.load();
+            let (Some(id), Some(policy)) =
+                (crate::session::table::hex_id::parse(&id), rt.app(&app))
+            else {
+                return false;
+            };
+            let reason = format!("revoked on instance {from}");
+            let now = shared.sessions.clock.now();
+            match shared
+                .sessions
+                .table
+                .revoke_elsewhere(policy, id, &reason, now)
+            {
+                Some(s) => {
+                    crate::session::persist(&shared.events, vec![s]);
+                    true
+                }
+                None => false,
+            }
+        }
+        Change::RevokeUser { user, .. } => {
+            let now = shared.sessions.clock.now();
+            let reason = format!("forced logout on instance {from}");
+            let mut ended = Vec::new();
+            for id in shared.sessions.table.of_user(&user) {
+                if let Some(s) = shared.sessions.table.end(
+                    id,
+                    crate::session::table::State::Revoked,
+                    &reason,
+                    now,
+                ) {
+                    ended.push(s);
+                }
+            }
+            let any = !ended.is_empty();
+            crate::session::persist(&shared.events, ended);
+            any
+        }
+    };
+    if changed {
+        shared.metrics.cluster_changes_applied.inc();
+    }
+    changed
+}
+
+/// Applies what other instances publish, reconnecting (and resynchronizing) when the
+/// subscription drops.
+pub async fn subscribe(
+    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut connected_once = false;
+    loop {
+        let sub = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut ps = cluster.client().get_async_pubsub().await?;
+            ps.subscribe(cluster.sync.channel()).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        if let Ok(Ok(mut ps)) = sub {
+            if connected_once {
+                // Messages published while the subscription was down are in the hashes.
+                let _ = resync(&shared, &cluster).await;
+            }
+            connected_once = true;
+            let mut messages = ps.on_message();
+            loop {
+                let m = tokio::select! {
+                    m = messages.next() => m,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(m) = m else { break };
+                let Ok(payload) = m.get_payload::<String>() else {
+                    continue;
+                };
+                let Ok(msg) = serde_json::from_str::<Message>(&payload) else {
+                    tracing::warn!("ignoring a malformed cluster message");
+                    continue;
+                };
+                if msg.from == cluster.sync.instance {
+                    continue;
+                }
+                apply(&shared, &msg.from, msg.change);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Pulls the shared hashes and pushes what Redis lacks; returns (applied here, pushed).
+pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize), String> {
+    let conn = cluster
+        .conn
+        .load_full()
+        .ok_or_else(|| "not connected".to_string())?;
+    let mut c = (*conn).clone();
+    let s = &cluster.sync;
+    let (bans_key, locks_key, revoked_key) = (s.key("bans"), s.key("locks"), s.key("revoked"));
+    let fetch = async {
+        let bans: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&bans_key)
+            .query_async(&mut c)
+            .await?;
+        let locks: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&locks_key)
+            .query_async(&mut c)
+            .await?;
+        let revoked: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&revoked_key)
+            .query_async(&mut c)
+            .await?;
+        Ok::<_, redis::RedisError>((bans, locks, revoked))
+    };
+    let (bans, locks, revoked) = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let now = now_micros();
+    let mut applied = 0;
+    let mut expired = Vec::new();
+    for (field, v) in &bans {
+        match serde_json::from_str::<Ban>(v) {
+            Ok(b) if b.active(now) => {
+                applied += usize::from(apply(shared, "redis", Change::Ban { ban: b }));
+            }
+            _ => expired.push((bans_key.clone(), field.clone())),
+        }
+    }
+    for (field, v) in &locks {
+        let (app, user) = field.split_once('\u{0}').unwrap_or(("", field));
+        match v.parse::<u64>() {
+            Ok(until) if until > now => {
+                let c = Change::Lock {
+                    app: app.to_string(),
+                    user: user.to_string(),
+                    until,
+                };
+                applied += usize::from(apply(shared, "redis", c));
+            }
+            _ => expired.push((locks_key.clone(), field.clone())),
+        }
+    }
+    for (id, v) in &revoked {
+        let (app, until) = v.split_once('\u{0}').unwrap_or(("", "0"));
+        match until.parse::<u64>() {
+            Ok(until) if until > now => {
+                let c = Change::Revoke {
+                    app: app.to_string(),
+                    id: id.clone(),
+                    until,
+                };
+                applied += usize::from(apply(shared, "redis", c));
+            }
+            _ => expired.push((revoked_key.clone(), id.clone())),
+        }
+    }
+    // Push what this instance knows and Redis lacks (or holds shorter).
+    let mut p = redis::pipe();
+    let mut pushed = 0;
+    for b in shared.bans.active() {
+        let field = b.ip.to_string();
+        let newer = bans
+            .get(&field)
+            .and_then(|v| serde_json::from_str::<Ban>(v).ok())
+            .is_none_or(|r| r.until < b.until);
+        if newer {
+            if let Ok(v) = serde_json::to_string(&b) {
+                p.hset(&bans_key, field, v).ignore();
+                pushed += 1;
+            }
+        }
+    }
+    for (app, user, until) in shared.sessions.brute_force.locks(now) {
+        let field = format!("{app}\u{0}{user}");
+        if locks
+            .get(&field)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|r| r < until)
+        {
+            p.hset(&locks_key, field, until.to_string()).ignore();
+            pushed += 1;
+        }
+    }
+    {
+        let mut known = s.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|_, (_, until)| *until > now);
+        for (id, (app, until)) in known.iter() {
+            if !revoked.contains_key(id) {
+                p.hset(&revoked_key, id, format!("{app}\u{0}{until}"))
+                    .ignore();
+                pushed += 1;
+            }
+        }
+    }
+    let expired_n = expired.len();
+    for (hash, field) in expired {
+        p.hdel(hash, field).ignore();
+    }
+    if pushed + expired_n == 0 {
+        return Ok((applied, 0));
+    }
+    tokio::time::timeout(Duration::from_secs(5), p.query_async::<()>(&mut c))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((applied, pushed))
+}
