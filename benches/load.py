@@ -27,6 +27,9 @@ commit) adds "gateway-baseline", the same config on that binary, to every round 
 "gateway-baseline-waf" when gateway-waf runs).
 "gateway-secure" (in --only) is the gateway with 10,000 IP rules and a three-window rate
 limit on, to measure what those phases cost against plain "gateway" in the same run.
+"gateway-cluster" is gateway-secure with `[cluster]` on a redis-server the script starts
+(pinned with the backend), its rate limit counted in Redis: `--only gateway-secure,
+gateway-cluster --scenarios h1-keepalive,fixed-rate` measures what sharing costs.
 "gateway-waf" is the gateway with the shipped native WAF rules (rules/*.toml, blocking) on,
 against plain "gateway": `--only gateway,gateway-waf --scenarios get-args,json-post`.
 Scenarios get-args (HTTP/1.1 GET with five query arguments) and json-post (a 2 KiB JSON
@@ -51,7 +54,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18080
 PORTS = {"gateway": 19443, "nginx": 19444, "haproxy": 19445, "gateway-secure": 19446,
          "gateway-crs": 19447, "nginx-modsec": 19448, "gateway-baseline": 19449,
-         "gateway-waf": 19450, "gateway-baseline-waf": 19451}
+         "gateway-waf": 19450, "gateway-baseline-waf": 19451, "gateway-cluster": 19452}
+REDIS_PORT = 19460
 # OWASP CRS v4 for the WAF comparison (`--only gateway-crs,nginx-modsec`): the gateway's
 # compiled CRS against nginx + libmodsecurity3 (Debian) running the same files.
 CRS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "crs"))
@@ -265,6 +269,12 @@ upstream = "backend"
                 + '\n[[rate_limits]]\nname = "per-ip"\nlimits = [{ requests = 1000000000, per = "1m" }, '
                   '{ requests = 1000000000, per = "1h" }, { requests = 1000000000, per = "1d" }]\n'
                 + rules)
+    with open(f"{d}/gateway-secure.toml") as f:
+        secure = f.read()
+    with open(f"{d}/gateway-cluster.toml", "w") as f:
+        f.write(secure.replace(f"127.0.0.1:{PORTS['gateway-secure']}", f"127.0.0.1:{PORTS['gateway-cluster']}")
+                .replace(f'data_dir = "{d}/data"', f'data_dir = "{d}/data-cluster"')
+                + f'\n[cluster]\nbackend = "redis"\nurl = "redis://127.0.0.1:{REDIS_PORT}"\ninstance = "bench"\n')
 
 
 def start(name, d, gateway_bin, baseline_bin=None):
@@ -422,6 +432,12 @@ def main():
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", f"{d}/backend.conf", "-g", "daemon off;"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_port(BACKEND_PORT)
+    redis = None
+    if "gateway-cluster" in args.only:
+        redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(REDIS_PORT),
+                                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_port(REDIS_PORT)
     proxies = args.only.split(",")
     scenarios = args.scenarios.split(",")
     results = {}  # (scenario, proxy) -> list of dicts
@@ -450,6 +466,8 @@ def main():
                 stop(p)
     finally:
         stop(backend)
+        if redis:
+            stop(redis)
     print("\nmedians of", args.rounds, "rounds (proxy pinned to one core; CPU = proxy utime+stime)")
     for sc in scenarios:
         base = med(results.get((sc, "nginx"), []), "cpu_us_per_req")
@@ -463,6 +481,9 @@ def main():
                 ratio += f"  {m['cpu_us_per_req'] / baseline:.3f}x baseline CPU"
             if proxy in ("gateway-secure", "gateway-waf") and plain:
                 ratio += f"  {m['cpu_us_per_req'] / plain:.2f}x gateway CPU"
+            secure = med(results.get((sc, "gateway-secure"), []), "cpu_us_per_req")
+            if proxy == "gateway-cluster" and secure:
+                ratio += f"  {m['cpu_us_per_req'] / secure:.2f}x gateway-secure CPU"
             if proxy == "gateway-baseline-waf" and baseline:
                 ratio += f"  {m['cpu_us_per_req'] / baseline:.2f}x gateway-baseline CPU"
             modsec = med(results.get((sc, "nginx-modsec"), []), "cpu_us_per_req")
