@@ -116,18 +116,15 @@ impl tower_service::Service<Name> for EgressResolver {
 }
 
 /// `host:port` of an `http(s)://` URL (default ports filled in).
-fn host_port(url: &str) -> Option<(String, u16)> {
+pub fn host_port(url: &str) -> Option<(String, u16)> {
     let uri: http::Uri = url.parse().ok()?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return None; // builtin:echo: nothing to reach
-    }
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
+    let default = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        "redis" | "rediss" => 6379,
+        _ => return None, // builtin:echo: nothing to reach
+    };
+    let port = uri.port_u16().unwrap_or(default);
     Some((uri.host()?.trim_matches(['[', ']']).to_string(), port))
 }
 
@@ -200,6 +197,9 @@ pub fn network_policy(
         if let Some((host, port)) = host_port(&w.url) {
             egress.push(egress_to(&host, port, &allow));
         }
+    }
+    if let Some((host, port)) = raw.cluster.as_ref().and_then(|c| host_port(&c.url)) {
+        egress.push(egress_to(&host, port, &allow));
     }
     egress.push(json!({
         "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],

@@ -895,6 +895,18 @@ fn compile_egress(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> crate::network
         }
     }
     let egress = crate::network::Egress::new(nets);
+    let cluster = cfg.raw.cluster.as_ref();
+    if let Some(ip) = cluster
+        .and_then(|c| crate::network::host_port(&c.url))
+        .and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok())
+    {
+        if !egress.allows(ip) {
+            errs.push(cfg.error(
+                &KeyPath::of(&["cluster", "url"]),
+                format!("{ip} is outside [network] egress_allow"),
+            ));
+        }
+    }
     for (i, w) in cfg.raw.alerts.webhooks.iter().enumerate() {
         let host = w
             .url

@@ -430,6 +430,14 @@ fn cluster_config_mistakes_are_named() {
     let e = bad("\n[cluster]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n");
     assert_eq!(e[0].key, "cluster.url", "{e:?}");
     let e = bad(
+        "\n[network]\negress_allow = [\"10.0.0.0/8\"]\n\n[cluster]\nbackend = \"redis\"\nurl = \"redis://192.0.2.1:6379\"\n",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.key == "cluster.url" && e.message.contains("egress_allow")),
+        "{e:?}"
+    );
+    let e = bad(
         "\n[cluster]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ninstance = \"a b\"\n",
     );
     assert_eq!(e[0].key, "cluster.instance", "{e:?}");

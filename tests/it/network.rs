@@ -84,6 +84,10 @@ cidr = "192.0.2.0/24"
 name = "ops"
 url = "https://10.9.9.9/hook"
 secret_env = "X"
+
+[cluster]
+backend = "redis"
+url = "redis://10.7.7.7/0"
 "#,
     )
     .replace("127.0.0.1:0\"\ntls = true", "0.0.0.0:8443\"\ntls = true")
@@ -154,7 +158,8 @@ secret_env = "X"
     assert_eq!(ports, BTreeSet::from([8443, 8080]));
     assert_eq!(ingress[0]["from"][0]["ipBlock"]["cidr"], "192.0.2.0/24");
     assert_eq!(ingress[1]["ports"][0]["port"], 9090);
-    // Egress: the literal upstream, the named one within egress_allow, the webhook, DNS.
+    // Egress: the literal upstream, the named one within egress_allow, the webhook, the
+    // cluster's Redis, DNS.
     let egress = spec["egress"].as_array().unwrap();
     let to = |i: usize| {
         egress[i]["to"][0]["ipBlock"]["cidr"]
@@ -174,7 +179,11 @@ secret_env = "X"
         (to(2), egress[2]["ports"][0]["port"].as_u64()),
         ("10.9.9.9/32".into(), Some(443))
     );
-    let dns = &egress[3];
+    assert_eq!(
+        (to(3), egress[3]["ports"][0]["port"].as_u64()),
+        ("10.7.7.7/32".into(), Some(6379))
+    );
+    let dns = &egress[4];
     assert_eq!(dns["ports"].as_array().unwrap().len(), 2);
     assert!(dns["ports"]
         .as_array()
