@@ -37,6 +37,10 @@ pub enum Change {
         app: String,
         user: String,
         until: u64,
+        /// Set when the lock comes from failures counted across instances: the instance
+        /// whose failure crossed the limit (it records the detection) and the count.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shared_detection: Option<(String, u32)>,
     },
     Unlock {
         user: String,
@@ -122,7 +126,9 @@ fn record_of(c: &Change) -> Option<(&'static str, String, Option<String>)> {
     Some(match c {
         Change::Ban { ban } => ("bans", ban.ip.to_string(), serde_json::to_string(ban).ok()),
         Change::Unban { ip } => ("bans", ip.to_string(), None),
-        Change::Lock { app, user, until } => (
+        Change::Lock {
+            app, user, until, ..
+        } => (
             "locks",
             format!("{app}\u{0}{user}"),
             Some(until.to_string()),
@@ -235,12 +241,38 @@ fn apply(shared: &Shared, from: &str, c: Change) -> bool {
             }
             lifted
         }
-        Change::Lock { app, user, until } => {
-            until > now
+        Change::Lock {
+            app,
+            user,
+            until,
+            shared_detection,
+        } => {
+            let applied = until > now
                 && shared
                     .sessions
                     .brute_force
-                    .apply_lock(&app.into(), &user, until)
+                    .apply_lock(&app.clone().into(), &user, until);
+            if let Some((by, failures)) = shared_detection.filter(|_| applied) {
+                if shared.instance() == Some(by.as_str()) {
+                    let mut e = crate::events::AuditEvent::new(
+                        crate::events::EventType::BruteForceDetected,
+                        format!("brute force on user `{user}`: {failures} failed logins across the cluster's instances"),
+                    )
+                    .detail("app", app)
+                    .detail("kind", "user")
+                    .detail("across_instances", "true")
+                    .detail("instance", by)
+                    .detail("locked_until", crate::events::model::format_time(until));
+                    e.user = Some(user.clone());
+                    shared.events.sink.audit(e);
+                    shared
+                        .metrics
+                        .brute_force_detections
+                        .with_label_values(&["user"])
+                        .inc();
+                }
+            }
+            applied
         }
         Change::Unlock { user } => shared.sessions.brute_force.unlock(&user),
         Change::Revoke { app, id, until } => {
@@ -327,6 +359,8 @@ pub async fn subscribe(
                     tracing::warn!("ignoring a malformed cluster message");
                     continue;
                 };
+                // Detections counted in Redis come from "cluster": every instance, this
+                // one included, applies them.
                 if msg.from == cluster.sync.instance {
                     continue;
                 }
@@ -387,6 +421,7 @@ pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize)
                     app: app.to_string(),
                     user: user.to_string(),
                     until,
+                    shared_detection: None,
                 };
                 applied += usize::from(apply(shared, "redis", c));
             }
@@ -457,4 +492,94 @@ pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize)
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
     Ok((applied, pushed))
+}
+
+/// Sliding-window failure count per (app, user) shared by the instances: adds this failure
+/// (or, with ARGV[4] = 1, clears the window: a local detection already locked the user)
+/// and clears the window when it reaches the limit. ARGV: window µs, limit, member, clear.
+const FAILURES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[4] == '1' then redis.call('DEL', KEYS[1]) return 0 end
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+if n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
+return n
+"#;
+
+/// Counts a failed login of `user` in the cluster's shared window (in the background: the
+/// request does not wait). Reaching the app's `max_failures` across instances locks the
+/// user everywhere; `local_detection`: this instance already locked it (the shared window
+/// restarts).
+pub fn count_failure(
+    cluster: &Arc<Cluster>,
+    app: &crate::session::AppPolicy,
+    user: &str,
+    local_detection: bool,
+) {
+    let bf = &app.brute_force;
+    if !bf.enabled || bf.lock_micros == 0 || !cluster.is_up() {
+        return;
+    }
+    let cluster = cluster.clone();
+    let user = crate::session::brute_force::normalise(user).to_string();
+    let app_name = app.name.to_string();
+    let (window, limit, lock) = (bf.window_micros, bf.max_failures, bf.lock_micros);
+    tokio::spawn(async move {
+        let key = format!("{}:bf:{{{app_name}\u{0}{user}}}", cluster.settings.prefix);
+        let member = format!(
+            "{}:{}",
+            cluster.settings.instance,
+            crate::secrets::random_hex::<8>()
+        );
+        let script = redis::Script::new(FAILURES);
+        let n: Option<u32> = cluster
+            .call(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(window)
+                    .arg(limit)
+                    .arg(member)
+                    .arg(u8::from(local_detection))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if let Some(n) = n.filter(|n| !local_detection && *n >= limit) {
+            let lock = Change::Lock {
+                app: app_name,
+                user,
+                until: now_micros() + lock,
+                shared_detection: Some((cluster.settings.instance.clone(), n)),
+            };
+            publish_as(&cluster, "cluster", lock).await;
+        }
+    });
+}
+
+/// Writes and publishes `change` as coming from `from` (see [`publish`]).
+async fn publish_as(cluster: &Cluster, from: &str, change: Change) {
+    let msg = Message {
+        from: from.to_string(),
+        change,
+    };
+    let Ok(body) = serde_json::to_string(&msg) else {
+        return;
+    };
+    let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
+    let channel = cluster.sync.channel();
+    cluster
+        .call(|mut c| async move {
+            let mut p = redis::pipe();
+            p.atomic();
+            if let Some((hash, field, Some(v))) = record {
+                p.hset(hash, field, v).ignore();
+            }
+            p.publish(channel, body).ignore();
+            p.query_async::<()>(&mut c).await
+        })
+        .await;
 }

@@ -638,6 +638,9 @@ fn login_failed(
         e = e.escalated();
     }
     shared.events.sink.audit(e);
+    if let (Some(cluster), Some(u)) = (&shared.cluster, user) {
+        crate::cluster::sync::count_failure(cluster, app, u, f.user_detected);
+    }
 
     let report = Report::of(shared, rt);
     if f.detected() {
@@ -684,6 +687,7 @@ fn login_failed(
                     app: app.name.to_string(),
                     user: crate::session::brute_force::normalise(u).into(),
                     until,
+                    shared_detection: None,
                 });
             }
         }

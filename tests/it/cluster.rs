@@ -275,6 +275,36 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     let locks = api(&b, "GET", "/api/v1/login-locks", None).await.json();
     assert_eq!(locks["items"][0]["user"], "carol", "{locks}");
 
+    // Guesses spread over both instances (2 on A, 1 on B, from different addresses) are
+    // counted once: the user is locked on both, and B records the detection.
+    for (gw, ip) in [
+        (&a, "198.51.100.32"),
+        (&a, "198.51.100.33"),
+        (&b, "198.51.100.34"),
+    ] {
+        let r = send(gw, "POST", "/login", ip, None, "user=erin&password=nope").await;
+        assert_eq!(r.status, 401);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for gw in [&a, &b] {
+        within_a_second("shared-count lock", || async {
+            let locks = api(gw, "GET", "/api/v1/login-locks", None).await.json();
+            locks["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["user"] == "erin")
+        })
+        .await;
+    }
+    let detected = events_of(&b, "brute_force_detected").await;
+    let across = detected
+        .iter()
+        .find(|e| e["user"] == "erin")
+        .unwrap_or_else(|| panic!("{detected:?}"));
+    assert_eq!(across["details"]["across_instances"], "true");
+    assert_eq!(across["details"]["instance"], "gw-b");
+
     // A session created on A, revoked on A, is refused on B within a second.
     let r = send(
         &a,
