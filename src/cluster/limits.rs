@@ -5,8 +5,8 @@
 //! **Reservations.** A script call may take up to `n` tokens at once (as many as every
 //! window has, at most `n`); the instance keeps the extra ones for one second and spends
 //! them on the next requests of the same key without asking Redis. `n` is a tenth of the
-//! policy's smallest burst, capped by `reserve_max` (so a 10-burst policy asks for one token
-//! per request and is exact). The approximation, stated: the total admitted across the
+//! policy's smallest burst, capped by `reserve_max` (default 100; a burst under 20 asks for
+//! one token per request and is exact). The approximation, stated: the total admitted across the
 //! cluster never exceeds the limit; tokens an instance reserved but did not use within a
 //! second are lost, so a key may be refused up to `(n − 1) × instances` requests early.
 //! A refusal is remembered until its `Retry-After`, so a throttled client costs no round
@@ -92,16 +92,23 @@ impl SharedLimits {
         }
     }
 
-    /// The Redis key part for a request (the same on every instance).
+    /// The bucket id for a request, `<policy>|<key>` (the same on every instance).
     pub fn key(policy: &Policy, ip: IpAddr, headers: &HeaderMap) -> String {
+        use std::fmt::Write;
+        let mut id = String::with_capacity(policy.name.len() + 48);
+        id.push_str(&policy.name);
+        id.push('|');
         match policy.key_source() {
-            KeySource::Ip => ip.to_string(),
-            KeySource::Route => "route".into(),
-            KeySource::Header(h) => match headers.get(h) {
-                Some(v) => crate::secrets::hex(&Sha256::digest(v.as_bytes())[..16]),
-                None => ip.to_string(),
-            },
+            KeySource::Route => id.push_str("route"),
+            KeySource::Header(h) if headers.contains_key(h) => {
+                let v = headers.get(h).map_or(&[][..], |v| v.as_bytes());
+                id.push_str(&crate::secrets::hex(&Sha256::digest(v)[..16]));
+            }
+            KeySource::Ip | KeySource::Header(_) => {
+                let _ = write!(id, "{ip}");
+            }
         }
+        id
     }
 
     /// Tokens asked for per round trip for `policy`.
@@ -110,12 +117,11 @@ impl SharedLimits {
         (smallest / 10).clamp(1, self.reserve_max)
     }
 
-    /// The shared verdict for one request of `key`, or `None` when Redis could not be
-    /// asked in time (the caller decides locally).
-    pub async fn check(&self, cluster: &Cluster, policy: &Policy, key: &str) -> Option<Decision> {
-        let id = format!("{}|{key}", policy.name);
+    /// The shared verdict for one request of bucket `id` (see [`SharedLimits::key`]), or
+    /// `None` when Redis could not be asked in time (the caller decides locally).
+    pub async fn check(&self, cluster: &Cluster, policy: &Policy, id: &str) -> Option<Decision> {
         let now = Instant::now();
-        if let Some(mut l) = self.local.get_mut(&id) {
+        if let Some(mut l) = self.local.get_mut(id) {
             match *l {
                 Local::Tokens { left, until } if left > 0 && until > now => {
                     *l = Local::Tokens {
@@ -157,7 +163,7 @@ impl SharedLimits {
         if granted == 0 {
             let wait = Duration::from_micros(wait_us.max(1));
             self.local.insert(
-                id,
+                id.to_string(),
                 Local::Denied {
                     until: now + wait,
                     window,
@@ -170,14 +176,14 @@ impl SharedLimits {
         }
         if granted > 1 {
             self.local.insert(
-                id,
+                id.to_string(),
                 Local::Tokens {
                     left: granted - 1,
                     until: now + GRANT_TTL,
                 },
             );
         } else {
-            self.local.remove(&id);
+            self.local.remove(id);
         }
         Some(Decision::Allow)
     }

@@ -90,7 +90,7 @@ fn default_cluster_timeout() -> Duration {
     Duration::from_millis(50)
 }
 fn default_cluster_reserve() -> u32 {
-    10
+    100
 }
 fn default_cluster_prefix() -> String {
     "gateway".into()
