@@ -369,6 +369,9 @@ impl Gateway {
             &crate::admin::auth::read_secrets(&admin)?,
         ));
 
+        if let Some(s) = &rt.cluster {
+            bans.set_instance(&s.instance);
+        }
         let cluster = match &rt.cluster {
             Some(s) => Some(Arc::new(
                 crate::cluster::Cluster::new(s.clone(), &metrics)

@@ -84,6 +84,9 @@ pub struct Ban {
     /// How many times this address has been banned within the history window.
     pub offenses: u32,
     pub manual: bool,
+    /// In a cluster: the instance that decided the ban.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Ban {
@@ -98,6 +101,8 @@ pub struct Bans {
     /// Records whose ban may still be active (a fast "nobody is banned" check).
     active_hint: AtomicUsize,
     scores: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// This instance's name in a cluster, written into the bans it decides.
+    instance: std::sync::OnceLock<String>,
 }
 
 impl Default for Bans {
@@ -106,6 +111,7 @@ impl Default for Bans {
             records: DashMap::new(),
             active_hint: AtomicUsize::new(0),
             scores: Mutex::new(HashMap::new()),
+            instance: std::sync::OnceLock::new(),
         }
     }
 }
@@ -206,6 +212,7 @@ impl Bans {
             reason,
             offenses,
             manual,
+            instance: self.instance.get().cloned(),
         };
         let was_active = self
             .records
@@ -215,6 +222,11 @@ impl Bans {
             self.active_hint.fetch_add(1, Ordering::Relaxed);
         }
         ban
+    }
+
+    /// Names the bans this instance decides (in a cluster); set once at start.
+    pub fn set_instance(&self, name: &str) {
+        let _ = self.instance.set(name.to_string());
     }
 
     /// Puts in force a ban decided elsewhere (another instance of the cluster), as it is;

@@ -235,6 +235,15 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
         send(&b, "GET", "/x", "203.0.113.9", None, "").await.status == 403
     })
     .await;
+    // B's list names the instance that decided it.
+    let listed = api(&b, "GET", "/api/v1/bans", None).await.json();
+    let ban = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["ip"] == "203.0.113.9")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(ban["instance"], "gw-a", "{ban}");
     assert_eq!(
         api(&b, "DELETE", "/api/v1/bans/203.0.113.9", None)
             .await
