@@ -141,6 +141,9 @@ fn revoke(st: &AdminState, id: u128, reason: &str, by: &str) -> Option<Session> 
         .end(id, SessionState::Revoked, reason, now)?;
     st.shared
         .replicate(crate::cluster::sync::Sync::revocation(&s.app, id));
+    if let (Some(cluster), Some(user)) = (&st.shared.cluster, &s.user) {
+        crate::cluster::sync::session_ended(cluster, &s.app, user, id);
+    }
     st.shared.events.sink.audit(
         session_event(EventType::SessionRevoked, format!("session {reason}"), &s)
             .detail("reason", reason)

@@ -583,3 +583,96 @@ async fn publish_as(cluster: &Cluster, from: &str, change: Change) {
         })
         .await;
 }
+
+/// The sessions of one (app, user) across the instances, by when each ends at the latest
+/// (absolute lifetime): adds ARGV[2] (ending at ARGV[3]), drops ended entries, and returns
+/// the oldest ids beyond ARGV[4], removed. With ARGV[1] = "forget": removes ARGV[2] only.
+const USER_SESSIONS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[1] == 'forget' then redis.call('ZREM', KEYS[1], ARGV[2]) return {} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+local max = tonumber(ARGV[4])
+local out = {}
+if n > max then
+  out = redis.call('ZRANGE', KEYS[1], 0, n - max - 1)
+  redis.call('ZREM', KEYS[1], unpack(out))
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(last[2]) - now) / 1000))) end
+return out
+"#;
+
+fn user_sessions_key(cluster: &Cluster, app: &str, user: &str) -> String {
+    format!("{}:us:{{{app}\u{0}{user}}}", cluster.settings.prefix)
+}
+
+/// A new session of `user` (in the background): past the app's `max_per_user` across the
+/// instances, the oldest sessions are revoked on every instance (`evict_oldest`).
+pub fn session_created(
+    cluster: &Arc<Cluster>,
+    app: &crate::session::AppPolicy,
+    user: &str,
+    id: u128,
+    created: u64,
+) {
+    if app.max_per_user == 0
+        || app.on_limit != crate::session::OnLimit::EvictOldest
+        || !cluster.is_up()
+    {
+        return;
+    }
+    let cluster = cluster.clone();
+    let key = user_sessions_key(&cluster, &app.name, user);
+    let app_name = app.name.to_string();
+    let ends = created.saturating_add(app.absolute_micros);
+    let max = app.max_per_user;
+    tokio::spawn(async move {
+        let script = redis::Script::new(USER_SESSIONS);
+        let evicted: Option<Vec<String>> = cluster
+            .call(|mut c| async move {
+                script
+                    .key(key)
+                    .arg("add")
+                    .arg(format!("{id:032x}"))
+                    .arg(ends)
+                    .arg(max)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        for old in evicted.unwrap_or_default() {
+            let revoke = Change::Revoke {
+                app: app_name.clone(),
+                id: old,
+                until: now_micros() + REVOCATION_TTL.as_micros() as u64,
+            };
+            publish_as(&cluster, "cluster", revoke).await;
+        }
+    });
+}
+
+/// A session of `user` ended here (logout, revocation): it no longer counts towards the
+/// user's limit across the instances.
+pub fn session_ended(cluster: &Arc<Cluster>, app: &str, user: &str, id: u128) {
+    if !cluster.is_up() {
+        return;
+    }
+    let cluster = cluster.clone();
+    let key = user_sessions_key(&cluster, app, user);
+    tokio::spawn(async move {
+        let script = redis::Script::new(USER_SESSIONS);
+        let _: Option<Vec<String>> = cluster
+            .call(|mut c| async move {
+                script
+                    .key(key)
+                    .arg("forget")
+                    .arg(format!("{id:032x}"))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+    });
+}

@@ -526,6 +526,10 @@ fn registered(
         tracing::warn!(app = %app.name, "session table full (sessions.max_sessions): a new session is not tracked");
     }
     if let Some(s) = shared.sessions.table.get(id).filter(|_| !reg.refused) {
+        if let (Some(cluster), Some(user)) = (&shared.cluster, &s.user) {
+            // A new session of the user, or a user given to an anonymous one (login).
+            crate::cluster::sync::session_created(cluster, app, user, id, s.created);
+        }
         if reg.created {
             shared.metrics.sessions_created.inc();
             shared.events.sink.audit(with_session(
@@ -582,6 +586,9 @@ fn end(
     now: u64,
 ) {
     if let Some(s) = shared.sessions.table.end(id, state, reason, now) {
+        if let (Some(cluster), Some(user)) = (&shared.cluster, &s.user) {
+            crate::cluster::sync::session_ended(cluster, &app.name, user, id);
+        }
         shared.events.sink.audit(with_session(
             event(
                 EventType::SessionClosed,

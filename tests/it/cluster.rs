@@ -102,7 +102,10 @@ logout = { path = "/logout" }
 cookie = "sid"
 idle_timeout = "10m"
 absolute_timeout = "1h"
+max_per_user = 2
 invalid = "reject"
+# Behind a load balancer without sticky sessions: a session first seen here is adopted.
+unknown = "adopt"
 
 [apps.brute_force]
 max_failures = 3
@@ -338,6 +341,13 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
             .status,
         200
     );
+    // B adopts it (it never saw the login) and serves it until the revocation.
+    assert_eq!(
+        send(&b, "GET", "/home", "198.51.100.40", Some(&cookie), "")
+            .await
+            .status,
+        200
+    );
     flush(&a).await;
     let listed = api(&a, "GET", "/api/v1/sessions?user=dave", None)
         .await
@@ -356,6 +366,52 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
             == 401
     })
     .await;
+
+    // Two sessions per user across the pair: frank's third login (on A, which itself
+    // holds two of them) evicts his oldest session on every instance.
+    let mut cookies = Vec::new();
+    for gw in [&a, &b, &a] {
+        let r = send(
+            gw,
+            "POST",
+            "/login",
+            "198.51.100.60",
+            None,
+            "user=frank&password=secret",
+        )
+        .await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let c = r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        cookies.push(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for gw in [&b, &a] {
+        within_a_second("oldest session evicted", || async {
+            send(gw, "GET", "/home", "198.51.100.60", Some(&cookies[0]), "")
+                .await
+                .status
+                == 401
+        })
+        .await;
+    }
+    assert_eq!(
+        send(&b, "GET", "/home", "198.51.100.60", Some(&cookies[1]), "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(&a, "GET", "/home", "198.51.100.60", Some(&cookies[2]), "")
+            .await
+            .status,
+        200
+    );
 
     // A ban made while both are connected, then Redis is killed: every request is still
     // served (on local state), within the timeout, and the ban holds everywhere.
