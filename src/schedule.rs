@@ -25,7 +25,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
 /// A compiled schedule.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub enum Schedule {
     /// Runs this long after the previous run.
     Every(Duration),

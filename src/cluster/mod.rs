@@ -224,9 +224,9 @@ impl Cluster {
         }
     }
 
-    /// Counts a decision taken locally because Redis could not be asked.
-    pub fn fell_back(&self) {
-        self.metrics.fallbacks.inc();
+    /// Counts decisions (one per policy) taken locally because Redis could not be asked.
+    pub fn fell_back(&self, decisions: usize) {
+        self.metrics.fallbacks.inc_by(decisions as u64);
     }
 
     fn set_up(&self, up: bool) -> bool {
@@ -234,37 +234,26 @@ impl Cluster {
         self.up.swap(up, Ordering::Relaxed) != up
     }
 
-    /// Connects (or checks the connection) once: a `PING` within a second.
-    async fn connect(&self) -> Result<(), redis::RedisError> {
-        let mut conn = match self.conn.load_full() {
-            Some(c) => (*c).clone(),
-            None => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
-                let c = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                })??;
-                self.conn.store(Some(Arc::new(c.clone())));
-                c
-            }
-        };
-        let _: String = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async(&mut conn),
+    /// The command connection, made on first use (it reconnects by itself afterwards).
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let c = tokio::time::timeout(
+            Duration::from_secs(2),
+            ConnectionManager::new_with_config(self.client.clone(), config),
         )
         .await
         .map_err(|_| {
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
         })??;
-        Ok(())
+        self.conn.store(Some(Arc::new(c.clone())));
+        Ok(c)
     }
 
     pub(crate) fn client(&self) -> &redis::Client {
@@ -310,35 +299,35 @@ pub async fn run(
         cluster.clone(),
         stop.clone(),
     ));
-    tokio::spawn(sync::publish(shared.clone(), cluster.clone(), stop.clone()));
+    tokio::spawn(sync::publish(cluster.clone(), stop.clone()));
     loop {
-        let ok = match cluster.connect().await {
-            Ok(()) => {
-                let key = cluster.heartbeat_key(&cluster.settings.instance);
-                let beat = serde_json::json!({
-                    "instance": cluster.settings.instance,
-                    "started": crate::events::model::format_time(started),
-                    "seen": crate::events::model::format_time(crate::events::model::now_micros()),
-                    "bans": shared.bans.active().len(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                })
-                .to_string();
-                let conn = cluster.conn.load_full();
-                match conn {
-                    Some(c) => {
-                        let mut c = (*c).clone();
-                        redis::cmd("SET")
-                            .arg(&key)
-                            .arg(beat)
-                            .arg("PX")
-                            .arg(5000)
-                            .query_async::<()>(&mut c)
-                            .await
-                            .is_ok()
-                    }
-                    None => false,
-                }
-            }
+        // The heartbeat is the liveness check: written within a second, or Redis is down.
+        let beat = serde_json::json!({
+            "instance": cluster.settings.instance,
+            "started": crate::events::model::format_time(started),
+            "seen": crate::events::model::format_time(crate::events::model::now_micros()),
+            "bans": shared.bans.active().len(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string();
+        let key = cluster.heartbeat_key(&cluster.settings.instance);
+        let written = match cluster.connection().await {
+            Ok(mut c) => tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(beat)
+                    .arg("PX")
+                    .arg(5000)
+                    .query_async::<()>(&mut c),
+            )
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
+        let ok = match written {
+            Ok(()) => true,
             Err(e) => {
                 if announced != Some(false) {
                     tracing::warn!(error = %e, url = %cluster.settings.url, "redis unreachable; deciding on local state");

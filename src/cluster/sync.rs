@@ -76,6 +76,9 @@ pub struct Sync {
     rx: Mutex<Option<mpsc::Receiver<Change>>>,
     /// Revocations (id → (app, until)), to push at a resync.
     revoked: Mutex<HashMap<String, (String, u64)>>,
+    /// [`FAILURES`] and [`USER_SESSIONS`], hashed once.
+    failures: redis::Script,
+    user_sessions: redis::Script,
 }
 
 impl Sync {
@@ -87,6 +90,8 @@ impl Sync {
             tx,
             rx: Mutex::new(Some(rx)),
             revoked: Mutex::new(HashMap::new()),
+            failures: redis::Script::new(FAILURES),
+            user_sessions: redis::Script::new(USER_SESSIONS),
         }
     }
 
@@ -142,12 +147,7 @@ fn record_of(c: &Change) -> Option<(&'static str, String, Option<String>)> {
 
 /// Writes queued changes to Redis and publishes them; a change that cannot be written now
 /// stays in this instance's state and is pushed at the next resync.
-pub async fn publish(
-    shared: Arc<Shared>,
-    cluster: Arc<Cluster>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let _ = &shared;
+pub async fn publish(cluster: Arc<Cluster>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let Some(mut rx) = cluster
         .sync
         .rx
@@ -162,53 +162,59 @@ pub async fn publish(
             c = rx.recv() => match c { Some(c) => c, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let msg = Message {
-            from: cluster.sync.instance.clone(),
-            change: c,
-        };
-        let Ok(body) = serde_json::to_string(&msg) else {
-            continue;
-        };
-        let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
-        let unlock_user = match &msg.change {
-            Change::Unlock { user } => Some(user.clone()),
-            _ => None,
-        };
-        let channel = cluster.sync.channel();
-        let locks = cluster.sync.key("locks");
-        let done = cluster
-            .call(|mut c| async move {
-                let mut p = redis::pipe();
-                p.atomic();
-                match record {
-                    Some((hash, field, Some(v))) => {
-                        p.hset(hash, field, v).ignore();
-                    }
-                    Some((hash, field, None)) => {
-                        p.hdel(hash, field).ignore();
-                    }
-                    None => {}
-                }
-                if let Some(user) = unlock_user {
-                    // Locks are per app: drop the user's lock in every app.
-                    let all: HashMap<String, String> = redis::cmd("HGETALL")
-                        .arg(&locks)
-                        .query_async(&mut c)
-                        .await?;
-                    for f in all.keys() {
-                        if f.split('\u{0}').nth(1) == Some(user.as_str()) {
-                            p.hdel(&locks, f).ignore();
-                        }
-                    }
-                }
-                p.publish(channel, body).ignore();
-                p.query_async::<()>(&mut c).await
-            })
-            .await;
-        if done.is_none() {
+        if !write(&cluster, &cluster.sync.instance, c).await {
             tracing::debug!("cluster change not published (redis unreachable); kept for resync");
         }
     }
+}
+
+/// Writes `change` to its Redis hash and publishes it as coming from `from`, in one
+/// transaction; false when Redis could not be reached in time.
+async fn write(cluster: &Cluster, from: &str, change: Change) -> bool {
+    let msg = Message {
+        from: from.to_string(),
+        change,
+    };
+    let Ok(body) = serde_json::to_string(&msg) else {
+        return false;
+    };
+    let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
+    let unlock_user = match msg.change {
+        Change::Unlock { user } => Some(user),
+        _ => None,
+    };
+    let channel = cluster.sync.channel();
+    let locks = cluster.sync.key("locks");
+    cluster
+        .call(|mut c| async move {
+            let mut p = redis::pipe();
+            p.atomic();
+            match record {
+                Some((hash, field, Some(v))) => {
+                    p.hset(hash, field, v).ignore();
+                }
+                Some((hash, field, None)) => {
+                    p.hdel(hash, field).ignore();
+                }
+                None => {}
+            }
+            if let Some(user) = unlock_user {
+                // Locks are per app: drop the user's lock in every app.
+                let all: HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(&locks)
+                    .query_async(&mut c)
+                    .await?;
+                for f in all.keys() {
+                    if f.split('\u{0}').nth(1) == Some(user.as_str()) {
+                        p.hdel(&locks, f).ignore();
+                    }
+                }
+            }
+            p.publish(channel, body).ignore();
+            p.query_async::<()>(&mut c).await
+        })
+        .await
+        .is_some()
 }
 
 /// Applies one change made elsewhere; returns whether it changed anything here.
@@ -535,7 +541,7 @@ pub fn count_failure(
             cluster.settings.instance,
             crate::secrets::random_hex::<8>()
         );
-        let script = redis::Script::new(FAILURES);
+        let script = &cluster.sync.failures;
         let n: Option<u32> = cluster
             .call(|mut c| async move {
                 script
@@ -555,33 +561,9 @@ pub fn count_failure(
                 until: now_micros() + lock,
                 shared_detection: Some((cluster.settings.instance.clone(), n)),
             };
-            publish_as(&cluster, "cluster", lock).await;
+            write(&cluster, "cluster", lock).await;
         }
     });
-}
-
-/// Writes and publishes `change` as coming from `from` (see [`publish`]).
-async fn publish_as(cluster: &Cluster, from: &str, change: Change) {
-    let msg = Message {
-        from: from.to_string(),
-        change,
-    };
-    let Ok(body) = serde_json::to_string(&msg) else {
-        return;
-    };
-    let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
-    let channel = cluster.sync.channel();
-    cluster
-        .call(|mut c| async move {
-            let mut p = redis::pipe();
-            p.atomic();
-            if let Some((hash, field, Some(v))) = record {
-                p.hset(hash, field, v).ignore();
-            }
-            p.publish(channel, body).ignore();
-            p.query_async::<()>(&mut c).await
-        })
-        .await;
 }
 
 /// The sessions of one (app, user) across the instances, by when each ends at the latest
@@ -630,7 +612,7 @@ pub fn session_created(
     let ends = created.saturating_add(app.absolute_micros);
     let max = app.max_per_user;
     tokio::spawn(async move {
-        let script = redis::Script::new(USER_SESSIONS);
+        let script = &cluster.sync.user_sessions;
         let evicted: Option<Vec<String>> = cluster
             .call(|mut c| async move {
                 script
@@ -649,7 +631,7 @@ pub fn session_created(
                 id: old,
                 until: now_micros() + REVOCATION_TTL.as_micros() as u64,
             };
-            publish_as(&cluster, "cluster", revoke).await;
+            write(&cluster, "cluster", revoke).await;
         }
     });
 }
@@ -663,7 +645,7 @@ pub fn session_ended(cluster: &Arc<Cluster>, app: &str, user: &str, id: u128) {
     let cluster = cluster.clone();
     let key = user_sessions_key(&cluster, app, user);
     tokio::spawn(async move {
-        let script = redis::Script::new(USER_SESSIONS);
+        let script = &cluster.sync.user_sessions;
         let _: Option<Vec<String>> = cluster
             .call(|mut c| async move {
                 script

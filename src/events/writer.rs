@@ -147,7 +147,7 @@ impl Writer {
             let s = self.settings.load_full();
             if !Arc::ptr_eq(&s, &seen) {
                 // Reloaded; with another schedule, the next run follows it.
-                if s.retention.schedule.to_string() != seen.retention.schedule.to_string() {
+                if s.retention.schedule != seen.retention.schedule {
                     next_archive = next_run(&s.retention.schedule, last_archive);
                     self.next_runs.set(Job::Archive, Some(next_archive));
                 }

@@ -29,19 +29,17 @@ pub async fn shared_verdicts(
     ctx: &RequestCtx,
     headers: &http::HeaderMap,
 ) -> Vec<Option<Decision>> {
-    let keys: Vec<String> = policies
-        .iter()
-        .map(|p| SharedLimits::key(p, ctx.client_key, headers))
-        .collect();
+    if !cluster.is_up() {
+        // Redis is down: every policy is decided here, without allocating.
+        cluster.fell_back(policies.len());
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(policies.len());
-    for (p, k) in policies.iter().zip(&keys) {
-        let d = if cluster.is_up() {
-            cluster.limits.check(cluster, p, k).await
-        } else {
-            None
-        };
+    for p in policies {
+        let id = SharedLimits::key(p, ctx.client_key, headers);
+        let d = cluster.limits.check(cluster, p, &id).await;
         if d.is_none() {
-            cluster.fell_back();
+            cluster.fell_back(1);
         }
         let refused = matches!(d, Some(Decision::Deny { .. }));
         out.push(d);

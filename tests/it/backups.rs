@@ -73,34 +73,6 @@ idle_timeout = "1h"
 absolute_timeout = "2h"
 "#;
 
-async fn request(
-    s: &mut Sender,
-    method: &str,
-    path: &str,
-    ip: &str,
-    cookie: Option<&str>,
-    form: &str,
-) -> Reply {
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("x-forwarded-for", ip)
-        .header("user-agent", "backup-test/1.0");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    if !form.is_empty() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    Reply::from(
-        s.send(req.body(full(form.to_string())).unwrap())
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 /// Fills every table of the store through the running gateway, as an operator and users
 /// would: events, an investigation, an archived-and-restored batch (retention holds),
 /// slow-request records and trends, an API IP rule, a manual ban, a logged-in session.
@@ -125,7 +97,7 @@ async fn fill_every_table(gw: &TestGateway) -> String {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let login = request(
+    let login = request_as(
         &mut s,
         "POST",
         "/login",
@@ -143,7 +115,7 @@ async fn fill_every_table(gw: &TestGateway) -> String {
         .unwrap()
         .to_string();
     assert_eq!(
-        request(&mut s, "GET", "/home", "192.0.2.10", Some(&cookie), "")
+        request_as(&mut s, "GET", "/home", "192.0.2.10", Some(&cookie), "")
             .await
             .status,
         200
@@ -166,13 +138,13 @@ async fn fill_every_table(gw: &TestGateway) -> String {
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(
-        request(&mut s, "GET", "/", "203.0.113.9", None, "")
+        request_as(&mut s, "GET", "/", "203.0.113.9", None, "")
             .await
             .status,
         403
     );
     assert_eq!(
-        request(&mut s, "GET", "/", "198.51.100.7", None, "")
+        request_as(&mut s, "GET", "/", "198.51.100.7", None, "")
             .await
             .status,
         403
@@ -292,18 +264,18 @@ async fn a_backup_holds_every_table_and_restores_into_a_fresh_data_dir() {
     let gw = TestGateway::restart(fresh).await;
     let mut s = Sender::plain(gw.addr("http")).await;
     assert_eq!(
-        request(&mut s, "GET", "/", "198.51.100.7", None, "")
+        request_as(&mut s, "GET", "/", "198.51.100.7", None, "")
             .await
             .status,
         403
     );
     assert_eq!(
-        request(&mut s, "GET", "/", "203.0.113.9", None, "")
+        request_as(&mut s, "GET", "/", "203.0.113.9", None, "")
             .await
             .status,
         403
     );
-    let home = request(&mut s, "GET", "/home", "192.0.2.10", Some(&cookie), "").await;
+    let home = request_as(&mut s, "GET", "/home", "192.0.2.10", Some(&cookie), "").await;
     assert_eq!(
         home.status,
         200,

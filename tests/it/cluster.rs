@@ -6,8 +6,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper::Request;
-
 use crate::support::*;
 
 /// A `redis-server` on a free port, killed on drop.
@@ -125,7 +123,7 @@ fn cluster_config(up: &Upstream, redis: &Redis, instance: &str, key_file: &str) 
     )
 }
 
-/// One request through the plain listener as client `ip`, with `cookie` when given.
+/// One request through the plain listener of `gw` as client `ip`, on a new connection.
 async fn send(
     gw: &TestGateway,
     method: &str,
@@ -135,24 +133,14 @@ async fn send(
     form: &str,
 ) -> Reply {
     let mut s = Sender::plain(gw.addr("http")).await;
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("x-forwarded-for", ip)
-        .header("user-agent", "cluster-test/1.0");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    if !form.is_empty() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    Reply::from(
-        s.send(req.body(full(form.to_string())).unwrap())
-            .await
-            .unwrap(),
-    )
-    .await
+    request_as(&mut s, method, path, ip, cookie, form).await
+}
+
+/// Bans `ip` for ten minutes through `gw`'s API.
+async fn ban(gw: &TestGateway, ip: &str, reason: &str) {
+    let body = serde_json::json!({"ip": ip, "duration": "10m", "reason": reason});
+    let r = api(gw, "POST", "/api/v1/bans", Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
 }
 
 /// Waits up to a second for `cond` (polled every 20 ms); returns how long it took.
@@ -226,27 +214,20 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     );
 
     // A ban made on A is in force on B within a second; lifted on B, on A.
-    let r = api(
-        &a,
-        "POST",
-        "/api/v1/bans",
-        Some(serde_json::json!({"ip": "203.0.113.9", "duration": "10m", "reason": "test"})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    ban(&a, "203.0.113.9", "test").await;
     within_a_second("ban on B", || async {
         send(&b, "GET", "/x", "203.0.113.9", None, "").await.status == 403
     })
     .await;
     // B's list names the instance that decided it.
     let listed = api(&b, "GET", "/api/v1/bans", None).await.json();
-    let ban = listed["items"]
+    let listed_ban = listed["items"]
         .as_array()
         .unwrap()
         .iter()
         .find(|x| x["ip"] == "203.0.113.9")
         .unwrap_or_else(|| panic!("{listed}"));
-    assert_eq!(ban["instance"], "gw-a", "{ban}");
+    assert_eq!(listed_ban["instance"], "gw-a", "{listed_ban}");
     assert_eq!(
         api(&b, "DELETE", "/api/v1/bans/203.0.113.9", None)
             .await
@@ -415,14 +396,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
 
     // A ban made while both are connected, then Redis is killed: every request is still
     // served (on local state), within the timeout, and the ban holds everywhere.
-    let r = api(
-        &a,
-        "POST",
-        "/api/v1/bans",
-        Some(serde_json::json!({"ip": "203.0.113.10", "duration": "10m", "reason": "before the outage"})),
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    ban(&a, "203.0.113.10", "before the outage").await;
     within_a_second("second ban on B", || async {
         send(&b, "GET", "/x", "203.0.113.10", None, "").await.status == 403
     })
@@ -474,14 +448,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     };
     assert_eq!(degraded[0]["risk"], "high");
     // A ban made during the outage, on B only.
-    let r = api(
-        &b,
-        "POST",
-        "/api/v1/bans",
-        Some(serde_json::json!({"ip": "203.0.113.11", "duration": "10m", "reason": "during the outage"})),
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    ban(&b, "203.0.113.11", "during the outage").await;
 
     // Redis comes back empty: the instances push what they know, and A learns B's ban.
     assert!(redis.spawn());

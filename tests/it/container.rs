@@ -132,32 +132,26 @@ fn runtime_options(image: &str) -> Result<Vec<String>, String> {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let (nofile, nproc) = (hard("n"), hard("u"));
+    let limits = |nofile: &str, nproc: &str| -> Vec<String> {
+        vec![
+            "--ulimit".into(),
+            format!("nofile={nofile}:{nofile}"),
+            "--ulimit".into(),
+            format!("nproc={nproc}:{nproc}"),
+        ]
+    };
+    let runc = |mut rest: Vec<String>| -> Vec<String> {
+        let mut o = vec!["--runtime".to_string(), "runc".to_string()];
+        o.append(&mut rest);
+        o
+    };
+    // Sandboxes without CAP_SYS_RESOURCE cannot raise rlimits to podman's defaults, and
+    // crun refuses hybrid cgroup hierarchies that runc accepts.
     let candidates: Vec<Vec<String>> = vec![
         vec![],
-        // Sandboxes without CAP_SYS_RESOURCE cannot raise rlimits to podman's defaults, and
-        // crun refuses hybrid cgroup hierarchies that runc accepts.
-        vec![
-            "--ulimit".into(),
-            format!("nofile={nofile}:{nofile}"),
-            "--ulimit".into(),
-            format!("nproc={nproc}:{nproc}"),
-        ],
-        vec![
-            "--runtime".into(),
-            "runc".into(),
-            "--ulimit".into(),
-            format!("nofile={nofile}:{nofile}"),
-            "--ulimit".into(),
-            format!("nproc={nproc}:{nproc}"),
-        ],
-        vec![
-            "--runtime".into(),
-            "runc".into(),
-            "--ulimit".into(),
-            "nofile=4096:4096".into(),
-            "--ulimit".into(),
-            "nproc=4096:4096".into(),
-        ],
+        limits(&nofile, &nproc),
+        runc(limits(&nofile, &nproc)),
+        runc(limits("4096", "4096")),
     ];
     let mut last = String::new();
     for opts in candidates {

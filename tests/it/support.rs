@@ -715,3 +715,33 @@ pub fn shipped_config_on_free_ports() -> String {
             &format!("rules = [\"{root}/rules/*.toml\"]"),
         )
 }
+
+/// One request on `s` as client `ip` (through `x-forwarded-for`, for `trusted_config`),
+/// with `cookie` and a form body when given.
+pub async fn request_as(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    ip: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> Reply {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("x-forwarded-for", ip)
+        .header("user-agent", "test-client/1.0");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if !form.is_empty() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    Reply::from(
+        s.send(req.body(full(form.to_string())).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+}
