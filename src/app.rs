@@ -374,7 +374,7 @@ impl Gateway {
         }
         let cluster = match &rt.cluster {
             Some(s) => Some(Arc::new(
-                crate::cluster::Cluster::new(s.clone(), &metrics)
+                crate::cluster::Cluster::new(s.clone(), &rt.egress, &metrics)
                     .map_err(|e| StartError::Cluster(e.to_string()))?,
             )),
             None => None,

@@ -198,8 +198,10 @@ pub fn network_policy(
             egress.push(egress_to(&host, port, &allow));
         }
     }
-    if let Some((host, port)) = raw.cluster.as_ref().and_then(|c| host_port(&c.url)) {
-        egress.push(egress_to(&host, port, &allow));
+    for url in raw.cluster.iter().flat_map(|c| c.urls()) {
+        if let Some((host, port)) = host_port(url) {
+            egress.push(egress_to(&host, port, &allow));
+        }
     }
     egress.push(json!({
         "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],

@@ -895,16 +895,25 @@ fn compile_egress(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> crate::network
         }
     }
     let egress = crate::network::Egress::new(nets);
-    let cluster = cfg.raw.cluster.as_ref();
-    if let Some(ip) = cluster
-        .and_then(|c| crate::network::host_port(&c.url))
-        .and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok())
-    {
-        if !egress.allows(ip) {
-            errs.push(cfg.error(
-                &KeyPath::of(&["cluster", "url"]),
-                format!("{ip} is outside [network] egress_allow"),
-            ));
+    if let Some(c) = &cfg.raw.cluster {
+        let keys = c
+            .url
+            .iter()
+            .map(|u| (KeyPath::of(&["cluster", "url"]), u))
+            .chain(
+                c.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (KeyPath::of(&["cluster", "nodes"]).index(i), u)),
+            );
+        for (key, url) in keys {
+            if let Some(ip) =
+                crate::network::host_port(url).and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok())
+            {
+                if !egress.allows(ip) {
+                    errs.push(cfg.error(&key, format!("{ip} is outside [network] egress_allow")));
+                }
+            }
         }
     }
     for (i, w) in cfg.raw.alerts.webhooks.iter().enumerate() {

@@ -29,15 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::ConnectionManager;
 
 use crate::config::{ConfigErrors, KeyPath, LoadedConfig};
+use crate::network::Egress;
 use crate::secrets::SecretSource;
 
 /// `[cluster]`, compiled.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    pub url: String,
+    /// `url`, or the `nodes` of a Redis Cluster.
+    pub urls: Vec<String>,
+    /// Whether `urls` are nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub username: Option<String>,
     pub password: Option<SecretSource>,
     pub instance: String,
@@ -59,19 +62,41 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<ClusterSet
             ),
         ));
     }
-    match redis::parse_redis_url(&c.url) {
-        Some(u) if matches!(u.scheme(), "redis" | "rediss") => {
-            if u.password().is_some() {
-                errs.push(cfg.error(
-                    &at.key("url"),
-                    "holds a password: use `password_file` or `password_env` (a config is shown and backed up)",
-                ));
-            }
-        }
-        _ => errs.push(cfg.error(
-            &at.key("url"),
-            format!("`{}` is not a redis:// or rediss:// URL", c.url),
+    let urls: Vec<String> = c.urls().map(str::to_string).collect();
+    match (&c.url, c.nodes.is_empty()) {
+        (Some(_), false) => errs.push(cfg.error(
+            &at.key("nodes"),
+            "set `url` (one Redis primary) or `nodes` (a Redis Cluster), not both",
         )),
+        (None, true) => errs.push(cfg.error(
+            &at.key("url"),
+            "missing: `url` names one Redis primary, `nodes` some nodes of a Redis Cluster",
+        )),
+        _ => {}
+    }
+    let keys = c
+        .url
+        .iter()
+        .map(|_| at.key("url"))
+        .chain((0..c.nodes.len()).map(|i| at.key("nodes").index(i)));
+    for (key, url) in keys.zip(&urls) {
+        match redis::parse_redis_url(url) {
+            Some(u) if matches!(u.scheme(), "redis" | "rediss") => {
+                if u.password().is_some() {
+                    errs.push(cfg.error(
+                        &key,
+                        "holds a password: use `password_file` or `password_env` (a config is shown and backed up)",
+                    ));
+                }
+                if !c.nodes.is_empty() && !matches!(u.path(), "" | "/" | "/0") {
+                    errs.push(cfg.error(
+                        &key,
+                        "names a database: a Redis Cluster has only database 0",
+                    ));
+                }
+            }
+            _ => errs.push(cfg.error(&key, format!("`{url}` is not a redis:// or rediss:// URL"))),
+        }
     }
     let password = match (&c.password_file, &c.password_env) {
         (Some(_), Some(_)) => {
@@ -111,7 +136,8 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<ClusterSet
         ));
     }
     Some(ClusterSettings {
-        url: c.url.clone(),
+        urls,
+        redis_cluster: !c.nodes.is_empty(),
         username: c.username.clone(),
         password,
         instance,
@@ -139,12 +165,85 @@ pub enum ClusterError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Where the shared state lives.
+enum Backend {
+    /// One Redis primary (the one configured node).
+    Single,
+    /// A Redis Cluster: the client learns the slots' owners from the configured nodes
+    /// and follows them when they move.
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// A command connection to either backend. Commands, pipelines and scripts work on both;
+/// on a Redis Cluster a pipeline or script keeps to one slot (its keys share a hash tag:
+/// `{<prefix>}:…` for the shared records, `{<bucket>}` for a rate-limit bucket).
+#[derive(Clone)]
+pub enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Resolves Redis host names like the upstreams' ([`Egress::filter`]): answers outside
+/// `[network] egress_allow` are dropped, none left is a refused connection.
+#[derive(Clone)]
+struct EgressDns(Egress);
+
+impl redis::io::AsyncDNSResolver for EgressDns {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let answers = tokio::net::lookup_host((host, port)).await?;
+            let allowed = self.0.filter(host, answers)?;
+            Ok(Box::new(allowed.into_iter())
+                as Box<dyn Iterator<Item = std::net::SocketAddr> + Send>)
+        })
+    }
+}
+
 /// The connection to the shared state and what this instance knows of it.
 pub struct Cluster {
     pub settings: ClusterSettings,
-    client: redis::Client,
-    /// The command connection (reconnects by itself); `None` until the first connect.
-    conn: ArcSwapOption<ConnectionManager>,
+    backend: Backend,
+    /// One client per configured address, for the subscription (any node of a Redis
+    /// Cluster delivers every published message).
+    nodes: Vec<redis::Client>,
+    egress: EgressDns,
+    /// The command connection; `None` until connected and after the heartbeat lost it.
+    conn: ArcSwapOption<Conn>,
     up: AtomicBool,
     pub limits: limits::SharedLimits,
     pub sync: sync::Sync,
@@ -157,27 +256,62 @@ struct ClusterMetrics {
     fallbacks: prometheus::IntCounter,
 }
 
+/// Connecting (and each command of a background task) gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Cluster {
     pub fn new(
         settings: ClusterSettings,
+        egress: &Egress,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Cluster, ClusterError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())?;
-        let mut redis_settings = info.redis_settings().clone();
-        if let Some(p) = &settings.password {
-            redis_settings = redis_settings.set_password(p.read()?);
+        let password = settings.password.as_ref().map(|p| p.read()).transpose()?;
+        let mut infos = Vec::new();
+        for url in &settings.urls {
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+            let mut redis_settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            if let Some(p) = &password {
+                redis_settings = redis_settings.set_password(p.clone());
+            }
+            if let Some(u) = &settings.username {
+                redis_settings = redis_settings.set_username(u.clone());
+            }
+            infos.push(info.set_redis_settings(redis_settings));
         }
-        if let Some(u) = &settings.username {
-            redis_settings = redis_settings.set_username(u.clone());
-        }
-        info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info)?;
+        let nodes = infos
+            .iter()
+            .cloned()
+            .map(redis::Client::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress = EgressDns(egress.clone());
+        let backend = if settings.redis_cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(infos)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(CONNECT_TIMEOUT)
+                .retries(1)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .async_dns_resolver(egress.clone());
+            if let Some(p) = &password {
+                b = b.password(p);
+            }
+            if let Some(u) = &settings.username {
+                b = b.username(u);
+            }
+            Backend::Cluster(Box::new(b.build()?))
+        } else {
+            Backend::Single
+        };
         let prefix = settings.prefix.clone();
         Ok(Cluster {
             limits: limits::SharedLimits::new(&prefix, settings.reserve_max),
             sync: sync::Sync::new(&prefix, &settings.instance),
             settings,
-            client,
+            backend,
+            nodes,
+            egress,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             metrics: ClusterMetrics {
@@ -193,8 +327,18 @@ impl Cluster {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// "redis" or "redis-cluster", and the configured addresses.
+    pub fn describe(&self) -> String {
+        let kind = if self.settings.redis_cluster {
+            "redis cluster"
+        } else {
+            "redis"
+        };
+        format!("{kind} {}", self.settings.urls.join(", "))
+    }
+
     /// A command connection while Redis is up.
-    pub fn conn(&self) -> Option<ConnectionManager> {
+    pub fn conn(&self) -> Option<Conn> {
         if !self.is_up() {
             return None;
         }
@@ -205,7 +349,7 @@ impl Cluster {
     /// Redis down (the health task brings it back).
     pub async fn call<T, F, Fut>(&self, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let conn = self.conn()?;
@@ -234,53 +378,114 @@ impl Cluster {
         self.up.swap(up, Ordering::Relaxed) != up
     }
 
-    /// The command connection, made on first use (it reconnects by itself afterwards).
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+    /// Options of a connection to one node: bounded connect and response times, host
+    /// names resolved through `egress_allow`.
+    fn node_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CONNECT_TIMEOUT))
+            .set_dns_resolver(self.egress.clone())
+    }
+
+    /// The command connection, made when there is none.
+    async fn connection(&self) -> Result<Conn, redis::RedisError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let c = tokio::time::timeout(
-            Duration::from_secs(2),
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-        })??;
+        let connect = async {
+            match &self.backend {
+                Backend::Single => self.nodes[0]
+                    .get_multiplexed_async_connection_with_config(&self.node_config())
+                    .await
+                    .map(Conn::Single),
+                Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let c = tokio::time::timeout(2 * CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| timed_out())??;
         self.conn.store(Some(Arc::new(c.clone())));
         Ok(c)
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// A subscription to `channel` on the first configured node that accepts it, its
+    /// messages (and a `Disconnection` when it drops) sent to `tx`. Keep the connection:
+    /// dropping it ends the subscription.
+    pub(crate) async fn subscribe_on_a_node(
+        &self,
+        channel: &str,
+        tx: tokio::sync::broadcast::Sender<redis::PushInfo>,
+        start: usize,
+    ) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+        let mut last = None;
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[(start + i) % self.nodes.len()];
+            let config = self.node_config().set_push_sender(tx.clone());
+            let attempt = tokio::time::timeout(2 * CONNECT_TIMEOUT, async {
+                let mut c = node
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                c.subscribe(channel).await?;
+                Ok::<_, redis::RedisError>(c)
+            })
+            .await
+            .map_err(|_| timed_out())
+            .and_then(|r| r);
+            match attempt {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(timed_out))
     }
 
-    /// The heartbeat key of an instance.
-    fn heartbeat_key(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}", self.settings.prefix)
+    /// The hash of instances' heartbeats (one slot with the other shared records).
+    fn instances_key(&self) -> String {
+        format!("{{{}}}:instances", self.settings.prefix)
     }
 
-    /// The instances that sent a heartbeat in the last five seconds, with what they sent.
+    /// The instances that sent a heartbeat in the last five seconds, with what they sent;
+    /// older heartbeats (an instance that stopped without saying so) are removed.
     pub async fn instances(&self) -> Option<Vec<serde_json::Value>> {
-        let pattern = format!("{}:instance:*", self.settings.prefix);
+        let key = self.instances_key();
         self.call(|mut c| async move {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await?;
+            let all: std::collections::HashMap<String, String> =
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await?;
+            let now = crate::events::model::now_micros();
             let mut out = Vec::new();
-            for k in keys {
-                let v: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut c).await?;
-                if let Some(v) = v.and_then(|v| serde_json::from_str(&v).ok()) {
-                    out.push(v);
+            let mut stale = Vec::new();
+            for (name, v) in all {
+                let beat = serde_json::from_str::<serde_json::Value>(&v).ok();
+                let seen = beat
+                    .as_ref()
+                    .and_then(|b| b["seen_us"].as_u64())
+                    .unwrap_or(0);
+                match beat {
+                    Some(b) if now.saturating_sub(seen) <= HEARTBEAT_TTL.as_micros() as u64 => {
+                        out.push(b)
+                    }
+                    _ => stale.push(name),
                 }
             }
+            if !stale.is_empty() {
+                redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(&stale)
+                    .query_async::<()>(&mut c)
+                    .await?;
+            }
+            out.sort_by(|a, b| a["instance"].as_str().cmp(&b["instance"].as_str()));
             Ok(out)
         })
         .await
     }
+}
+
+/// A heartbeat older than this is an instance gone.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
 /// Keeps the connection up: a heartbeat each second; on a lost connection a
@@ -302,23 +507,24 @@ pub async fn run(
     tokio::spawn(sync::publish(cluster.clone(), stop.clone()));
     loop {
         // The heartbeat is the liveness check: written within a second, or Redis is down.
+        let now = crate::events::model::now_micros();
         let beat = serde_json::json!({
             "instance": cluster.settings.instance,
             "started": crate::events::model::format_time(started),
-            "seen": crate::events::model::format_time(crate::events::model::now_micros()),
+            "seen": crate::events::model::format_time(now),
+            "seen_us": now,
             "bans": shared.bans.active().len(),
             "version": env!("CARGO_PKG_VERSION"),
         })
         .to_string();
-        let key = cluster.heartbeat_key(&cluster.settings.instance);
+        let key = cluster.instances_key();
         let written = match cluster.connection().await {
             Ok(mut c) => tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::cmd("SET")
+                CONNECT_TIMEOUT,
+                redis::cmd("HSET")
                     .arg(&key)
+                    .arg(&cluster.settings.instance)
                     .arg(beat)
-                    .arg("PX")
-                    .arg(5000)
                     .query_async::<()>(&mut c),
             )
             .await
@@ -326,11 +532,15 @@ pub async fn run(
             .and_then(|r| r.map_err(|e| e.to_string())),
             Err(e) => Err(e.to_string()),
         };
+        if written.is_err() {
+            // A fresh connection next time (a broken one does not mend itself).
+            cluster.conn.store(None);
+        }
         let ok = match written {
             Ok(()) => true,
             Err(e) => {
                 if announced != Some(false) {
-                    tracing::warn!(error = %e, url = %cluster.settings.url, "redis unreachable; deciding on local state");
+                    tracing::warn!(error = %e, redis = %cluster.describe(), "redis unreachable; deciding on local state");
                 }
                 false
             }
@@ -376,10 +586,12 @@ pub async fn run(
     }
     if let Some(c) = cluster.conn.load_full() {
         let mut c = (*c).clone();
-        let key = cluster.heartbeat_key(&cluster.settings.instance);
         let _ = tokio::time::timeout(
             Duration::from_millis(500),
-            redis::cmd("DEL").arg(key).query_async::<()>(&mut c),
+            redis::cmd("HDEL")
+                .arg(cluster.instances_key())
+                .arg(&cluster.settings.instance)
+                .query_async::<()>(&mut c),
         )
         .await;
     }

@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -79,6 +78,7 @@ pub struct Sync {
     /// [`FAILURES`] and [`USER_SESSIONS`], hashed once.
     failures: redis::Script,
     user_sessions: redis::Script,
+    write: redis::Script,
 }
 
 impl Sync {
@@ -92,6 +92,7 @@ impl Sync {
             revoked: Mutex::new(HashMap::new()),
             failures: redis::Script::new(FAILURES),
             user_sessions: redis::Script::new(USER_SESSIONS),
+            write: redis::Script::new(WRITE),
         }
     }
 
@@ -117,10 +118,14 @@ impl Sync {
         }
     }
 
+    /// A shared record: every one under the hash tag `{<prefix>}`, so on a Redis Cluster
+    /// they live in one slot (a resync's pipeline and a change's script touch several).
     fn key(&self, what: &str) -> String {
-        format!("{}:{what}", self.prefix)
+        format!("{{{}}}:{what}", self.prefix)
     }
 
+    /// The channel of changes, in the records' slot (a Redis Cluster client sends a
+    /// pipeline to one slot; any node relays a message to every subscriber).
     fn channel(&self) -> String {
         self.key("changes")
     }
@@ -168,8 +173,27 @@ pub async fn publish(cluster: Arc<Cluster>, mut stop: tokio::sync::watch::Receiv
     }
 }
 
+/// Records a change in its hash and publishes it, atomically (one script: no MULTI, which
+/// a Redis Cluster client cannot route). KEYS[1]: the hash. ARGV: `set` / `del` / `unlock`
+/// (every app's lock of user ARGV[2]) / `none`, the field, the value, the channel, the
+/// message.
+const WRITE: &str = r#"
+if ARGV[1] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+elseif ARGV[1] == 'del' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+elseif ARGV[1] == 'unlock' then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local sep = string.find(f, '\0', 1, true)
+    if sep and string.sub(f, sep + 1) == ARGV[2] then redis.call('HDEL', KEYS[1], f) end
+  end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 0
+"#;
+
 /// Writes `change` to its Redis hash and publishes it as coming from `from`, in one
-/// transaction; false when Redis could not be reached in time.
+/// script; false when Redis could not be reached in time.
 async fn write(cluster: &Cluster, from: &str, change: Change) -> bool {
     let msg = Message {
         from: from.to_string(),
@@ -178,41 +202,22 @@ async fn write(cluster: &Cluster, from: &str, change: Change) -> bool {
     let Ok(body) = serde_json::to_string(&msg) else {
         return false;
     };
-    let record = record_of(&msg.change).map(|(h, f, v)| (cluster.sync.key(h), f, v));
-    let unlock_user = match msg.change {
-        Change::Unlock { user } => Some(user),
-        _ => None,
+    let s = &cluster.sync;
+    let (hash, op, field, value) = match (&msg.change, record_of(&msg.change)) {
+        (Change::Unlock { user }, _) => (s.key("locks"), "unlock", user.clone(), String::new()),
+        (_, Some((h, f, Some(v)))) => (s.key(h), "set", f, v),
+        (_, Some((h, f, None))) => (s.key(h), "del", f, String::new()),
+        (_, None) => (s.key("bans"), "none", String::new(), String::new()),
     };
-    let channel = cluster.sync.channel();
-    let locks = cluster.sync.key("locks");
+    let mut inv = s.write.prepare_invoke();
+    inv.key(hash)
+        .arg(op)
+        .arg(field)
+        .arg(value)
+        .arg(s.channel())
+        .arg(body);
     cluster
-        .call(|mut c| async move {
-            let mut p = redis::pipe();
-            p.atomic();
-            match record {
-                Some((hash, field, Some(v))) => {
-                    p.hset(hash, field, v).ignore();
-                }
-                Some((hash, field, None)) => {
-                    p.hdel(hash, field).ignore();
-                }
-                None => {}
-            }
-            if let Some(user) = unlock_user {
-                // Locks are per app: drop the user's lock in every app.
-                let all: HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(&locks)
-                    .query_async(&mut c)
-                    .await?;
-                for f in all.keys() {
-                    if f.split('\u{0}').nth(1) == Some(user.as_str()) {
-                        p.hdel(&locks, f).ignore();
-                    }
-                }
-            }
-            p.publish(channel, body).ignore();
-            p.query_async::<()>(&mut c).await
-        })
+        .call(|mut c| async move { inv.invoke_async::<()>(&mut c).await })
         .await
         .is_some()
 }
@@ -338,41 +343,86 @@ pub async fn subscribe(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connected_once = false;
+    let mut node = 0;
     loop {
-        let sub = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut ps = cluster.client().get_async_pubsub().await?;
-            ps.subscribe(cluster.sync.channel()).await?;
-            Ok::<_, redis::RedisError>(ps)
-        })
-        .await;
-        if let Ok(Ok(mut ps)) = sub {
-            if connected_once {
-                // Messages published while the subscription was down are in the hashes.
-                let _ = resync(&shared, &cluster).await;
-            }
-            connected_once = true;
-            let mut messages = ps.on_message();
-            loop {
-                let m = tokio::select! {
-                    m = messages.next() => m,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let Some(m) = m else { break };
-                let Ok(payload) = m.get_payload::<String>() else {
-                    continue;
-                };
-                let Ok(msg) = serde_json::from_str::<Message>(&payload) else {
-                    tracing::warn!("ignoring a malformed cluster message");
-                    continue;
-                };
-                // Detections counted in Redis come from "cluster": every instance, this
-                // one included, applies them.
-                if msg.from == cluster.sync.instance {
-                    continue;
+        let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+        match cluster
+            .subscribe_on_a_node(&cluster.sync.channel(), tx, node)
+            .await
+        {
+            Ok(mut conn) => {
+                if connected_once {
+                    // Messages published while the subscription was down are in the hashes.
+                    let _ = resync(&shared, &cluster).await;
                 }
-                apply(&shared, &msg.from, msg.change);
+                connected_once = true;
+                // A node that stops answering without closing: pinged every few seconds.
+                let mut ping = tokio::time::interval(Duration::from_secs(3));
+                ping.tick().await;
+                loop {
+                    enum Next {
+                        Message(Result<redis::PushInfo, tokio::sync::broadcast::error::RecvError>),
+                        Ping,
+                        Stop,
+                    }
+                    let next = tokio::select! {
+                        m = rx.recv() => Next::Message(m),
+                        _ = ping.tick() => Next::Ping,
+                        _ = stop.wait_for(|s| *s) => Next::Stop,
+                    };
+                    let m = match next {
+                        Next::Message(m) => m,
+                        Next::Stop => return,
+                        Next::Ping => {
+                            let alive = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                            )
+                            .await;
+                            if matches!(alive, Ok(Ok(_))) {
+                                continue;
+                            }
+                            break;
+                        }
+                    };
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                missed = n,
+                                "cluster messages arrived faster than applied; resynchronizing"
+                            );
+                            let _ = resync(&shared, &cluster).await;
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    match m.kind {
+                        redis::PushKind::Message => {}
+                        redis::PushKind::Disconnection => break,
+                        _ => continue,
+                    }
+                    let Some(Ok(payload)) =
+                        m.data.get(1).map(redis::from_redis_value_ref::<String>)
+                    else {
+                        continue;
+                    };
+                    let Ok(msg) = serde_json::from_str::<Message>(&payload) else {
+                        tracing::warn!("ignoring a malformed cluster message");
+                        continue;
+                    };
+                    // Detections counted in Redis come from "cluster": every instance, this
+                    // one included, applies them.
+                    if msg.from == cluster.sync.instance {
+                        continue;
+                    }
+                    apply(&shared, &msg.from, msg.change);
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "cluster subscription failed; retrying"),
         }
+        // The next attempt starts at the next node.
+        node += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -448,20 +498,16 @@ pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize)
             _ => expired.push((revoked_key.clone(), id.clone())),
         }
     }
-    // Push what this instance knows and Redis lacks (or holds shorter).
-    let mut p = redis::pipe();
-    let mut pushed = 0;
+    // Push what this instance knows and Redis lacks (or holds shorter), and announce it:
+    // an instance that resynchronized before this push learns it from the message.
+    let mut pushes = Vec::new();
     for b in shared.bans.active() {
-        let field = b.ip.to_string();
         let newer = bans
-            .get(&field)
+            .get(&b.ip.to_string())
             .and_then(|v| serde_json::from_str::<Ban>(v).ok())
             .is_none_or(|r| r.until < b.until);
         if newer {
-            if let Ok(v) = serde_json::to_string(&b) {
-                p.hset(&bans_key, field, v).ignore();
-                pushed += 1;
-            }
+            pushes.push(Change::Ban { ban: b });
         }
     }
     for (app, user, until) in shared.sessions.brute_force.locks(now) {
@@ -471,8 +517,12 @@ pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize)
             .and_then(|v| v.parse::<u64>().ok())
             .is_none_or(|r| r < until)
         {
-            p.hset(&locks_key, field, until.to_string()).ignore();
-            pushed += 1;
+            pushes.push(Change::Lock {
+                app: app.to_string(),
+                user,
+                until,
+                shared_detection: None,
+            });
         }
     }
     {
@@ -480,10 +530,26 @@ pub async fn resync(shared: &Shared, cluster: &Cluster) -> Result<(usize, usize)
         known.retain(|_, (_, until)| *until > now);
         for (id, (app, until)) in known.iter() {
             if !revoked.contains_key(id) {
-                p.hset(&revoked_key, id, format!("{app}\u{0}{until}"))
-                    .ignore();
-                pushed += 1;
+                pushes.push(Change::Revoke {
+                    app: app.clone(),
+                    id: id.clone(),
+                    until: *until,
+                });
             }
+        }
+    }
+    let mut p = redis::pipe();
+    let pushed = pushes.len();
+    for change in pushes {
+        if let Some((hash, field, Some(v))) = record_of(&change) {
+            p.hset(s.key(hash), field, v).ignore();
+        }
+        let msg = Message {
+            from: s.instance.clone(),
+            change,
+        };
+        if let Ok(body) = serde_json::to_string(&msg) {
+            p.publish(s.channel(), body).ignore();
         }
     }
     let expired_n = expired.len();

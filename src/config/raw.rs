@@ -61,8 +61,14 @@ pub struct RawConfig {
 pub struct ClusterSection {
     /// `"redis"`, the one backend.
     pub backend: String,
-    /// `redis://host:port/db` or `rediss://` (TLS); no password in it: see below.
-    pub url: String,
+    /// One Redis primary: `redis://host:port/db` or `rediss://` (TLS); no password in
+    /// it: see below.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster instead: some of its nodes (`redis://` or `rediss://`, no
+    /// password), from which the client learns the others.
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// The Redis password (AUTH), read from a file...
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -84,6 +90,13 @@ pub struct ClusterSection {
     /// Prefix of every Redis key and channel (several deployments may share a Redis).
     #[serde(default = "default_cluster_prefix")]
     pub key_prefix: String,
+}
+
+impl ClusterSection {
+    /// Every Redis address the configuration names (`url` or `nodes`).
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.iter().chain(self.nodes.iter()).map(String::as_str)
+    }
 }
 
 fn default_cluster_timeout() -> Duration {

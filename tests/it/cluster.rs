@@ -13,16 +13,23 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Further `redis-server` options.
+    options: Vec<String>,
 }
 
 impl Redis {
     /// Starts one, or `None` (with the reason printed) where redis-server is missing.
     fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    fn start_with(options: &[&str]) -> Option<Redis> {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Redis {
             child: None,
             port: free_port(),
             dir,
+            options: options.iter().map(|o| o.to_string()).collect(),
         };
         if !r.spawn() {
             eprintln!(
@@ -37,6 +44,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.options)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -458,7 +466,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     loop {
         let mut c = redis.conn().await;
         let bans: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg("gateway:bans")
+            .arg("{gateway}:bans")
             .query_async(&mut c)
             .await
             .unwrap();
@@ -479,6 +487,210 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
         .all(|e| e["details"]["by"].is_string() || e["details"]["instance"].is_string()));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Three `redis-server`s forming a Redis Cluster (slots split in three), or `None` where
+/// redis-server is missing.
+async fn redis_cluster() -> Option<Vec<Redis>> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Redis::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ])?);
+    }
+    let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+    for (node, (from, to)) in nodes.iter().zip(ranges) {
+        let mut c = node.conn().await;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(from)
+            .arg(to)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+    let mut first = nodes[0].conn().await;
+    for n in &nodes[1..] {
+        redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(n.port)
+            .query_async::<()>(&mut first)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        let mut c = n.conn().await;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Some(nodes)
+}
+
+/// The keys a Redis Cluster node holds.
+async fn keys_on(node: &Redis) -> Vec<String> {
+    let mut c = node.conn().await;
+    redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_state_through_a_redis_cluster() {
+    let Some(nodes) = redis_cluster().await else {
+        return;
+    };
+    let up = login_app().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("session.key");
+    let config = |instance: &str| {
+        // Two of the three nodes named: the client learns the third from them.
+        trusted_config(
+            &up,
+            &format!(
+                "{APP}\n[sessions]\nkey_file = \"{}\"\n\n[cluster]\nbackend = \"redis\"\nnodes = [\"{}\", \"{}\"]\ninstance = \"{instance}\"\ntimeout = \"200ms\"\n",
+                key_file.display(),
+                nodes[0].url(),
+                nodes[1].url()
+            ),
+        )
+    };
+    let a = TestGateway::start(&config("gw-a")).await;
+    let b = TestGateway::start(&config("gw-b")).await;
+    connected(&a).await;
+    connected(&b).await;
+    let view = api(&b, "GET", "/api/v1/cluster", None).await.json();
+    assert_eq!(
+        view["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{view}"
+    );
+
+    // One budget for the pair, whichever node owns the bucket's slot.
+    let mut allowed = 0;
+    for i in 0..60 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = send(gw, "GET", "/limited/x", "198.51.100.20", None, "").await;
+        match r.status {
+            200 => allowed += 1,
+            429 => {}
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    assert!(
+        (20..=21).contains(&allowed),
+        "{allowed} allowed across both instances"
+    );
+    // Buckets of many clients spread over the nodes (slots by client), the third included.
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = send(
+            gw,
+            "GET",
+            "/limited/x",
+            &format!("198.51.100.{}", 100 + i),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    for n in &nodes {
+        let held = keys_on(n).await;
+        assert!(
+            held.iter().any(|k| k.starts_with("gateway:rl:")),
+            "node {} holds no bucket: {held:?}",
+            n.port
+        );
+    }
+
+    // A ban made on A is in force on B within a second, and recorded in the cluster.
+    ban(&a, "203.0.113.9", "test").await;
+    within_a_second("ban on B", || async {
+        send(&b, "GET", "/x", "203.0.113.9", None, "").await.status == 403
+    })
+    .await;
+    let mut recorded = false;
+    for n in &nodes {
+        recorded |= keys_on(n).await.iter().any(|k| k == "{gateway}:bans");
+    }
+    assert!(recorded, "no node holds {{gateway}}:bans");
+    // A login lock too.
+    for _ in 0..3 {
+        let r = send(
+            &a,
+            "POST",
+            "/login",
+            "198.51.100.30",
+            None,
+            "user=carol&password=nope",
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    within_a_second("lock on B", || async {
+        let r = send(
+            &b,
+            "POST",
+            "/login",
+            "198.51.100.31",
+            None,
+            "user=carol&password=right",
+        )
+        .await;
+        r.status == 429 || r.status == 403
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A Redis host name resolving outside `[network] egress_allow` is never connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_host_names_resolve_through_egress_allow() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cfg = |allow: &str| {
+        base_config(
+            &["builtin:echo".into()],
+            &format!(
+                "\n[network]\negress_allow = [\"{allow}\"]\n\n[cluster]\nbackend = \"redis\"\nurl = \"redis://localhost:{}\"\ninstance = \"gw\"\n",
+                redis.port
+            ),
+        )
+    };
+    // localhost is 127.0.0.1: allowed, it connects; outside the allowed network, never.
+    let allowed = TestGateway::start(&cfg("127.0.0.0/8")).await;
+    connected(&allowed).await;
+    allowed.shutdown().await;
+    let refused = TestGateway::start(&cfg("10.0.0.0/8")).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let view = api(&refused, "GET", "/api/v1/cluster", None).await.json();
+    assert_eq!(view["connected"], false, "{view}");
+    assert!(!events_of(&refused, "cluster_degraded").await.is_empty());
+    refused.shutdown().await;
 }
 
 #[test]
@@ -503,4 +715,15 @@ fn cluster_config_mistakes_are_named() {
         "\n[cluster]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ninstance = \"a b\"\n",
     );
     assert_eq!(e[0].key, "cluster.instance", "{e:?}");
+    let e = bad("\n[cluster]\nbackend = \"redis\"\n");
+    assert_eq!(e[0].key, "cluster.url", "{e:?}");
+    let e = bad(
+        "\n[cluster]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nnodes = [\"redis://127.0.0.1:7000\"]\n",
+    );
+    assert_eq!(e[0].key, "cluster.nodes", "{e:?}");
+    let e = bad(
+        "\n[cluster]\nbackend = \"redis\"\nnodes = [\"redis://127.0.0.1:7000\", \"redis://:pw@127.0.0.1:7001\", \"redis://127.0.0.1:7002/3\"]\n",
+    );
+    let named: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(named, ["cluster.nodes[1]", "cluster.nodes[2]"], "{e:?}");
 }
