@@ -628,6 +628,9 @@ pub fn session_pass(shared: &Shared, cleanup: bool) {
     if cleanup {
         let closed = sessions.table.sweep(now, |app| rt.app(app));
         for s in &closed {
+            if let (Some(cluster), Some(app)) = (&shared.cluster, rt.app(&s.app)) {
+                crate::cluster::sync::session_expired(cluster, app, s);
+            }
             let reason = s.end_reason.as_deref().unwrap_or("expired");
             shared.events.sink.audit(
                 session_event(

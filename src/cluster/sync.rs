@@ -634,12 +634,18 @@ pub fn count_failure(
 
 /// The sessions of one (app, user) across the instances, by when each ends at the latest
 /// (absolute lifetime): adds ARGV[2] (ending at ARGV[3]), drops ended entries, and returns
-/// the oldest ids beyond ARGV[4], removed. With ARGV[1] = "forget": removes ARGV[2] only.
+/// the oldest ids beyond ARGV[4], removed. With ARGV[1] = "forget": removes ARGV[2] only;
+/// "try" (`reject_new`): adds ARGV[2] only while fewer than ARGV[4] are there, returning
+/// `{"refused"}` otherwise.
 const USER_SESSIONS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if ARGV[1] == 'forget' then redis.call('ZREM', KEYS[1], ARGV[2]) return {} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+if ARGV[1] == 'try' and not redis.call('ZSCORE', KEYS[1], ARGV[2])
+  and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {'refused'}
+end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 local n = redis.call('ZCARD', KEYS[1])
 local max = tonumber(ARGV[4])
@@ -700,6 +706,54 @@ pub fn session_created(
             write(&cluster, "cluster", revoke).await;
         }
     });
+}
+
+/// `reject_new` across the instances: whether the cluster has room for one more session
+/// of `user` (counted at once when it has). Waits on Redis at most the cluster's `timeout`
+/// (the login response waits); Redis unreachable: `true`, this instance's own count decides.
+pub async fn admit_session(
+    cluster: &Cluster,
+    app: &crate::session::AppPolicy,
+    user: &str,
+    id: u128,
+    created: u64,
+) -> bool {
+    if app.max_per_user == 0 || app.on_limit != crate::session::OnLimit::RejectNew {
+        return true;
+    }
+    let key = user_sessions_key(cluster, &app.name, user);
+    let ends = created.saturating_add(app.absolute_micros);
+    let script = &cluster.sync.user_sessions;
+    let answer: Option<Vec<String>> = cluster
+        .call(|mut c| async move {
+            script
+                .key(key)
+                .arg("try")
+                .arg(format!("{id:032x}"))
+                .arg(ends)
+                .arg(app.max_per_user)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await;
+    answer.is_none_or(|a| a.is_empty())
+}
+
+/// A session timed out here. Where instances refuse sessions they did not create
+/// (`unknown = "reject"`: each session lives on one instance), that ends it for the
+/// cluster; where they adopt them, another instance may still be serving it, so it keeps
+/// its place until its absolute end.
+pub fn session_expired(
+    cluster: &Arc<Cluster>,
+    app: &crate::session::AppPolicy,
+    s: &crate::session::table::Session,
+) {
+    if app.max_per_user == 0 || app.unknown == crate::session::Unknown::Adopt {
+        return;
+    }
+    if let Some(user) = &s.user {
+        session_ended(cluster, &app.name, user, s.id);
+    }
 }
 
 /// A session of `user` ended here (logout, revocation): it no longer counts towards the

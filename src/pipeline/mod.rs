@@ -243,7 +243,7 @@ async fn run_phases(
 
     // 8. Response phases.
     if let Some(sctx) = ctx.session.take() {
-        session::on_response(shared, rt, &sctx, ctx, &mut resp);
+        session::on_response(shared, rt, &sctx, ctx, &mut resp).await;
     }
     resp
 }

@@ -303,6 +303,9 @@ fn refuse(
         Problem::Invalid(Invalid::IdleTimeout | Invalid::AbsoluteTimeout, _)
     ) {
         if let Some(s) = session {
+            if let Some(cluster) = &shared.cluster {
+                crate::cluster::sync::session_expired(cluster, app, s);
+            }
             persist(&shared.events, vec![s.clone()]);
         }
     }
@@ -350,7 +353,7 @@ fn refuse(
 }
 
 /// Phase 8 (sessions): reads the login outcome and the application's cookie changes.
-pub fn on_response(
+pub async fn on_response(
     shared: &Shared,
     rt: &Runtime,
     sctx: &SessionCtx,
@@ -417,10 +420,13 @@ pub fn on_response(
             }
             let id = Sessions::new_id();
             let who = named(&login_user);
+            if !cluster_room(shared, app, &login_user, id, now).await {
+                return limit_reached(shared, app, ctx, resp, who, id);
+            }
             let s = Session::new(id, app, login_user, ctx.client_ip, ua, now);
             let reg = sessions.table.register(app, s, max);
             if !registered(shared, app, ctx, id, &reg, "login") {
-                return limit_reached(shared, app, ctx, resp, who);
+                return limit_reached(shared, app, ctx, resp, who, id);
             }
             if reg.created {
                 if let Some(v) = app.keys.sign(id).and_then(|v| app.issue_cookie(&v)) {
@@ -439,6 +445,9 @@ pub fn on_response(
                     let user = login_user
                         .or_else(|| sctx.session.and_then(|old| sessions.table.user_of(old)));
                     let who = named(&user);
+                    if !cluster_room(shared, app, &user, id, now).await {
+                        return limit_reached(shared, app, ctx, resp, who, id);
+                    }
                     let s = Session::new(id, app, user, ctx.client_ip, ua, now);
                     let reg = sessions.table.register(app, s, max);
                     let how = if login_succeeded {
@@ -447,7 +456,7 @@ pub fn on_response(
                         "set by the application"
                     };
                     if !registered(shared, app, ctx, id, &reg, how) {
-                        return limit_reached(shared, app, ctx, resp, who);
+                        return limit_reached(shared, app, ctx, resp, who, id);
                     }
                     if let Some(old) = sctx.session.filter(|old| *old != id) {
                         end(
@@ -472,10 +481,14 @@ pub fn on_response(
                 if let (Some(id), Some(user)) = (sctx.session, login_user) {
                     if sessions.table.user_of(id).is_none() {
                         let who = Some(user.to_string());
-                        let s = Session::new(id, app, Some(user), ctx.client_ip, ua, now);
+                        let user = Some(user);
+                        if !cluster_room(shared, app, &user, id, now).await {
+                            return limit_reached(shared, app, ctx, resp, who, id);
+                        }
+                        let s = Session::new(id, app, user, ctx.client_ip, ua, now);
                         let reg = sessions.table.register(app, s, max);
                         if !registered(shared, app, ctx, id, &reg, "login") {
-                            return limit_reached(shared, app, ctx, resp, who);
+                            return limit_reached(shared, app, ctx, resp, who, id);
                         }
                     }
                 }
@@ -548,14 +561,35 @@ fn registered(
     !reg.refused
 }
 
+/// `reject_new` across a cluster's instances: whether the cluster has room for another
+/// session of `user` (asked before this instance registers it; no user, no cluster: yes).
+async fn cluster_room(
+    shared: &Shared,
+    app: &AppPolicy,
+    user: &Option<Arc<str>>,
+    id: u128,
+    now: u64,
+) -> bool {
+    match (&shared.cluster, user) {
+        (Some(c), Some(u)) => crate::cluster::sync::admit_session(c, app, u, id, now).await,
+        _ => true,
+    }
+}
+
 /// `reject_new`: the response becomes a 403 and the new cookie never reaches the client.
+/// Session `id` was refused (here or by the cluster): it takes no place in the cluster's
+/// count.
 fn limit_reached(
     shared: &Shared,
     app: &AppPolicy,
     ctx: &RequestCtx,
     resp: &mut Response<ResponseBody>,
     user: Option<String>,
+    id: u128,
 ) {
+    if let (Some(cluster), Some(u)) = (&shared.cluster, &user) {
+        crate::cluster::sync::session_ended(cluster, &app.name, u, id);
+    }
     shared.metrics.logins.with_label_values(&["limited"]).inc();
     let mut e = event(
         EventType::SessionLimitReached,

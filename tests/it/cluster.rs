@@ -666,6 +666,79 @@ async fn instances_share_state_through_a_redis_cluster() {
     b.shutdown().await;
 }
 
+/// `reject_new` across instances: a user at the limit on A cannot log in on B, and can
+/// once A's session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_new_counts_a_users_sessions_across_instances() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let up = login_app().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("session.key");
+    let app = APP
+        .replace(
+            "max_per_user = 2",
+            "max_per_user = 1\non_limit = \"reject_new\"",
+        )
+        .replace("unknown = \"adopt\"", "unknown = \"reject\"");
+    let config = |instance: &str| {
+        trusted_config(
+            &up,
+            &format!(
+                "{app}\n[sessions]\nkey_file = \"{}\"\n\n[cluster]\nbackend = \"redis\"\nurl = \"{}\"\ninstance = \"{instance}\"\ntimeout = \"200ms\"\n",
+                key_file.display(),
+                redis.url()
+            ),
+        )
+    };
+    let a = TestGateway::start(&config("gw-a")).await;
+    let b = TestGateway::start(&config("gw-b")).await;
+    connected(&a).await;
+    connected(&b).await;
+    let login = |gw| {
+        send(
+            gw,
+            "POST",
+            "/login",
+            "198.51.100.50",
+            None,
+            "user=frank&password=secret",
+        )
+    };
+    let r = login(&a).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // The second session, on the other instance: refused, and no cookie leaks.
+    let r = login(&b).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(!r.headers.contains_key("set-cookie"), "{:?}", r.headers);
+    // Logging out on A frees the place: B admits the next login.
+    let r = send(&a, "POST", "/logout", "198.51.100.50", Some(&cookie), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut admitted = false;
+    for _ in 0..50 {
+        let r = login(&b).await;
+        if r.status == 302 {
+            admitted = true;
+            break;
+        }
+        assert_eq!(r.status, 403, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the logout on A never freed the place on B");
+    // Now A refuses a second one.
+    assert_eq!(login(&a).await.status, 403);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// A Redis host name resolving outside `[network] egress_allow` is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_host_names_resolve_through_egress_allow() {
