@@ -55,6 +55,17 @@ pub enum Change {
         user: String,
         until: u64,
     },
+    /// Failed logins from one address counted across the instances reached the app's
+    /// `ip_max_failures` (`detection` "address") or `stuffing_users` ("credential_stuffing"):
+    /// the instance `by`, whose failure crossed the limit, records it and bans the address
+    /// (a ban then shared like any other).
+    Detection {
+        app: String,
+        ip: IpAddr,
+        detection: String,
+        count: u32,
+        by: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +88,7 @@ pub struct Sync {
     revoked: Mutex<HashMap<String, (String, u64)>>,
     /// [`FAILURES`] and [`USER_SESSIONS`], hashed once.
     failures: redis::Script,
+    address_failures: redis::Script,
     user_sessions: redis::Script,
     write: redis::Script,
 }
@@ -91,6 +103,7 @@ impl Sync {
             rx: Mutex::new(Some(rx)),
             revoked: Mutex::new(HashMap::new()),
             failures: redis::Script::new(FAILURES),
+            address_failures: redis::Script::new(ADDRESS_FAILURES),
             user_sessions: redis::Script::new(USER_SESSIONS),
             write: redis::Script::new(WRITE),
         }
@@ -143,7 +156,9 @@ fn record_of(c: &Change) -> Option<(&'static str, String, Option<String>)> {
             format!("{app}\u{0}{user}"),
             Some(until.to_string()),
         ),
-        Change::Unlock { .. } | Change::RevokeUser { .. } => return None,
+        Change::Unlock { .. } | Change::RevokeUser { .. } | Change::Detection { .. } => {
+            return None
+        }
         Change::Revoke { app, id, until } => {
             ("revoked", id.clone(), Some(format!("{app}\u{0}{until}")))
         }
@@ -309,6 +324,18 @@ fn apply(shared: &Shared, from: &str, c: Change) -> bool {
                 }
                 None => false,
             }
+        }
+        Change::Detection {
+            app,
+            ip,
+            detection,
+            count,
+            by,
+        } => {
+            if shared.instance() != Some(by.as_str()) {
+                return false;
+            }
+            detected_across_instances(shared, &app, ip, &detection, count, &by)
         }
         Change::RevokeUser { user, .. } => {
             let now = shared.sessions.clock.now();
@@ -630,6 +657,147 @@ pub fn count_failure(
             write(&cluster, "cluster", lock).await;
         }
     });
+}
+
+/// Failed logins from one (app, address) across the instances: KEYS[1] the failures
+/// (sorted by time), KEYS[2] the user names that failed (hashed, by last time); both
+/// under one hash tag. Adds this failure (ARGV[4], a unique member; ARGV[5] the name's
+/// hash or ''), drops what left the window (ARGV[1] µs), and returns {failures, names},
+/// clearing a set that reached its limit (ARGV[2] failures, ARGV[3] names; 0: none) or
+/// that a local detection already acted on (ARGV[6] = '1': failures, ARGV[7]: names).
+const ADDRESS_FAILURES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local oldest = string.format('%.0f', now - window)
+local stamp = string.format('%.0f', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', oldest)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', oldest)
+redis.call('ZADD', KEYS[1], stamp, ARGV[4])
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], stamp, ARGV[5]) end
+local n = redis.call('ZCARD', KEYS[1])
+local u = redis.call('ZCARD', KEYS[2])
+local ms = math.ceil(window / 1000)
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('PEXPIRE', KEYS[2], ms)
+local ip_max, names_max = tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[6] == '1' or (ip_max > 0 and n >= ip_max) then redis.call('DEL', KEYS[1]) end
+if ARGV[7] == '1' or (names_max > 1 and u >= names_max) then redis.call('DEL', KEYS[2]) end
+return {n, u}
+"#;
+
+/// Counts a failed login from `ip` (the client key: an IPv6 /64 counts as one) in the
+/// cluster's shared windows (in the background). Reaching the app's `ip_max_failures` or
+/// `stuffing_users` across instances is a [`Change::Detection`]: this instance then bans
+/// the address. `local`: what this instance already detected itself (those windows
+/// restart instead).
+pub fn count_address_failure(
+    cluster: &Arc<Cluster>,
+    app: &crate::session::AppPolicy,
+    ip: IpAddr,
+    user: Option<&str>,
+    local: &crate::session::brute_force::Failure,
+) {
+    let bf = &app.brute_force;
+    if !bf.enabled || !cluster.is_up() {
+        return;
+    }
+    let cluster = cluster.clone();
+    let app_name = app.name.to_string();
+    let (ip_local, names_local) = (local.ip_detected, local.stuffing_detected);
+    let user_hash = user.map_or(String::new(), |u| {
+        let u = crate::session::brute_force::normalise(u);
+        crate::secrets::hex(&<sha2::Sha256 as sha2::Digest>::digest(u.as_bytes())[..8])
+    });
+    let (window, ip_max, names_max) = (bf.window_micros, bf.ip_max_failures, bf.stuffing_users);
+    tokio::spawn(async move {
+        let tag = format!("{}:bfa:{{{app_name}\u{0}{ip}}}", cluster.settings.prefix);
+        let member = format!(
+            "{}:{}",
+            cluster.settings.instance,
+            crate::secrets::random_hex::<8>()
+        );
+        let script = &cluster.sync.address_failures;
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{tag}:n"))
+            .key(format!("{tag}:u"))
+            .arg(window)
+            .arg(ip_max)
+            .arg(names_max)
+            .arg(member)
+            .arg(user_hash)
+            .arg(u8::from(ip_local))
+            .arg(u8::from(names_local));
+        let counted: Option<(u32, u32)> = cluster
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await;
+        let Some((n, u)) = counted else { return };
+        let detection = if !ip_local && ip_max > 0 && n >= ip_max {
+            Some(("address", n))
+        } else if !names_local && names_max > 1 && u >= names_max {
+            Some(("credential_stuffing", u))
+        } else {
+            None
+        };
+        if let Some((kind, count)) = detection {
+            let d = Change::Detection {
+                app: app_name,
+                ip,
+                detection: kind.to_string(),
+                count,
+                by: cluster.settings.instance.clone(),
+            };
+            write(&cluster, "cluster", d).await;
+        }
+    });
+}
+
+/// This instance's failure crossed a limit counted across the instances: the detection
+/// event, and a ban (unless the app does not ban, the IP rules exempt the address or it
+/// is banned already).
+fn detected_across_instances(
+    shared: &Shared,
+    app: &str,
+    ip: IpAddr,
+    kind: &str,
+    count: u32,
+    by: &str,
+) -> bool {
+    use crate::events::{AuditEvent, EventType};
+    let rt = shared.runtime.load();
+    let Some(policy) = rt.app(app) else {
+        return false;
+    };
+    let message = if kind == "credential_stuffing" {
+        format!("credential stuffing: {count} user names failed from {ip} across the cluster's instances")
+    } else {
+        format!("brute force from {ip}: {count} failed logins across the cluster's instances")
+    };
+    shared.events.sink.audit(
+        AuditEvent::new(EventType::BruteForceDetected, message.clone())
+            .ip(ip)
+            .detail("app", app)
+            .detail("kind", kind)
+            .detail("across_instances", "true")
+            .detail("instance", by),
+    );
+    shared
+        .metrics
+        .brute_force_detections
+        .with_label_values(&[kind])
+        .inc();
+    let report = crate::pipeline::Report::of(shared, &rt);
+    let bypass = report.ip_rules.set.load().bypasses(ip);
+    if policy.brute_force.ban_ip && !bypass && report.bans.check(ip).is_none() {
+        let ban = report
+            .bans
+            .ban(report.ban_settings, ip, None, message, false);
+        report.record_ban(
+            AuditEvent::new(EventType::IpBanned, String::new()).ip(ip),
+            ban,
+        );
+    }
+    true
 }
 
 /// The sessions of one (app, user) across the instances, by when each ends at the latest

@@ -679,8 +679,11 @@ fn login_failed(
         e = e.escalated();
     }
     shared.events.sink.audit(e);
-    if let (Some(cluster), Some(u)) = (&shared.cluster, user) {
-        crate::cluster::sync::count_failure(cluster, app, u, f.user_detected);
+    if let Some(cluster) = &shared.cluster {
+        if let Some(u) = user {
+            crate::cluster::sync::count_failure(cluster, app, u, f.user_detected);
+        }
+        crate::cluster::sync::count_address_failure(cluster, app, ctx.client_key, user, &f);
     }
 
     let report = Report::of(shared, rt);

@@ -739,6 +739,87 @@ async fn reject_new_counts_a_users_sessions_across_instances() {
     b.shutdown().await;
 }
 
+/// Failed logins from one address, and the user names it tries, are counted across the
+/// instances: spread over both so that neither alone reaches the limit, the address is
+/// still detected and banned on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_brute_force_and_stuffing_are_counted_across_instances() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let up = login_app().await;
+    let app = APP
+        .replace("max_failures = 3", "max_failures = 20")
+        .replace("ip_max_failures = 50", "ip_max_failures = 4")
+        .replace("stuffing_users = 50", "stuffing_users = 3");
+    let config = |instance: &str| {
+        trusted_config(
+            &up,
+            &format!(
+                "{app}\n[cluster]\nbackend = \"redis\"\nurl = \"{}\"\ninstance = \"{instance}\"\ntimeout = \"200ms\"\n",
+                redis.url()
+            ),
+        )
+    };
+    let a = TestGateway::start(&config("gw-a")).await;
+    let b = TestGateway::start(&config("gw-b")).await;
+    connected(&a).await;
+    connected(&b).await;
+    let fail = |gw, ip, user: &str| {
+        let form = format!("user={user}&password=nope");
+        async move { send(gw, "POST", "/login", ip, None, &form).await.status }
+    };
+    // Four failures for one name from one address, two per instance.
+    for gw in [&a, &b, &a, &b] {
+        assert_eq!(fail(gw, "198.51.100.60", "gina").await, 401);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for gw in [&a, &b] {
+        within_a_second("address banned", || async {
+            send(gw, "GET", "/x", "198.51.100.60", None, "")
+                .await
+                .status
+                == 403
+        })
+        .await;
+    }
+    // Three names from another address (two on A, one on B): credential stuffing.
+    for (gw, user) in [(&a, "u1"), (&b, "u2"), (&a, "u3")] {
+        assert_eq!(fail(gw, "198.51.100.61", user).await, 401);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for gw in [&a, &b] {
+        within_a_second("stuffing address banned", || async {
+            send(gw, "GET", "/x", "198.51.100.61", None, "")
+                .await
+                .status
+                == 403
+        })
+        .await;
+    }
+    // Each detection recorded once, by the instance whose failure crossed the limit.
+    let mut kinds = Vec::new();
+    for gw in [&a, &b] {
+        for e in events_of(gw, "brute_force_detected").await {
+            assert_eq!(e["details"]["across_instances"], "true", "{e}");
+            kinds.push((
+                e["details"]["kind"].as_str().unwrap().to_string(),
+                e["details"]["instance"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("address".to_string(), "gw-b".to_string()),
+            ("credential_stuffing".to_string(), "gw-a".to_string())
+        ]
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// A Redis host name resolving outside `[network] egress_allow` is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_host_names_resolve_through_egress_allow() {
