@@ -349,8 +349,13 @@ async fn whoami(axum::Extension(caller): axum::Extension<auth::Caller>) -> Respo
 async fn readyz(State(st): State<AdminState>) -> Response {
     if st.shared.ready.load(Ordering::Relaxed) {
         // Cut off from the cluster's Redis the instance still serves (on local state): it
-        // stays ready, and says so.
+        // stays ready and says so, unless the operator wants it drained.
         match &st.shared.cluster {
+            Some(c) if !c.is_up() && !c.settings.ready_when_down => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready (cluster degraded: redis unreachable; ready_when_down = false)\n",
+            )
+                .into_response(),
             Some(c) if !c.is_up() => (
                 StatusCode::OK,
                 "ready (cluster degraded: redis unreachable)\n",
@@ -413,7 +418,8 @@ async fn cluster(State(st): State<AdminState>) -> Response {
             "login_locks": st.shared.sessions.brute_force.locks(st.shared.sessions.clock.now()).len(),
         },
         "policy_when_redis_is_down": {
-            "rate_limits": "local",
+            "rate_limits": if c.settings.refuse_when_down { "refuse" } else { "local" },
+            "ready": c.settings.ready_when_down,
             "bans_locks_revocations": "last known",
         },
     }))

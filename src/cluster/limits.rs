@@ -65,7 +65,12 @@ const MAX_GRANTS: usize = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    Deny { retry_after: u64, window: usize },
+    Deny {
+        retry_after: u64,
+        window: usize,
+    },
+    /// Redis could not decide and `rate_limits_when_down = "refuse"`.
+    Unavailable,
 }
 
 #[derive(Clone, Copy)]

@@ -17,7 +17,8 @@
 //! - **Health**: every instance refreshes a heartbeat key each second (the cluster view in
 //!   `/api/v1/cluster`); losing Redis is a `cluster_degraded` event, the gauge
 //!   `gateway_cluster_up` 0 and `/readyz` reporting it in its body (still 200: the instance
-//!   serves on local state); reconnecting is `cluster_restored`.
+//!   serves on local state, unless `ready_when_down = false`); reconnecting is
+//!   `cluster_restored`. `rate_limits_when_down = "refuse"` fails rate limits closed.
 //!
 //! The embedded single-node behaviour is unchanged when `[cluster]` is absent.
 
@@ -47,6 +48,10 @@ pub struct ClusterSettings {
     pub timeout: Duration,
     pub reserve_max: u32,
     pub prefix: String,
+    /// `rate_limits_when_down = "refuse"`: no local fallback for rate limits.
+    pub refuse_when_down: bool,
+    /// `ready_when_down`.
+    pub ready_when_down: bool,
 }
 
 /// Validates `[cluster]`.
@@ -146,6 +151,8 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<ClusterSet
             .clamp(Duration::from_millis(1), Duration::from_secs(5)),
         reserve_max: c.reserve_max.max(1),
         prefix: c.key_prefix.clone(),
+        refuse_when_down: c.rate_limits_when_down == crate::config::WhenDown::Refuse,
+        ready_when_down: c.ready_when_down,
     })
 }
 
@@ -572,7 +579,11 @@ pub async fn run(
                 shared.events.sink.audit(
                     AuditEvent::new(
                         EventType::ClusterDegraded,
-                        "redis unreachable: rate limits are counted locally, bans and revocations are the last known",
+                        if cluster.settings.refuse_when_down {
+                            "redis unreachable: requests under rate limits are refused (503), bans and revocations are the last known"
+                        } else {
+                            "redis unreachable: rate limits are counted locally, bans and revocations are the last known"
+                        },
                     )
                     .detail("instance", cluster.settings.instance.clone()),
                 );

@@ -90,6 +90,24 @@ pub struct ClusterSection {
     /// Prefix of every Redis key and channel (several deployments may share a Redis).
     #[serde(default = "default_cluster_prefix")]
     pub key_prefix: String,
+    /// With Redis unreachable, requests under a rate-limit policy are counted by this
+    /// instance alone (`"local"`) or refused with a 503 (`"refuse"`: fail closed).
+    #[serde(default)]
+    pub rate_limits_when_down: WhenDown,
+    /// With Redis unreachable, `/readyz` still answers 200 (`true`: this instance serves on
+    /// local state) or 503 (`false`: a load balancer moves traffic to instances that still
+    /// reach Redis).
+    #[serde(default = "yes")]
+    pub ready_when_down: bool,
+}
+
+/// `[cluster] rate_limits_when_down`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenDown {
+    #[default]
+    Local,
+    Refuse,
 }
 
 impl ClusterSection {

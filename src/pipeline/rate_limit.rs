@@ -5,7 +5,7 @@
 //!
 //! In a cluster the tokens come from the buckets shared in Redis ([`shared_verdicts`],
 //! asked before [`check`]); a policy Redis could not decide in time is decided by this
-//! instance's own buckets.
+//! instance's own buckets, or refused with a 503 under `rate_limits_when_down = "refuse"`.
 
 use std::sync::Arc;
 
@@ -29,7 +29,11 @@ pub async fn shared_verdicts(
     ctx: &RequestCtx,
     headers: &http::HeaderMap,
 ) -> Vec<Option<Decision>> {
+    let refuse = cluster.settings.refuse_when_down;
     if !cluster.is_up() {
+        if refuse && !policies.is_empty() {
+            return vec![Some(Decision::Unavailable)];
+        }
         // Redis is down: every policy is decided here, without allocating.
         cluster.fell_back(policies.len());
         return Vec::new();
@@ -37,11 +41,15 @@ pub async fn shared_verdicts(
     let mut out = Vec::with_capacity(policies.len());
     for p in policies {
         let id = SharedLimits::key(p, ctx.client_key, headers);
-        let d = cluster.limits.check(cluster, p, &id).await;
-        if d.is_none() {
-            cluster.fell_back(1);
-        }
-        let refused = matches!(d, Some(Decision::Deny { .. }));
+        let d = match cluster.limits.check(cluster, p, &id).await {
+            None if refuse => Some(Decision::Unavailable),
+            None => {
+                cluster.fell_back(1);
+                None
+            }
+            d => d,
+        };
+        let refused = matches!(d, Some(Decision::Deny { .. } | Decision::Unavailable));
         out.push(d);
         if refused {
             break;
@@ -67,6 +75,20 @@ pub fn check<B>(
                 retry_after,
                 window,
             }) => Err(Rejection::new(retry_after, key, window)),
+            Some(Decision::Unavailable) => {
+                // Fail closed: the shared count cannot be read, and the operator chose not
+                // to count locally. Not the client's doing: no event per request, no ban.
+                let mut resp = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate limit unavailable",
+                    &ctx.request_id,
+                );
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return Some(resp);
+            }
             None => policy.check(key),
         };
         let Err(rejection) = verdict else {

@@ -820,6 +820,54 @@ async fn address_brute_force_and_stuffing_are_counted_across_instances() {
     b.shutdown().await;
 }
 
+/// The failure policy is the operator's: `rate_limits_when_down = "refuse"` fails closed
+/// (503 under a shared policy, other routes served) and `ready_when_down = false` takes
+/// the instance out of its load balancer while Redis is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_policy_can_fail_closed_and_unready() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = login_app().await;
+    let gw = TestGateway::start(&trusted_config(
+        &up,
+        &format!(
+            "{APP}\n[cluster]\nbackend = \"redis\"\nurl = \"{}\"\ninstance = \"gw\"\ntimeout = \"200ms\"\nrate_limits_when_down = \"refuse\"\nready_when_down = false\n",
+            redis.url()
+        ),
+    ))
+    .await;
+    connected(&gw).await;
+    let ready = || async { api(&gw, "GET", "/readyz", None).await.status };
+    assert_eq!(ready().await, 200);
+    let limited = || send(&gw, "GET", "/limited/x", "198.51.100.70", None, "");
+    assert_eq!(limited().await.status, 200);
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready().await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed 200 without redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = limited().await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers["retry-after"], "1");
+    // A route under no shared policy is served as before.
+    assert_eq!(
+        send(&gw, "GET", "/x", "198.51.100.70", None, "")
+            .await
+            .status,
+        200
+    );
+    assert!(redis.spawn());
+    connected(&gw).await;
+    assert_eq!(ready().await, 200);
+    assert_eq!(limited().await.status, 200);
+    gw.shutdown().await;
+}
+
 /// A Redis host name resolving outside `[network] egress_allow` is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_host_names_resolve_through_egress_allow() {
