@@ -15,6 +15,7 @@ Scenarios:
   h2            h2load, HTTP/2 over TLS, 50 connections x 10 streams
   new-conn      wrk with Connection: close: a full TLS handshake per request
   fixed-rate    h2load --h1, 2,000 req/s over 20 keep-alive connections (latency)
+  many-clients  as h1-keepalive, each request from one of 10,000 addresses (X-Forwarded-For)
 
 Needs (installs with apt when run as root): nginx haproxy wrk nghttp2-client.
 Usage: python3 benches/load.py [--rounds 3] [--duration 10] [--only gateway,nginx]
@@ -265,7 +266,10 @@ upstream = "backend"
         f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-waf']}")
                 + f'\n[waf]\nrules = ["{ROOT}/rules/*.toml"]\nmode = "block"\n')
     with open(f"{d}/gateway-secure.toml", "w") as f:
+        # The load generator stands in for a load balancer: its X-Forwarded-For is believed
+        # (the many-clients scenario spreads requests over 10,000 client addresses).
         f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-secure']}")
+                .replace("[server]\n", '[server]\ntrusted_proxies = ["127.0.0.1/32"]\n', 1)
                 + '\n[[rate_limits]]\nname = "per-ip"\nlimits = [{ requests = 1000000000, per = "1m" }, '
                   '{ requests = 1000000000, per = "1h" }, { requests = 1000000000, per = "1d" }]\n'
                 + rules)
@@ -354,6 +358,19 @@ def scenario(name, port, duration):
         return parse_wrk(out)
     if name == "h1-keepalive":
         out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", url]))
+        return parse_wrk(out)
+    if name == "many-clients":
+        # As h1-keepalive, each request from one of 10,000 client addresses (X-Forwarded-For,
+        # outside the 10.0.0.0/8 deny rules): per-client state (rate-limit buckets, shared
+        # reservations in a cluster) is touched cold instead of one hot key.
+        script = tempfile.mktemp(prefix="wrk-", suffix=".lua")
+        with open(script, "w") as f:
+            f.write('request = function()\n'
+                    '  local i = math.random(0, 9999)\n'
+                    '  return wrk.format(nil, nil, {["X-Forwarded-For"] = "172.16." .. math.floor(i / 256) .. "." .. (i % 256)})\n'
+                    'end\n')
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", "-s", script, url]))
+        os.unlink(script)
         return parse_wrk(out)
     if name == "new-conn":
         out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c20", f"-d{duration}s",
