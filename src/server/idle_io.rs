@@ -5,8 +5,15 @@
 //! - **idle**: no bytes read or written and no request in flight for `idle` (a client that
 //!   connects and never sends a byte, an idle keep-alive or HTTP/2 connection, an idle
 //!   tunnel). hyper-util's auto builder would otherwise wait forever for the preface.
-//! - **request head** (HTTP/1 only): once the first byte of a request head has arrived, the
-//!   pipeline must have received the request within `head_timeout` (slowloris).
+//! - **request head**: once the first byte of a request head has arrived, the pipeline must
+//!   have received the request within `head_timeout` (slowloris).
+//!
+//! On HTTP/2 ([`Protocol::Http2`]) bytes alone prove nothing: a client can keep a
+//! connection busy forever with PINGs, SETTINGS or WINDOW_UPDATEs (each answered, so writes
+//! prove nothing either), or dribble a header block that hyper only sees once complete.
+//! There the activity that counts is requests: the first request must arrive within
+//! `head_timeout` of the first byte (the preface), and the connection is idle when no
+//! request has been in flight or arrived for `idle` — whatever frames keep coming.
 //!
 //! A request "in flight" ([`ConnInfo::in_flight`]) is never cut off, so a slow upstream
 //! does not cost its client the connection.
@@ -32,6 +39,15 @@ use tokio::time::{Instant, Sleep};
 
 use super::ConnInfo;
 
+/// What the connection speaks, for what counts as activity (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1 (or not known yet, as with h2c): every byte counts.
+    Http1,
+    /// HTTP/2: only requests count.
+    Http2,
+}
+
 pin_project! {
     pub struct IdleTimeoutIo<T> {
         #[pin]
@@ -46,16 +62,19 @@ pin_project! {
         // When the first byte of the current request head arrived, and the request count
         // at that moment (a higher count later means the head was complete).
         head_started: Option<(Instant, u64)>,
+        protocol: Protocol,
+        // HTTP/2: the request count when the timer last looked.
+        requests_seen: u64,
         conn: Arc<ConnInfo>,
     }
 }
 
 impl<T> IdleTimeoutIo<T> {
-    /// `head_timeout`: `Some` for HTTP/1 connections.
     pub fn new(
         inner: T,
         idle: Duration,
         head_timeout: Option<Duration>,
+        protocol: Protocol,
         conn: Arc<ConnInfo>,
     ) -> Self {
         let now = Instant::now();
@@ -71,6 +90,8 @@ impl<T> IdleTimeoutIo<T> {
             period,
             last_activity: now,
             head_started: None,
+            protocol,
+            requests_seen: 0,
             conn,
         }
     }
@@ -86,7 +107,15 @@ impl<T: AsyncRead> AsyncRead for IdleTimeoutIo<T> {
         let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                if buf.filled().len() > before && *this.protocol == Protocol::Http2 {
+                    // Only the first request's head is timed here (see the module doc).
+                    if this.head_timeout.is_some() && this.head_started.is_none() {
+                        let requests = this.conn.requests.load(Ordering::Relaxed);
+                        if requests == 0 {
+                            *this.head_started = Some((Instant::now(), 0));
+                        }
+                    }
+                } else if buf.filled().len() > before {
                     let now = Instant::now();
                     *this.last_activity = now;
                     if this.head_timeout.is_some() {
@@ -109,6 +138,13 @@ impl<T: AsyncRead> AsyncRead for IdleTimeoutIo<T> {
                     Poll::Ready(()) => {
                         let now = Instant::now();
                         let busy = this.conn.in_flight.load(Ordering::Relaxed) > 0;
+                        if *this.protocol == Protocol::Http2 {
+                            let requests = this.conn.requests.load(Ordering::Relaxed);
+                            if requests != *this.requests_seen {
+                                *this.requests_seen = requests;
+                                *this.last_activity = now;
+                            }
+                        }
                         if busy {
                             *this.last_activity = now;
                         } else {
@@ -147,7 +183,7 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeoutIo<T> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            if *n > 0 {
+            if *n > 0 && *this.protocol == Protocol::Http1 {
                 *this.last_activity = Instant::now();
             }
         }
@@ -162,7 +198,7 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeoutIo<T> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r {
-            if *n > 0 {
+            if *n > 0 && *this.protocol == Protocol::Http1 {
                 *this.last_activity = Instant::now();
             }
         }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{proxy_protocol, ConnInfo, IdleTimeoutIo, PerAddress};
+use super::{proxy_protocol, ConnInfo, IdleTimeoutIo, PerAddress, Protocol};
 use crate::app::Shared;
 use crate::config::LimitsSection;
 
@@ -206,16 +206,31 @@ async fn handle_connection(
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = if h2 { &builders.h2 } else { &builders.h1 };
-            let head = (!h2).then_some(head_timeout);
-            let io = IdleTimeoutIo::new(tls, idle_timeout, head, info.clone());
+            let (builder, protocol) = if h2 {
+                (&builders.h2, Protocol::Http2)
+            } else {
+                (&builders.h1, Protocol::Http1)
+            };
+            let io = IdleTimeoutIo::new(
+                tls,
+                idle_timeout,
+                Some(head_timeout),
+                protocol,
+                info.clone(),
+            );
             serve_http(io, info, builder, &shared, drain).await;
         }
         None => {
             let info = Arc::new(ConnInfo::new(peer, name, false));
             let builder = if h2c { &builders.auto } else { &builders.h1 };
             // With h2c the protocol is not known yet; the head deadline applies to both.
-            let io = IdleTimeoutIo::new(stream, idle_timeout, Some(head_timeout), info.clone());
+            let io = IdleTimeoutIo::new(
+                stream,
+                idle_timeout,
+                Some(head_timeout),
+                Protocol::Http1,
+                info.clone(),
+            );
             serve_http(io, info, builder, &shared, drain).await;
         }
     }

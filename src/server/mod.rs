@@ -6,7 +6,7 @@ mod listener;
 mod per_address;
 pub mod proxy_protocol;
 
-pub use idle_io::IdleTimeoutIo;
+pub use idle_io::{IdleTimeoutIo, Protocol};
 pub use listener::{serve_listener, ConnBuilders, ListenerRuntime};
 pub use per_address::{AddressSlot, PerAddress};
 

@@ -213,3 +213,89 @@ async fn one_address_holds_at_most_its_share_of_connections_unless_it_is_a_trust
         conns.push(s);
     }
 }
+
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Keeps an HTTP/2 connection busy with PINGs every 300 ms (each answered by the gateway,
+/// so bytes move both ways) until the gateway closes it: how long that took, or `None`
+/// after `give_up`.
+async fn ping_until_closed<S>(s: S, give_up: Duration) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let (mut r, mut w) = tokio::io::split(s);
+    let started = Instant::now();
+    let reader = async {
+        let mut buf = [0u8; 4096];
+        while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let pinger = async {
+        let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
+        while w.write_all(ping).await.is_ok() && w.flush().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    tokio::select! {
+        _ = reader => Some(started.elapsed()),
+        _ = pinger => Some(started.elapsed()),
+        _ = tokio::time::sleep(give_up) => None,
+    }
+}
+
+/// Sends `GET /` on stream 1 and reads frames until that stream ends.
+async fn h2_get<S>(s: &mut S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    // HPACK: :method GET, :scheme https, :path / (static table), :authority localhost.
+    let block = b"\x82\x87\x84\x41\x09localhost";
+    let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(block);
+    s.write_all(&frame).await.unwrap();
+    s.flush().await.unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.expect("response frames");
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+        if stream == 1 && head[4] & 0x01 != 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_frames_without_requests_do_not_hold_a_connection() {
+    let up = echo_upstream().await;
+    // Head deadline 1 s, idle 3 s.
+    let cfg = base_config(&[up.url()], "")
+        + "\n[timeouts]\ntls_handshake = \"1s\"\nheader_read = \"1s\"\nidle = \"3s\"\n";
+    let gw = TestGateway::start(&cfg).await;
+
+    // PINGs after the preface, no request: the first request's head deadline closes it.
+    let mut s = gw.tls().connect(gw.addr("https"), "localhost", true).await;
+    s.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    let closed = ping_until_closed(s, Duration::from_secs(8)).await;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_millis(2500)),
+        "no request, PINGs only: closed after {closed:?}"
+    );
+
+    // After a request, PINGs do not keep it open past the idle timeout either; and the
+    // request head deadline does not apply to an HTTP/2 connection that already carried
+    // a request (it is idle, not slow).
+    let mut s = gw.tls().connect(gw.addr("https"), "localhost", true).await;
+    s.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    h2_get(&mut s).await;
+    let closed = ping_until_closed(s, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(2400) && t < Duration::from_secs(5)),
+        "one request, then PINGs: closed after {closed:?} (idle 3 s)"
+    );
+    assert_eq!(up.hits(), 1);
+}
