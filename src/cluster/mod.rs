@@ -44,6 +44,8 @@ pub struct ClusterSettings {
     pub redis_cluster: bool,
     pub username: Option<String>,
     pub password: Option<SecretSource>,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<std::path::PathBuf>,
     pub instance: String,
     pub timeout: Duration,
     pub reserve_max: u32,
@@ -103,6 +105,9 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<ClusterSet
             _ => errs.push(cfg.error(&key, format!("`{url}` is not a redis:// or rediss:// URL"))),
         }
     }
+    if c.ca_file.is_some() && !urls.iter().any(|u| u.starts_with("rediss://")) {
+        errs.push(cfg.error(&at.key("ca_file"), "only applies to rediss:// (TLS)"));
+    }
     let password = match (&c.password_file, &c.password_env) {
         (Some(_), Some(_)) => {
             errs.push(cfg.error(
@@ -145,6 +150,7 @@ pub fn compile(cfg: &LoadedConfig, errs: &mut ConfigErrors) -> Option<ClusterSet
         redis_cluster: !c.nodes.is_empty(),
         username: c.username.clone(),
         password,
+        ca_file: c.ca_file.as_ref().map(|p| cfg.resolve(p)),
         instance,
         timeout: c
             .timeout
@@ -170,6 +176,25 @@ pub enum ClusterError {
     Secret(#[from] crate::secrets::SecretError),
     #[error("cluster: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cluster: ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+}
+
+/// The PEM text of `ca_file`, checked to hold at least one certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ClusterError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let err = |message: String| ClusterError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in it".into()));
+    }
+    Ok(pem)
 }
 
 /// Where the shared state lives.
@@ -288,10 +313,18 @@ impl Cluster {
             }
             infos.push(info.set_redis_settings(redis_settings));
         }
+        let ca = settings.ca_file.as_deref().map(read_ca).transpose()?;
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca.clone(),
+        };
         let nodes = infos
             .iter()
             .cloned()
-            .map(redis::Client::open)
+            .map(|info| match &ca {
+                Some(_) => redis::Client::build_with_tls(info, certs()),
+                None => redis::Client::open(info),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let egress = EgressDns(egress.clone());
         let backend = if settings.redis_cluster {
@@ -306,6 +339,9 @@ impl Cluster {
             }
             if let Some(u) = &settings.username {
                 b = b.username(u);
+            }
+            if ca.is_some() {
+                b = b.certs(certs());
             }
             Backend::Cluster(Box::new(b.build()?))
         } else {

@@ -78,6 +78,10 @@ pub struct ClusterSection {
     /// The Redis user (ACL) the password belongs to; absent: `default`.
     #[serde(default)]
     pub username: Option<String>,
+    /// PEM CA certificates a `rediss://` server's certificate must chain to (a private CA),
+    /// instead of the system's and the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// This instance's name in events and `/api/v1/cluster`; default: the host name.
     #[serde(default)]
     pub instance: Option<String>,

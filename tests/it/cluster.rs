@@ -29,8 +29,13 @@ impl Redis {
             child: None,
             port: free_port(),
             dir,
-            options: options.iter().map(|o| o.to_string()).collect(),
+            options: Vec::new(),
         };
+        // `{port}` in an option: the port chosen (e.g. `--tls-port {port}` with `--port 0`).
+        r.options = options
+            .iter()
+            .map(|o| o.replace("{port}", &r.port.to_string()))
+            .collect();
         if !r.spawn() {
             eprintln!(
                 "SKIPPED the cluster tests: redis-server is not installed (.ci/run installs it)"
@@ -868,6 +873,65 @@ async fn redis_down_policy_can_fail_closed_and_unready() {
     gw.shutdown().await;
 }
 
+/// `rediss://` with a password and a private CA: connected when `ca_file` names the CA,
+/// never without it (the server's certificate is verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password_and_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    std::fs::write(path("redis.crt"), leaf.pem()).unwrap();
+    std::fs::write(path("redis.key"), key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(path("password"), "s3cret-redis-password\n").unwrap();
+    let (crt, key, ca_file) = (path("redis.crt"), path("redis.key"), path("ca.crt"));
+    let Some(redis) = Redis::start_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret-redis-password",
+    ]) else {
+        return;
+    };
+    let config = |ca: &str| {
+        base_config(
+            &["builtin:echo".into()],
+            &format!(
+                "\n[cluster]\nbackend = \"redis\"\nurl = \"rediss://localhost:{}\"\npassword_file = \"{}\"\ninstance = \"gw\"\n{ca}",
+                redis.port,
+                path("password")
+            ),
+        )
+    };
+    let gw = TestGateway::start(&config(&format!("ca_file = \"{ca_file}\"\n"))).await;
+    connected(&gw).await;
+    gw.shutdown().await;
+    // The same server without the CA: the certificate is not trusted, no connection.
+    let gw = TestGateway::start(&config("")).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let view = api(&gw, "GET", "/api/v1/cluster", None).await.json();
+    assert_eq!(view["connected"], false, "{view}");
+    gw.shutdown().await;
+}
+
 /// A Redis host name resolving outside `[network] egress_allow` is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_host_names_resolve_through_egress_allow() {
@@ -928,4 +992,8 @@ fn cluster_config_mistakes_are_named() {
     );
     let named: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(named, ["cluster.nodes[1]", "cluster.nodes[2]"], "{e:?}");
+    let e = bad(
+        "\n[cluster]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nca_file = \"ca.crt\"\n",
+    );
+    assert_eq!(e[0].key, "cluster.ca_file", "{e:?}");
 }
