@@ -410,6 +410,8 @@ async fn cluster(State(st): State<AdminState>) -> Response {
     Json(json!({
         "enabled": true,
         "backend": "redis",
+        "redis_cluster": c.settings.redis_cluster,
+        "redis": c.settings.urls,
         "instance": c.settings.instance,
         "connected": c.is_up(),
         "instances": instances.unwrap_or_default(),
