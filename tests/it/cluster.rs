@@ -591,6 +591,7 @@ async fn instances_share_state_through_a_redis_cluster() {
         Some(2),
         "{view}"
     );
+    assert_eq!(view["redis_cluster"], true, "{view}");
 
     // One budget for the pair, whichever node owns the bucket's slot.
     let mut allowed = 0;
