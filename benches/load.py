@@ -216,7 +216,7 @@ http {{
         f.write(f"""
 global
   nbthread 1
-  maxconn 8000
+  maxconn 20000
 defaults
   mode http
   timeout connect 5s
@@ -248,6 +248,7 @@ name = "https"
 bind = "127.0.0.1:{PORTS['gateway']}"
 tls = true
 max_connections = 20000
+max_connections_per_ip = 0
 [[upstreams]]
 name = "backend"
 servers = ["http://127.0.0.1:{BACKEND_PORT}"]
@@ -395,6 +396,31 @@ def scenario(name, port, duration):
     raise ValueError(name)
 
 
+def dev_cert(d, gateway_bin):
+    """A localhost certificate from the gateway's own dev-cert generator (a throwaway start)."""
+    cert, key = f"{d}/certs/localhost.crt", f"{d}/certs/localhost.key"
+    os.makedirs(f"{d}/certs")
+    with open(f"{d}/gen.toml", "w") as f:
+        f.write(f"""[admin]\nenabled = false\n[tls]\ndev_self_signed = true\n[[tls.certificates]]\ncert = "{cert}"\nkey = "{key}"\n
+[[listeners]]\nname = "x"\nbind = "127.0.0.1:0"\ntls = true\n[[upstreams]]\nname = "u"\nservers = ["builtin:echo"]\n[[routes]]\nname = "r"\nupstream = "u"\n""")
+    g = subprocess.Popen([gateway_bin, "run", "--config", f"{d}/gen.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if os.path.exists(key):
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
+    g.terminate(); g.wait()
+    return cert, key
+
+
+def start_backend(d):
+    """The backend (nginx answering a fixed 200), pinned to core 1."""
+    p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", f"{d}/backend.conf", "-g", "daemon off;"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(BACKEND_PORT)
+    return p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -414,19 +440,7 @@ def main():
     gateway_bin = os.path.join(ROOT, "target/release/gateway")
     d = tempfile.mkdtemp(prefix="gateway-load-")
     sys.path.insert(0, ROOT)
-    # A localhost certificate from the gateway's own dev-cert generator (via a throwaway start).
-    cert, key = f"{d}/certs/localhost.crt", f"{d}/certs/localhost.key"
-    os.makedirs(f"{d}/certs")
-    with open(f"{d}/gen.toml", "w") as f:
-        f.write(f"""[admin]\nenabled = false\n[tls]\ndev_self_signed = true\n[[tls.certificates]]\ncert = "{cert}"\nkey = "{key}"\n
-[[listeners]]\nname = "x"\nbind = "127.0.0.1:0"\ntls = true\n[[upstreams]]\nname = "u"\nservers = ["builtin:echo"]\n[[routes]]\nname = "r"\nupstream = "u"\n""")
-    g = subprocess.Popen([gateway_bin, "run", "--config", f"{d}/gen.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if os.path.exists(key):
-            break
-        time.sleep(0.1)
-    time.sleep(0.3)
-    g.terminate(); g.wait()
+    cert, key = dev_cert(d, gateway_bin)
     write_configs(d, cert, key)
     if args.baseline_bin:
         args.only += ",gateway-baseline"
@@ -446,9 +460,7 @@ def main():
     if any(p in args.only for p in ("gateway-crs", "nginx-modsec")):
         write_crs_configs(d, cert, key)
 
-    backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", f"{d}/backend.conf", "-g", "daemon off;"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(BACKEND_PORT)
+    backend = start_backend(d)
     redis = None
     if "gateway-cluster" in args.only:
         redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(REDIS_PORT),

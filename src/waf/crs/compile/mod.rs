@@ -1,0 +1,440 @@
+//! SecLang directives → compiled CRS rules: variables resolved to the request's
+//! collections, operators compiled (regexes, phrase automata, data files), transformation
+//! chains interned (each distinct chain has an id the per-request cache keys on), actions
+//! parsed (`setvar`, `ctl`, macros), `skipAfter` resolved to list positions, and the
+//! load-time directives applied (`SecDefaultAction`, `SecRuleRemoveBy*`,
+//! `SecRuleUpdateTargetBy*`). Every rule that cannot be translated is collected with its
+//! id and reason.
+//!
+//! This module holds the compiled program (what [`super::eval`] runs); [`loader`] reads
+//! the directives into it, [`actions`] parses a rule's actions (`setvar`, `ctl`,
+//! `severity`), [`operators`] compiles its operator.
+
+mod actions;
+mod loader;
+mod operators;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use ipnet::IpNet;
+use regex_automata::meta;
+
+use super::seclang::{self, Action, Selector, VarRef};
+use super::xform::Xform;
+use super::{CrsError, CrsSettings};
+use crate::waf::operator::{compile_regex, required_bytes, required_literals_within, ByteSet, Cmp};
+use crate::waf::rule::Kind;
+
+/// A request variable (collection or scalar) SecLang names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Var {
+    Args,
+    ArgsNames,
+    ArgsGet,
+    ArgsGetNames,
+    ArgsPost,
+    ArgsPostNames,
+    ArgsCombinedSize,
+    RequestHeaders,
+    RequestHeadersNames,
+    RequestCookies,
+    RequestCookiesNames,
+    Files,
+    FilesNames,
+    FilesCombinedSize,
+    MultipartPartHeaders,
+    Tx,
+    MatchedVar,
+    MatchedVarName,
+    MatchedVars,
+    MatchedVarsNames,
+    Xml,
+    RequestUri,
+    RequestUriRaw,
+    RequestFilename,
+    RequestBasename,
+    RequestLine,
+    RequestMethod,
+    RequestProtocol,
+    QueryString,
+    RequestBody,
+    RequestBodyLength,
+    ReqbodyProcessor,
+    ReqbodyError,
+    RemoteAddr,
+    UniqueId,
+    /// `%{rule.id}` and friends in macros.
+    Rule,
+}
+
+const VARS: &[(&str, Var)] = &[
+    ("ARGS", Var::Args),
+    ("ARGS_NAMES", Var::ArgsNames),
+    ("ARGS_GET", Var::ArgsGet),
+    ("ARGS_GET_NAMES", Var::ArgsGetNames),
+    ("ARGS_POST", Var::ArgsPost),
+    ("ARGS_POST_NAMES", Var::ArgsPostNames),
+    ("ARGS_COMBINED_SIZE", Var::ArgsCombinedSize),
+    ("REQUEST_HEADERS", Var::RequestHeaders),
+    ("REQUEST_HEADERS_NAMES", Var::RequestHeadersNames),
+    ("REQUEST_COOKIES", Var::RequestCookies),
+    ("REQUEST_COOKIES_NAMES", Var::RequestCookiesNames),
+    ("FILES", Var::Files),
+    ("FILES_NAMES", Var::FilesNames),
+    ("FILES_COMBINED_SIZE", Var::FilesCombinedSize),
+    ("MULTIPART_PART_HEADERS", Var::MultipartPartHeaders),
+    ("TX", Var::Tx),
+    ("MATCHED_VAR", Var::MatchedVar),
+    ("MATCHED_VAR_NAME", Var::MatchedVarName),
+    ("MATCHED_VARS", Var::MatchedVars),
+    ("MATCHED_VARS_NAMES", Var::MatchedVarsNames),
+    ("XML", Var::Xml),
+    ("REQUEST_URI", Var::RequestUri),
+    ("REQUEST_URI_RAW", Var::RequestUriRaw),
+    ("REQUEST_FILENAME", Var::RequestFilename),
+    ("REQUEST_BASENAME", Var::RequestBasename),
+    ("REQUEST_LINE", Var::RequestLine),
+    ("REQUEST_METHOD", Var::RequestMethod),
+    ("REQUEST_PROTOCOL", Var::RequestProtocol),
+    ("QUERY_STRING", Var::QueryString),
+    ("REQUEST_BODY", Var::RequestBody),
+    ("REQUEST_BODY_LENGTH", Var::RequestBodyLength),
+    ("REQBODY_PROCESSOR", Var::ReqbodyProcessor),
+    ("REQBODY_ERROR", Var::ReqbodyError),
+    ("REMOTE_ADDR", Var::RemoteAddr),
+    ("UNIQUE_ID", Var::UniqueId),
+    ("RULE", Var::Rule),
+];
+
+impl Var {
+    pub fn from_name(name: &str) -> Option<Var> {
+        VARS.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    pub fn name(self) -> &'static str {
+        VARS.iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The request-value kinds this collection is made of.
+    pub fn kinds(self) -> u32 {
+        let k = |ks: &[Kind]| ks.iter().fold(0, |a, k| a | k.bit());
+        match self {
+            Var::Args => k(&[Kind::QueryArg, Kind::BodyArg]),
+            Var::ArgsNames => k(&[Kind::QueryArgName, Kind::BodyArgName]),
+            Var::ArgsGet => k(&[Kind::QueryArg]),
+            Var::ArgsGetNames => k(&[Kind::QueryArgName]),
+            Var::ArgsPost => k(&[Kind::BodyArg]),
+            Var::ArgsPostNames => k(&[Kind::BodyArgName]),
+            Var::RequestHeaders => k(&[Kind::Header]),
+            Var::RequestHeadersNames => k(&[Kind::HeaderName]),
+            Var::RequestCookies => k(&[Kind::Cookie]),
+            Var::RequestCookiesNames => k(&[Kind::CookieName]),
+            Var::Files => k(&[Kind::File]),
+            Var::FilesNames => k(&[Kind::FileName]),
+            _ => 0,
+        }
+    }
+}
+
+/// A `:key` selector; keys compare ASCII case-insensitively, as in ModSecurity.
+#[derive(Debug)]
+pub enum Sel {
+    All,
+    Name(Vec<u8>),
+    Regex(Box<meta::Regex>),
+}
+
+impl Sel {
+    fn compile(s: &Option<Selector>) -> Result<Sel, String> {
+        Ok(match s {
+            None => Sel::All,
+            Some(Selector::Name(n)) => Sel::Name(n.to_ascii_lowercase().into_bytes()),
+            Some(Selector::Regex(r)) => Sel::Regex(Box::new(
+                compile_regex(&format!("(?i){r}")).map_err(|e| format!("selector /{r}/: {e}"))?,
+            )),
+        })
+    }
+
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Sel::All => true,
+            Sel::Name(n) => n.eq_ignore_ascii_case(key),
+            Sel::Regex(r) => r.is_match(key),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub var: Var,
+    pub sel: Sel,
+    /// `&VAR`: the number of values.
+    pub count: bool,
+}
+
+/// A piece of a macro string: `%{tx.anomaly_score}`.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Lit(String),
+    Var(Var, Option<String>),
+}
+
+/// A string with `%{…}` references, expanded per request.
+#[derive(Debug, Clone, Default)]
+pub struct Macro(pub Vec<Part>);
+
+impl Macro {
+    pub fn parse(s: &str) -> Result<Macro, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("%{") {
+            let Some(j) = rest[i..].find('}') else {
+                break;
+            };
+            if i > 0 {
+                parts.push(Part::Lit(rest[..i].to_string()));
+            }
+            let inner = &rest[i + 2..i + j];
+            let (coll, key) = match inner.find(['.', ':']) {
+                Some(k) => (&inner[..k], Some(inner[k + 1..].to_ascii_lowercase())),
+                None => (inner, None),
+            };
+            let var = Var::from_name(coll)
+                .ok_or_else(|| format!("macro %{{{inner}}}: unknown variable"))?;
+            parts.push(Part::Var(var, key));
+            rest = &rest[i + j + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Lit(rest.to_string()));
+        }
+        Ok(Macro(parts))
+    }
+
+    /// The text when it has no references.
+    pub fn literal(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [] => Some(""),
+            [Part::Lit(s)] => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An operator argument: literal, or expanded per request.
+#[derive(Debug)]
+pub enum Arg {
+    Lit(Vec<u8>),
+    Macro(Macro),
+}
+
+impl Arg {
+    fn parse(s: &str) -> Result<Arg, String> {
+        let m = Macro::parse(s)?;
+        Ok(match m.literal() {
+            Some(l) => Arg::Lit(l.as_bytes().to_vec()),
+            None => Arg::Macro(m),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Rx {
+        re: Box<meta::Regex>,
+        /// One of these bytes must occur for a match (`None`: no such set).
+        needs: Option<ByteSet>,
+        /// One of these strings (ASCII case-insensitively) must occur for a match.
+        lits: Option<Vec<Vec<u8>>>,
+    },
+    /// `@pm`, `@pmFromFile`: phrases, ASCII case-insensitive.
+    Pm(Box<AhoCorasick>),
+    StrEq(Arg),
+    Within(Arg),
+    BeginsWith(Arg),
+    EndsWith(Arg),
+    Contains(Arg),
+    ContainsWord(Arg),
+    Compare(Cmp, Arg),
+    DetectSqli,
+    DetectXss,
+    ValidateByteRange(Box<[bool; 256]>),
+    ValidateUrlEncoding,
+    ValidateUtf8,
+    IpMatch(Vec<IpNet>),
+    Unconditional,
+    NoMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOp {
+    Set,
+    Add,
+    Sub,
+    Delete,
+}
+
+#[derive(Debug)]
+pub struct SetVar {
+    /// `tx.name`, lowercased, possibly with macros.
+    pub name: Macro,
+    /// The variable's key (see [`var_key`]) when the name has no macros.
+    pub key: Option<String>,
+    pub op: SetOp,
+    pub value: Macro,
+}
+
+#[derive(Debug)]
+pub enum Ctl {
+    RemoveById(Vec<(u32, u32)>),
+    RemoveByTag(String),
+    RemoveTargetById(u32, Var, Option<Vec<u8>>),
+    RemoveTargetByTag(String, Var, Option<Vec<u8>>),
+    /// `ruleEngine=DetectionOnly|Off|On`.
+    RuleEngine(EngineMode),
+    ForceRequestBodyVariable,
+    RequestBodyProcessor(String),
+    /// Audit-log switches: the gateway's events are not ModSecurity's audit log.
+    AuditEngine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineMode {
+    On,
+    DetectionOnly,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disruptive {
+    Pass,
+    /// Whatever `SecDefaultAction` says (CRS: `pass`; blocking is 949110's `deny`).
+    Block,
+    Deny(u16),
+    Allow,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub id: u32,
+    pub phase: u8,
+    pub file: u16,
+    pub line: u32,
+    pub targets: Vec<Target>,
+    pub excludes: Vec<(Var, Sel)>,
+    pub op: Op,
+    pub negate: bool,
+    /// `SecAction`: matches once, no targets.
+    pub always: bool,
+    pub xforms: u16,
+    pub multi_match: bool,
+    pub capture: bool,
+    pub setvars: Vec<SetVar>,
+    pub ctls: Vec<Ctl>,
+    pub msg: Option<Macro>,
+    pub logdata: Option<Macro>,
+    pub tags: Vec<String>,
+    pub severity: Option<u8>,
+    pub log: bool,
+    pub disruptive: Disruptive,
+    pub skip_after: Option<String>,
+    pub skip_to: usize,
+    /// Its bit in the per-value literal prefilter of its transformation chain
+    /// ([`NO_SLOT`]: not prefiltered).
+    pub pf_slot: u32,
+    /// Unique among all rules and chain links (indexes per-value operator results).
+    pub uid: u32,
+    /// Its operator's result depends on the value alone (no captures, no macros), so
+    /// it may be kept per value.
+    pub memo: bool,
+    /// The next link of its chain reads `MATCHED_VARS(_NAMES)`: its matches are kept.
+    pub feeds_matched_vars: bool,
+    pub chain: Vec<Rule>,
+    chain_next: bool,
+}
+
+pub enum Entry {
+    Rule(Box<Rule>),
+    Marker(String),
+}
+
+/// What the load found.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub files: Vec<PathBuf>,
+    /// Request-phase rules compiled (chains count once).
+    pub rules: usize,
+    /// Rules of phases 3–5 (response), not run.
+    pub response_rules: usize,
+    /// Rules that could not be translated, with the reason.
+    pub untranslatable: Vec<(u32, String)>,
+    /// Directives without effect on the gateway (file:line directive).
+    pub ignored: Vec<String>,
+}
+
+/// A rule without a prefilter slot.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// The literal prefilter of one transformation chain: every required literal of every
+/// regex rule on that chain in one automaton; a value transformed by the chain is scanned
+/// once, and a rule whose literals did not occur skips its regex.
+pub struct Prefilter {
+    pub ac: AhoCorasick,
+    /// Pattern id → the rule's slot.
+    pub slot_of: Vec<u32>,
+}
+
+/// CRS, compiled.
+pub struct Crs {
+    /// Phase 1 and phase 2 rules and markers, in file order.
+    pub phases: [Vec<Entry>; 2],
+    pub chains: Vec<Vec<Xform>>,
+    /// Per chain, per step: the bytes the step may change.
+    pub chain_sets: Vec<Vec<Option<ByteSet>>>,
+    /// Per chain, its literal prefilter.
+    pub prefilters: Vec<Option<Prefilter>>,
+    /// 64-bit words of a per-value prefilter result.
+    pub pf_words: usize,
+    /// 64-bit words of a per-value set of operator results (two bits per rule).
+    pub memo_words: usize,
+    pub initial_tx: Vec<(String, Vec<u8>)>,
+    /// The disruptive action `block` stands for, per phase.
+    pub block_action: [Disruptive; 2],
+    pub report: LoadReport,
+    pub settings: CrsSettings,
+}
+
+pub use actions::var_key;
+
+impl std::fmt::Debug for Crs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crs")
+            .field("path", &self.settings.path)
+            .field("rules", &self.report.rules)
+            .field("chains", &self.chains.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::actions::setvar;
+    use super::*;
+
+    #[test]
+    fn macros_and_setvars() {
+        let m = Macro::parse("Score: %{TX.anomaly_score} at %{MATCHED_VAR_NAME}").unwrap();
+        assert_eq!(m.0.len(), 4);
+        assert!(matches!(&m.0[1], Part::Var(Var::Tx, Some(k)) if k == "anomaly_score"));
+        let s = setvar("tx.inbound_anomaly_score_pl1=+%{tx.critical_anomaly_score}").unwrap();
+        assert_eq!(s.op, SetOp::Add);
+        assert!(setvar("!tx.x").unwrap().op == SetOp::Delete);
+        assert!(Macro::parse("%{nope.x}").is_err());
+    }
+}
