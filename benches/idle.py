@@ -66,14 +66,16 @@ def main():
     ap.add_argument("--settle", type=int, default=60)
     ap.add_argument("--only", default="gateway,nginx,haproxy")
     ap.add_argument("--no-request", action="store_true", help="idle right after the handshake")
-    ap.add_argument("--no-build", action="store_true", help="use target/release/gateway as it is")
+    ap.add_argument("--no-build", action="store_true", help="use the gateway binary as it is")
+    ap.add_argument("--bin", default=os.path.join(load.ROOT, "target/release/gateway"),
+                    help="the gateway binary (default: the release build)")
     args = ap.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load.ensure_tools()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gateway"], cwd=load.ROOT, check=True)
-    gateway_bin = os.path.join(load.ROOT, "target/release/gateway")
+    gateway_bin = args.bin
     d = tempfile.mkdtemp(prefix="gateway-idle-")
     cert, key = load.dev_cert(d, gateway_bin)
     load.write_configs(d, cert, key)

@@ -216,7 +216,7 @@ http {{
         f.write(f"""
 global
   nbthread 1
-  maxconn 20000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s

@@ -249,7 +249,7 @@ async fn serve_http<I>(
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(crate::pipeline::handle(shared, info, req).await) }
+        async move { Ok::<_, Infallible>(Box::pin(crate::pipeline::handle(shared, info, req)).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
