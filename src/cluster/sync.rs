@@ -609,6 +609,15 @@ if n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return n
 "#;
 
+/// A sorted-set member for one failure: unique across instances and within one.
+fn failure_member(cluster: &Cluster) -> String {
+    format!(
+        "{}:{}",
+        cluster.settings.instance,
+        crate::secrets::random_hex::<8>()
+    )
+}
+
 /// Counts a failed login of `user` in the cluster's shared window (in the background: the
 /// request does not wait). Reaching the app's `max_failures` across instances locks the
 /// user everywhere; `local_detection`: this instance already locked it (the shared window
@@ -629,11 +638,7 @@ pub fn count_failure(
     let (window, limit, lock) = (bf.window_micros, bf.max_failures, bf.lock_micros);
     tokio::spawn(async move {
         let key = format!("{}:bf:{{{app_name}\u{0}{user}}}", cluster.settings.prefix);
-        let member = format!(
-            "{}:{}",
-            cluster.settings.instance,
-            crate::secrets::random_hex::<8>()
-        );
+        let member = failure_member(&cluster);
         let script = &cluster.sync.failures;
         let n: Option<u32> = cluster
             .call(|mut c| async move {
@@ -712,11 +717,7 @@ pub fn count_address_failure(
     let (window, ip_max, names_max) = (bf.window_micros, bf.ip_max_failures, bf.stuffing_users);
     tokio::spawn(async move {
         let tag = format!("{}:bfa:{{{app_name}\u{0}{ip}}}", cluster.settings.prefix);
-        let member = format!(
-            "{}:{}",
-            cluster.settings.instance,
-            crate::secrets::random_hex::<8>()
-        );
+        let member = failure_member(&cluster);
         let script = &cluster.sync.address_failures;
         let mut inv = script.prepare_invoke();
         inv.key(format!("{tag}:n"))

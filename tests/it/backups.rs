@@ -107,13 +107,7 @@ async fn fill_every_table(gw: &TestGateway) -> String {
     )
     .await;
     assert_eq!(login.status, 302, "{}", login.text());
-    let cookie = login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = cookie_pair(&login);
     assert_eq!(
         request_as(&mut s, "GET", "/home", "192.0.2.10", Some(&cookie), "")
             .await

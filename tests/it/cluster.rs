@@ -149,6 +149,22 @@ async fn send(
     request_as(&mut s, method, path, ip, cookie, form).await
 }
 
+/// Three wrong passwords for `user` on `from` (limit three) lock it on `to` within a
+/// second: even the right password is refused there.
+async fn lock_spreads(from: &TestGateway, to: &TestGateway, user: &str) {
+    for _ in 0..3 {
+        let form = format!("user={user}&password=nope");
+        let r = send(from, "POST", "/login", "198.51.100.30", None, &form).await;
+        assert_eq!(r.status, 401);
+    }
+    within_a_second("lock on the other instance", || async {
+        let form = format!("user={user}&password=secret");
+        let r = send(to, "POST", "/login", "198.51.100.31", None, &form).await;
+        r.status == 429 || r.status == 403 || r.status == 423
+    })
+    .await;
+}
+
 /// Bans `ip` for ten minutes through `gw`'s API.
 async fn ban(gw: &TestGateway, ip: &str, reason: &str) {
     let body = serde_json::json!({"ip": ip, "duration": "10m", "reason": reason});
@@ -253,31 +269,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     .await;
 
     // A login lock from failures on A holds on B.
-    for _ in 0..3 {
-        let r = send(
-            &a,
-            "POST",
-            "/login",
-            "198.51.100.30",
-            None,
-            "user=carol&password=nope",
-        )
-        .await;
-        assert_eq!(r.status, 401);
-    }
-    within_a_second("lock on B", || async {
-        let r = send(
-            &b,
-            "POST",
-            "/login",
-            "198.51.100.31",
-            None,
-            "user=carol&password=secret",
-        )
-        .await;
-        r.status == 429 || r.status == 403 || r.status == 423
-    })
-    .await;
+    lock_spreads(&a, &b, "carol").await;
     let locks = api(&b, "GET", "/api/v1/login-locks", None).await.json();
     assert_eq!(locks["items"][0]["user"], "carol", "{locks}");
 
@@ -322,13 +314,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
     )
     .await;
     assert_eq!(r.status, 302, "{}", r.text());
-    let cookie = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = cookie_pair(&r);
     assert_eq!(
         send(&a, "GET", "/home", "198.51.100.40", Some(&cookie), "")
             .await
@@ -375,13 +361,7 @@ async fn two_instances_share_limits_bans_locks_and_revocations_through_redis() {
         )
         .await;
         assert_eq!(r.status, 302, "{}", r.text());
-        let c = r.headers["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let c = cookie_pair(&r);
         cookies.push(c);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -643,31 +623,7 @@ async fn instances_share_state_through_a_redis_cluster() {
     }
     assert!(recorded, "no node holds {{gateway}}:bans");
     // A login lock too.
-    for _ in 0..3 {
-        let r = send(
-            &a,
-            "POST",
-            "/login",
-            "198.51.100.30",
-            None,
-            "user=carol&password=nope",
-        )
-        .await;
-        assert_eq!(r.status, 401);
-    }
-    within_a_second("lock on B", || async {
-        let r = send(
-            &b,
-            "POST",
-            "/login",
-            "198.51.100.31",
-            None,
-            "user=carol&password=right",
-        )
-        .await;
-        r.status == 429 || r.status == 403
-    })
-    .await;
+    lock_spreads(&a, &b, "carol").await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -714,13 +670,7 @@ async fn reject_new_counts_a_users_sessions_across_instances() {
     };
     let r = login(&a).await;
     assert_eq!(r.status, 302, "{}", r.text());
-    let cookie = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = cookie_pair(&r);
     // The second session, on the other instance: refused, and no cookie leaks.
     let r = login(&b).await;
     assert_eq!(r.status, 403, "{}", r.text());

@@ -205,13 +205,7 @@ async fn the_console_in_a_browser_shows_what_the_api_says_and_acts_with_the_call
     }
     let login = app(&gw, "POST", "/login", "", "").await;
     assert_eq!(login.status, 303);
-    let cookie = login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = cookie_pair(&login);
     assert_eq!(app(&gw, "GET", "/account", &cookie, "").await.status, 200);
 
     let (_driver, c) = browser().await;

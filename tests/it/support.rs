@@ -457,6 +457,17 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, boo
     }
 }
 
+/// `name=value` of the response's (first) `Set-Cookie`, to send back in a `Cookie` header.
+pub fn cookie_pair(r: &Reply) -> String {
+    r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// The base config with 127.0.0.1 as a trusted proxy, plus `extra`.
 pub fn trusted_config(up: &Upstream, extra: &str) -> String {
     base_config(&[up.url()], extra).replace(
