@@ -137,6 +137,12 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
 
 /// A server config for one listener: TLS 1.2/1.3, the given ALPN list, certificates from
 /// the shared resolver.
+///
+/// Resumption is by stateless tickets (encrypted with a key rustls rotates every 6 hours,
+/// new on each config load), as nginx does by default: the server keeps nothing per
+/// client, where a session cache kept two entries per handshake (about 20 MiB after
+/// 8,000 connections, held after they closed). A small cache remains for TLS 1.2 clients
+/// that resume by session id.
 pub fn server_config(resolver: Arc<SniResolver>, alpn: &[String]) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -145,6 +151,12 @@ pub fn server_config(resolver: Arc<SniResolver>, alpn: &[String]) -> Arc<ServerC
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(t) => cfg.ticketer = t,
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS session tickets; resumption by session cache only")
+        }
+    }
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Arc::new(cfg)
 }

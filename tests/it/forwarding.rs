@@ -281,6 +281,40 @@ async fn big_bodies_stream_both_ways_without_buffering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = echo_upstream().await;
+    let gw = TestGateway::start(&base_config(&[up.url()], "")).await;
+    let tls = gw.tls();
+    let kinds = {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut s = tls.connect(gw.addr("https"), "localhost", false).await;
+            kinds.push(s.get_ref().1.handshake_kind());
+            // A request and its answer: the tickets come after the handshake.
+            s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.ok();
+            assert!(
+                out.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        kinds
+    };
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_the_certificate_for_the_name() {
     let up = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
