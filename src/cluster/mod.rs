@@ -14,7 +14,13 @@
 //!   instance keeps its last known state and its own new decisions; when Redis returns it
 //!   pulls what it missed and pushes what Redis lacks (a Redis restarted empty loses
 //!   nothing the instances knew).
-//! - **Health**: every instance refreshes a heartbeat key each second (the cluster view in
+//! - **Sessions and brute force**: per-user session sets (`evict_oldest` in the
+//!   background, `reject_new` asked in the login response within `timeout`) and failure
+//!   windows per user and per address, counted in Redis by one script each.
+//! - **One primary or a Redis Cluster** ([`Conn`]): every command, pipeline and script runs
+//!   unchanged on either; keys that one script or pipeline touches share a hash tag.
+//!   Host names resolve through `[network] egress_allow` (`EgressDns`).
+//! - **Health**: every instance refreshes its heartbeat each second (the cluster view in
 //!   `/api/v1/cluster`); losing Redis is a `cluster_degraded` event, the gauge
 //!   `gateway_cluster_up` 0 and `/readyz` reporting it in its body (still 200: the instance
 //!   serves on local state, unless `ready_when_down = false`); reconnecting is
