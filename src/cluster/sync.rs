@@ -832,6 +832,31 @@ fn user_sessions_key(cluster: &Cluster, app: &str, user: &str) -> String {
     format!("{}:us:{{{app}\u{0}{user}}}", cluster.settings.prefix)
 }
 
+/// Runs [`USER_SESSIONS`] in `mode` (`add`, `try`, `forget`) for session `id` of one
+/// (app, user); `None` when Redis could not answer in time.
+async fn user_sessions(
+    cluster: &Cluster,
+    key: String,
+    mode: &str,
+    id: u128,
+    ends: u64,
+    max: usize,
+) -> Option<Vec<String>> {
+    let script = &cluster.sync.user_sessions;
+    cluster
+        .call(|mut c| async move {
+            script
+                .key(key)
+                .arg(mode)
+                .arg(format!("{id:032x}"))
+                .arg(ends)
+                .arg(max)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+}
+
 /// A new session of `user` (in the background): past the app's `max_per_user` across the
 /// instances, the oldest sessions are revoked on every instance (`evict_oldest`).
 pub fn session_created(
@@ -853,19 +878,7 @@ pub fn session_created(
     let ends = created.saturating_add(app.absolute_micros);
     let max = app.max_per_user;
     tokio::spawn(async move {
-        let script = &cluster.sync.user_sessions;
-        let evicted: Option<Vec<String>> = cluster
-            .call(|mut c| async move {
-                script
-                    .key(key)
-                    .arg("add")
-                    .arg(format!("{id:032x}"))
-                    .arg(ends)
-                    .arg(max)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
+        let evicted = user_sessions(&cluster, key, "add", id, ends, max).await;
         for old in evicted.unwrap_or_default() {
             let revoke = Change::Revoke {
                 app: app_name.clone(),
@@ -892,19 +905,7 @@ pub async fn admit_session(
     }
     let key = user_sessions_key(cluster, &app.name, user);
     let ends = created.saturating_add(app.absolute_micros);
-    let script = &cluster.sync.user_sessions;
-    let answer: Option<Vec<String>> = cluster
-        .call(|mut c| async move {
-            script
-                .key(key)
-                .arg("try")
-                .arg(format!("{id:032x}"))
-                .arg(ends)
-                .arg(app.max_per_user)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await;
+    let answer = user_sessions(cluster, key, "try", id, ends, app.max_per_user).await;
     answer.is_none_or(|a| a.is_empty())
 }
 
@@ -934,16 +935,6 @@ pub fn session_ended(cluster: &Arc<Cluster>, app: &str, user: &str, id: u128) {
     let cluster = cluster.clone();
     let key = user_sessions_key(&cluster, app, user);
     tokio::spawn(async move {
-        let script = &cluster.sync.user_sessions;
-        let _: Option<Vec<String>> = cluster
-            .call(|mut c| async move {
-                script
-                    .key(key)
-                    .arg("forget")
-                    .arg(format!("{id:032x}"))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
+        let _ = user_sessions(&cluster, key, "forget", id, 0, 0).await;
     });
 }
