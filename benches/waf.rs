@@ -7,13 +7,19 @@
 //! - `body_scan/<kind>`: throughput over a 64 KiB body (unparsed text, and JSON);
 //! - `load_shapes/<name>`: the exact requests of `benches/load.py`'s `get-args` and
 //!   `json-post` scenarios (wrk sends only `Host` and, for the POST, `Content-Type`), so
-//!   the engine's share of the proxy's CPU per request can be read off directly;
+//!   the engine's share of the proxy's CPU per request can be read off directly; the
+//!   `*_varied` ones change the search term, page and JSON text in every request (as the
+//!   load script's `*-varied` scenarios do), so values remembered as clean
+//!   ([`gateway::waf::memo`]) help only where real traffic repeats too;
 //! - `scaling/<strategy>/<n>`: the benign request with n extra regex rules (each with its
 //!   own literals, one in ten without a usable literal), n = 0, 200, 400.
+//!
+//! `WAF_PROFILE=get_args` (or `json_post`) skips criterion and inspects that shape in a
+//! loop, for callgrind: `valgrind --tool=callgrind target/release/deps/waf-* `.
 
 use std::path::{Path, PathBuf};
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use gateway::waf::engine::{Engine, Strategy};
 use gateway::waf::request::RequestParts;
 use gateway::waf::rule::{self, Loader};
@@ -144,6 +150,112 @@ fn load_shapes() -> (&'static str, HeaderMap, HeaderMap, Vec<u8>) {
     )
 }
 
+/// Words for the varied shapes (the load script's `*-varied` scenarios use the same list).
+const WORDS: [&str; 48] = [
+    "blue",
+    "running",
+    "shoes",
+    "trail",
+    "red",
+    "jacket",
+    "rain",
+    "winter",
+    "kids",
+    "size",
+    "wool",
+    "socks",
+    "leather",
+    "boots",
+    "black",
+    "white",
+    "summer",
+    "dress",
+    "linen",
+    "shirt",
+    "slim",
+    "fit",
+    "jeans",
+    "waterproof",
+    "hiking",
+    "lightweight",
+    "men's",
+    "women's",
+    "sale",
+    "new",
+    "green",
+    "cotton",
+    "hat",
+    "scarf",
+    "gloves",
+    "warm",
+    "soft",
+    "sport",
+    "bag",
+    "small",
+    "large",
+    "leave",
+    "door",
+    "ring",
+    "please",
+    "side",
+    "gift",
+    "wrap",
+];
+
+/// `n` variants of the load shapes, each with its own search term, page and JSON text
+/// (a fixed pseudo-random sequence): the engine cannot reuse values it found clean in an
+/// earlier request, except those that do repeat (headers, names, common values).
+fn varied_shapes(n: usize) -> (Vec<String>, Vec<Vec<u8>>) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    };
+    let mut targets = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..n {
+        let mut words = |k: usize, sep: &str| {
+            (0..k)
+                .map(|_| WORDS[next(WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        let q = words(3, "+");
+        targets.push(format!(
+            "/api/v1/orders?page={}&sort=-created_at&status=shipped&q={q}&lang=en-GB",
+            1 + q.len() * 7 % 400
+        ));
+        let items: Vec<String> = (0..14)
+            .map(|i| {
+                let name = words(3, " ");
+                let note = format!(
+                    "{}, {} ({}): {}.",
+                    words(4, " "),
+                    words(3, " "),
+                    words(2, " "),
+                    words(3, " ")
+                );
+                format!(
+                    r#"{{"sku":"SKU-{:05}","name":"{name}","qty":{},"note":"{note}"}}"#,
+                    name.len() * 131 + i,
+                    i % 3 + 1
+                )
+            })
+            .collect();
+        bodies.push(
+            format!(
+                r#"{{"customer":{{"name":"{}"}},"items":[{}]}}"#,
+                words(2, " "),
+                items.join(",")
+            )
+            .into_bytes(),
+        );
+    }
+    (targets, bodies)
+}
+
 fn inspect(waf: &Waf, target: &str, h: &HeaderMap, body: &[u8]) -> u32 {
     let v = waf.inspect(
         &RequestParts {
@@ -223,6 +335,24 @@ fn bench(c: &mut Criterion) {
     g.bench_function("json_post", |b| {
         b.iter(|| inspect(&w, "/api/v1/orders", &post_h, black_box(&post_body)))
     });
+    let (targets, bodies) = varied_shapes(VARIANTS);
+    assert!(targets.iter().all(|t| inspect(&w, t, &get_h, b"") == 0));
+    assert!(bodies
+        .iter()
+        .all(|b| inspect(&w, "/api/v1/orders", &post_h, b) == 0));
+    let mut i = 0;
+    g.bench_function("get_args_varied", |b| {
+        b.iter(|| {
+            i = (i + 1) % VARIANTS;
+            inspect(&w, black_box(&targets[i]), &get_h, b"")
+        })
+    });
+    g.bench_function("json_post_varied", |b| {
+        b.iter(|| {
+            i = (i + 1) % VARIANTS;
+            inspect(&w, "/api/v1/orders", &post_h, black_box(&bodies[i]))
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("scaling");
@@ -246,4 +376,37 @@ criterion_group! {
         .measurement_time(std::time::Duration::from_secs(2));
     targets = bench
 }
-criterion_main!(benches);
+/// Variants of the varied shapes, cycled through.
+const VARIANTS: usize = 4096;
+
+/// `WAF_PROFILE=get_args|json_post[_varied] [WAF_PROFILE_N=n]`: inspects that load shape n times
+/// (default 10,000) without criterion, to run under `valgrind --tool=callgrind` or `perf`.
+fn profile(shape: &str) {
+    let w = waf(Strategy::Prefilter, 0);
+    let (get_target, get_h, post_h, post_body) = load_shapes();
+    let (targets, bodies) = varied_shapes(VARIANTS);
+    let n: usize = std::env::var("WAF_PROFILE_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let mut score = 0;
+    for i in 0..n {
+        let v = i % VARIANTS;
+        score += match shape {
+            "get_args_varied" => inspect(&w, black_box(&targets[v]), &get_h, b""),
+            "json_post_varied" => inspect(&w, "/api/v1/orders", &post_h, black_box(&bodies[v])),
+            "get_args" => inspect(&w, black_box(get_target), &get_h, b""),
+            "json_post" => inspect(&w, "/api/v1/orders", &post_h, black_box(&post_body)),
+            other => panic!("unknown shape {other}: get_args, json_post, …_varied"),
+        };
+    }
+    eprintln!("{n} inspections of {shape}, total score {score}");
+}
+
+fn main() {
+    if let Ok(shape) = std::env::var("WAF_PROFILE") {
+        return profile(&shape);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

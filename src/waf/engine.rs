@@ -91,6 +91,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex_automata::{meta, Input, PatternSet};
 
+use super::memo::CleanValues;
 use super::operator::{self, ByteSet, Operator};
 use super::request::{Items, RequestParts};
 use super::rule::{Kind, Rule, RuleAction, Severity, TargetSet};
@@ -625,6 +626,7 @@ impl Engine {
             s.chain_for = vec![usize::MAX; self.chains.len()];
             s.patset = PatternSet::new(self.max_set_patterns.max(1));
             s.matched = vec![0; self.rules.len().div_ceil(64)];
+            s.memo.clear();
         }
         s.chain_for.iter_mut().for_each(|c| *c = usize::MAX);
         s.matched.iter_mut().for_each(|w| *w = 0);
@@ -694,8 +696,16 @@ impl Engine {
                     }
                 }
             }
-            let it = &s.items.items[ii];
-            let (vs, ve) = (it.value.start as usize, it.value.end as usize);
+            // A value found clean before (in this request or an earlier one) is clean.
+            let memo_key = s.memo.key(kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve]);
+            if let Some(k) = memo_key {
+                if s.memo
+                    .contains(k, kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve])
+                {
+                    continue;
+                }
+            }
+            let mut clean = true;
             let raw_bits = ByteSet::of(&s.items.buf[vs..ve]);
             let lowered_bits = raw_bits.ascii_lowercased();
             // Per group: the value it sees. Unchanged by the chain; changed only by its
@@ -783,6 +793,7 @@ impl Engine {
                 if hits.is_empty() {
                     continue;
                 }
+                clean = false;
                 let found = std::mem::take(&mut s.hits);
                 for &mi in &found {
                     let ri = g.members[mi].rule;
@@ -801,6 +812,10 @@ impl Engine {
                 }
                 s.hits = found;
                 s.hits.clear();
+            }
+            if let (true, Some(k)) = (clean, memo_key) {
+                s.memo
+                    .insert(k, kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve]);
             }
         }
     }
@@ -1041,6 +1056,8 @@ pub struct Scratch {
     /// (JSON arrays of records, repeated headers or arguments) would find exactly the same
     /// rules, so it is skipped.
     seen: std::collections::HashMap<u64, u32, foldhash::fast::FixedState>,
+    /// Values found clean in earlier requests (see [`super::memo`]).
+    pub memo: CleanValues,
 }
 
 impl Default for Scratch {
@@ -1061,6 +1078,7 @@ impl Default for Scratch {
             matched: Vec::new(),
             hits_out: Vec::new(),
             seen: Default::default(),
+            memo: CleanValues::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod eval;
 pub mod graphql;
 pub mod json;
+pub mod memo;
 pub mod multipart;
 pub mod operator;
 pub mod redact;

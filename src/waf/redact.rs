@@ -31,11 +31,16 @@ pub fn is_secret_header(name: &[u8]) -> bool {
         || is_secret_name(name)
 }
 
-/// A field or header name that contains a secret word (ASCII case-insensitive).
+/// A field or header name that contains a secret word (ASCII case-insensitive): one
+/// Aho-Corasick scan, built on first use.
 pub fn is_secret_name(name: &[u8]) -> bool {
-    SECRET_WORDS
-        .iter()
-        .any(|w| name.windows(w.len()).any(|win| win.eq_ignore_ascii_case(w)))
+    static WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(SECRET_WORDS)
+            .expect("fixed word list")
+    });
+    WORDS.is_match(name)
 }
 
 /// A raw value (body, query string, request line) that names a secret field anywhere:

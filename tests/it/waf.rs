@@ -322,6 +322,49 @@ fn corpus_attacks_block_and_real_text_passes() {
     );
 }
 
+/// Values found clean are remembered across requests (`waf::memo`): replaying the whole
+/// corpus on a warm engine gives every request exactly the verdict it had the first time,
+/// attacks included, and the second pass does reuse remembered values.
+#[test]
+fn remembered_clean_values_never_change_a_verdict() {
+    let waf = default_waf(Strategy::Prefilter);
+    let policy = RoutePolicy::default();
+    let cases = load_corpus();
+    let verdict = |c: &Case| {
+        let (method, target, headers, body) = build(c);
+        let v = waf.inspect(
+            &RequestParts {
+                canonical: None,
+                client_ip: None,
+                method: &method,
+                target: &target,
+                version: "HTTP/1.1",
+                headers: &headers,
+                body: (!body.is_empty()).then_some(&body[..]),
+            },
+            &policy,
+            false,
+        );
+        let rules: Vec<u32> = v.matches.iter().map(|m| m.rule).collect();
+        (v.blocked, v.score, rules)
+    };
+    let first: Vec<_> = cases.iter().map(verdict).collect();
+    let hits_before = waf.engine.with_scratch(|s| s.memo.hits);
+    // Reverse order too: a benign look-alike now comes before its attack.
+    for (c, want) in cases.iter().zip(&first).rev() {
+        assert_eq!(&verdict(c), want, "{} {} `{}`", c.family, c.place, c.value);
+    }
+    let hits_after = waf.engine.with_scratch(|s| s.memo.hits);
+    assert!(
+        hits_after - hits_before > cases.len() as u64,
+        "the second pass reuses remembered values ({hits_before} → {hits_after})"
+    );
+    assert!(
+        first.iter().filter(|v| v.0).count() > 100,
+        "attacks still block"
+    );
+}
+
 #[test]
 fn default_rules_compile_into_one_group_per_transformation_chain() {
     let w = default_waf(Strategy::Prefilter);

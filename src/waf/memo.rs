@@ -1,0 +1,176 @@
+//! Values the rules already found nothing in: a per-thread memo of (kind, name, value)
+//! keys, so a value that repeats across requests (the `Host`, `Accept` and `User-Agent`
+//! headers of a keep-alive connection, the path, argument names, common argument values
+//! such as `page=2` or `lang=en`) is evaluated once and then only looked up.
+//!
+//! # Why it is exact
+//! Whether any rule's first condition matches a value depends only on the compiled
+//! engine, the value's kind, its name and its bytes (targets select by kind and name;
+//! transformations and operators read only the value). Chained conditions, exclusions and
+//! "one match per rule" only act on a value that produced a hit, and such a value is
+//! never stored. So a stored key answers exactly as a fresh evaluation would. Keys are
+//! compared byte for byte: the hash (foldhash with a random per-thread seed) only picks
+//! the slot, so a collision can evict an entry but never make an unseen value pass. The
+//! memo belongs to one engine: a reload empties it.
+//!
+//! # Cost and memory
+//! A lookup hashes the key and compares it with one slot (direct-mapped): ~100
+//! instructions against the ~1,500 a short value costs to evaluate. [`SLOTS`] slots hold
+//! keys of at most [`MAX_KEY_BYTES`] bytes (longer values are always evaluated); a slot's
+//! buffer is allocated on its first store and reused, so at most ~300 KiB per worker
+//! thread and no allocation per request once warm. Values with unique bytes (a search
+//! term, a JSON body's text) miss and cost the lookup and one store.
+//!
+//! # What is never stored
+//! Secrets: cookies, credential headers (`Authorization`, `Cookie`, `X-Api-Key`…) and
+//! values of fields named like secrets ([`super::redact`]). The memo lives only in memory,
+//! but a lookup is faster than an evaluation, and a client must not be able to time
+//! whether someone else recently sent a given password or token.
+
+use std::hash::BuildHasher;
+
+use super::redact;
+use super::rule::Kind;
+
+/// Slots in the memo (a power of two).
+pub const SLOTS: usize = 1024;
+
+/// Longest key stored: kind, name and value together.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Values shorter than this are not checked for secret names (a 5-byte secret is no
+/// secret): the check costs more than such a value's evaluation saves.
+const SECRET_CHECK_FROM: usize = 6;
+
+#[derive(Default)]
+struct Slot {
+    hash: u64,
+    /// Kind byte, name length (2 bytes, little endian), name, value; empty: unused.
+    key: Vec<u8>,
+}
+
+/// The memo; see the module docs.
+pub struct CleanValues {
+    slots: Vec<Slot>,
+    state: foldhash::fast::RandomState,
+    /// Lookups and hits since the last [`CleanValues::clear`] (for tests and profiles).
+    pub lookups: u64,
+    pub hits: u64,
+}
+
+impl Default for CleanValues {
+    fn default() -> Self {
+        CleanValues {
+            slots: Vec::new(),
+            state: foldhash::fast::RandomState::default(),
+            lookups: 0,
+            hits: 0,
+        }
+    }
+}
+
+/// A value that may be stored and looked up: its hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Key(u64);
+
+impl CleanValues {
+    /// Forgets every value (the engine changed).
+    pub fn clear(&mut self) {
+        for s in &mut self.slots {
+            s.key.clear();
+        }
+        self.lookups = 0;
+        self.hits = 0;
+    }
+
+    /// The key of a value, or `None` when it may not be stored (too long, or a secret).
+    #[inline]
+    pub fn key(&self, kind: Kind, name: &[u8], value: &[u8]) -> Option<Key> {
+        if 3 + name.len() + value.len() > MAX_KEY_BYTES || !storable(kind, name, value) {
+            return None;
+        }
+        Some(Key(self.state.hash_one((kind as u8, name, value))))
+    }
+
+    /// Whether the value was stored as clean.
+    #[inline]
+    pub fn contains(&mut self, key: Key, kind: Kind, name: &[u8], value: &[u8]) -> bool {
+        self.lookups += 1;
+        let Some(slot) = self.slots.get(key.0 as usize & (SLOTS - 1)) else {
+            return false;
+        };
+        let k = &slot.key;
+        let found = slot.hash == key.0
+            && k.len() == 3 + name.len() + value.len()
+            && k[0] == kind as u8
+            && k[1..3] == (name.len() as u16).to_le_bytes()
+            && k[3..3 + name.len()] == *name
+            && k[3 + name.len()..] == *value;
+        self.hits += u64::from(found);
+        found
+    }
+
+    /// Stores the value as clean (replacing whatever shared its slot).
+    pub fn insert(&mut self, key: Key, kind: Kind, name: &[u8], value: &[u8]) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(SLOTS, Slot::default);
+        }
+        let slot = &mut self.slots[key.0 as usize & (SLOTS - 1)];
+        slot.hash = key.0;
+        slot.key.clear();
+        slot.key.push(kind as u8);
+        slot.key
+            .extend_from_slice(&(name.len() as u16).to_le_bytes());
+        slot.key.extend_from_slice(name);
+        slot.key.extend_from_slice(value);
+    }
+}
+
+/// Not a secret (see the module docs).
+#[inline]
+fn storable(kind: Kind, name: &[u8], value: &[u8]) -> bool {
+    match kind {
+        Kind::Cookie => false,
+        Kind::Header | Kind::HeaderArg => !redact::is_secret_header(name),
+        Kind::QueryArg | Kind::BodyArg | Kind::Decoded | Kind::XmlValue | Kind::Embedded => {
+            value.len() < SECRET_CHECK_FROM || !redact::is_secret_name(name)
+        }
+        // Raw strings that may carry a secret field (`…&password=…`).
+        Kind::Uri | Kind::Query | Kind::RequestLine | Kind::Body | Kind::RequestBody => {
+            !redact::mentions_secret(value)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_exact_keys_and_never_secrets() {
+        let mut m = CleanValues::default();
+        let k = m.key(Kind::QueryArg, b"page", b"2").unwrap();
+        assert!(!m.contains(k, Kind::QueryArg, b"page", b"2"));
+        m.insert(k, Kind::QueryArg, b"page", b"2");
+        assert!(m.contains(k, Kind::QueryArg, b"page", b"2"));
+        // Same hash slot, other bytes: not found (a forged key never passes).
+        assert!(!m.contains(k, Kind::QueryArg, b"page", b"3"));
+        assert!(!m.contains(k, Kind::BodyArg, b"page", b"2"));
+        assert!(!m.contains(k, Kind::QueryArg, b"pag", b"e2"));
+        m.clear();
+        assert!(!m.contains(k, Kind::QueryArg, b"page", b"2"));
+
+        assert!(m.key(Kind::Cookie, b"sid", b"abcdef0123").is_none());
+        assert!(m.key(Kind::Header, b"authorization", b"Bearer x").is_none());
+        assert!(m.key(Kind::HeaderArg, b"x-api-key", b"k").is_none());
+        assert!(m.key(Kind::BodyArg, b"password", b"hunter2!").is_none());
+        assert!(m
+            .key(Kind::Query, b"", b"user=a&Password=hunter2")
+            .is_none());
+        assert!(m.key(Kind::Header, b"user-agent", b"curl/8").is_some());
+        assert!(m
+            .key(Kind::QueryArg, b"q", &[b'a'; MAX_KEY_BYTES])
+            .is_none());
+    }
+}
