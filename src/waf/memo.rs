@@ -50,23 +50,13 @@ struct Slot {
 }
 
 /// The memo; see the module docs.
+#[derive(Default)]
 pub struct CleanValues {
     slots: Vec<Slot>,
     state: foldhash::fast::RandomState,
     /// Lookups and hits since the last [`CleanValues::clear`] (for tests and profiles).
     pub lookups: u64,
     pub hits: u64,
-}
-
-impl Default for CleanValues {
-    fn default() -> Self {
-        CleanValues {
-            slots: Vec::new(),
-            state: foldhash::fast::RandomState::default(),
-            lookups: 0,
-            hits: 0,
-        }
-    }
 }
 
 /// A value that may be stored and looked up: its hash.
