@@ -35,7 +35,8 @@ gateway-cluster --scenarios h1-keepalive,fixed-rate` measures what sharing costs
 against plain "gateway": `--only gateway,gateway-waf --scenarios get-args,json-post`.
 Scenarios get-args (HTTP/1.1 GET with five query arguments) and json-post (a 2 KiB JSON
 POST) are wrk runs over TLS keep-alive like h1-keepalive, with the request shapes the
-WAF's cost depends on.
+WAF's cost depends on; get-args-varied and json-post-varied send the same shapes with a new
+search term, page and JSON text in every request (random words), as real traffic does.
 All traffic stays on 127.0.0.1.
 """
 
@@ -335,9 +336,48 @@ def parse_h2load(out):
             "max_ms": ms(t.group(3), t.group(4)), "errors": failed + (done - ok)}
 
 
+# The varied scenarios' words (benches/waf.rs's `WORDS`): every request gets its own search
+# term, page and JSON text, so the WAF's memo of clean values (src/waf/memo.rs) helps only
+# where real traffic repeats too (headers, names, common values).
+WORDS = ("blue running shoes trail red jacket rain winter kids size wool socks leather boots "
+         "black white summer dress linen shirt slim fit jeans waterproof hiking lightweight "
+         "men's women's sale new green cotton hat scarf gloves warm soft sport bag small large "
+         "leave door ring please side gift wrap").split()
+
+VARIED_LUA = """
+local words = {%s}
+local function w(k, sep)
+  local t = {}
+  for i = 1, k do t[i] = words[math.random(#words)] end
+  return table.concat(t, sep)
+end
+request = function()
+  if MODE == "get" then
+    return wrk.format("GET", "/api/v1/orders?page=" .. math.random(1, 400) ..
+      "&sort=-created_at&status=shipped&q=" .. w(3, "+") .. "&lang=en-GB")
+  end
+  local items = {}
+  for i = 1, 14 do
+    items[i] = '{"sku":"SKU-' .. string.format("%%05d", math.random(0, 99999)) .. '","name":"' ..
+      w(3, " ") .. '","qty":' .. math.random(1, 3) .. ',"note":"' .. w(4, " ") .. ", " ..
+      w(3, " ") .. " (" .. w(2, " ") .. "): " .. w(3, " ") .. '."}'
+  end
+  local body = '{"customer":{"name":"' .. w(2, " ") .. '"},"items":[' .. table.concat(items, ",") .. "]}"
+  return wrk.format("POST", "/api/v1/orders", {["Content-Type"] = "application/json"}, body)
+end
+""" % ", ".join('"%s"' % x for x in WORDS)
+
+
 def scenario(name, port, duration):
     url = f"https://127.0.0.1:{port}/"
     load = ["taskset", "-c", "1"]
+    if name in ("get-args-varied", "json-post-varied"):
+        script = tempfile.mktemp(prefix="wrk-", suffix=".lua")
+        with open(script, "w") as f:
+            f.write('MODE = "%s"\n' % ("get" if name == "get-args-varied" else "post") + VARIED_LUA)
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", "-s", script, url]))
+        os.unlink(script)
+        return parse_wrk(out)
     if name in ("get-args", "json-post"):
         script = tempfile.mktemp(prefix="wrk-", suffix=".lua")
         if name == "get-args":

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     /// WAF inspections by result: `blocked`, `detected`, `clean`, `passed`, `too_large`.
     pub waf_inspections: IntCounterVec,
+    /// `waf_inspections{result="clean"}`, resolved once: most requests end there.
+    pub waf_inspections_clean: IntCounter,
     /// WAF rule matches by rule id (rules that matched at least once).
     pub waf_rule_matches: IntCounterVec,
     pub brute_force_detections: IntCounterVec,
@@ -391,6 +393,7 @@ impl Metrics {
             sessions_untracked,
             session_rejections,
             logins,
+            waf_inspections_clean: waf_inspections.with_label_values(&["clean"]),
             waf_inspections,
             waf_rule_matches,
             brute_force_detections,

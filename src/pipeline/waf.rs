@@ -154,7 +154,11 @@ fn record<B>(
         _ if !v.matches.is_empty() => "detected",
         _ => "clean",
     };
-    m.waf_inspections.with_label_values(&[result]).inc();
+    if result == "clean" {
+        m.waf_inspections_clean.inc();
+    } else {
+        m.waf_inspections.with_label_values(&[result]).inc();
+    }
     if v.matches.is_empty() {
         return None;
     }

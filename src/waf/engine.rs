@@ -697,7 +697,12 @@ impl Engine {
                 }
             }
             // A value found clean before (in this request or an earlier one) is clean.
-            let memo_key = s.memo.key(kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve]);
+            let memo_key = s.memo.key(
+                kind,
+                &s.items.buf[ns..ne],
+                &s.items.buf[vs..ve],
+                (s.items.secret_query, s.items.secret_body),
+            );
             if let Some(k) = memo_key {
                 if s.memo
                     .contains(k, kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve])
@@ -846,11 +851,15 @@ impl Engine {
     }
 }
 
-/// Literals selective enough to be preferred over a rare-byte gate: at most eight, each
-/// at least four bytes long.
+/// Literals selective enough to be preferred over a rare-byte gate: each at least four
+/// bytes long (a word such as `exec` or `eval` is rarer in text than a parenthesis), at
+/// most [`MAX_STRONG_LITERALS`].
 fn strong_literals(lits: &[Vec<u8>]) -> bool {
-    lits.len() <= 8 && lits.iter().all(|l| l.len() >= 4)
+    lits.len() <= MAX_STRONG_LITERALS && lits.iter().all(|l| l.len() >= 4)
 }
+
+/// More literals than this make a list weak (see [`strong_literals`]).
+pub const MAX_STRONG_LITERALS: usize = 64;
 
 /// Bytes any transformation of `chain` may change.
 fn chain_triggers(chain: &[Transform]) -> ByteSet {

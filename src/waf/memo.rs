@@ -74,9 +74,12 @@ impl CleanValues {
     }
 
     /// The key of a value, or `None` when it may not be stored (too long, or a secret).
+    /// `secrets`: the request's query and body carry a field named like a secret
+    /// ([`super::request::Items::secret_query`], `secret_body`): then the raw query
+    /// (`uri`, `query`, `request_line`) or body is not stored either.
     #[inline]
-    pub fn key(&self, kind: Kind, name: &[u8], value: &[u8]) -> Option<Key> {
-        if 3 + name.len() + value.len() > MAX_KEY_BYTES || !storable(kind, name, value) {
+    pub fn key(&self, kind: Kind, name: &[u8], value: &[u8], secrets: (bool, bool)) -> Option<Key> {
+        if 3 + name.len() + value.len() > MAX_KEY_BYTES || !storable(kind, name, value, secrets) {
             return None;
         }
         Some(Key(self.state.hash_one((kind as u8, name, value))))
@@ -118,17 +121,16 @@ impl CleanValues {
 
 /// Not a secret (see the module docs).
 #[inline]
-fn storable(kind: Kind, name: &[u8], value: &[u8]) -> bool {
+fn storable(kind: Kind, name: &[u8], value: &[u8], (query, body): (bool, bool)) -> bool {
     match kind {
         Kind::Cookie => false,
         Kind::Header | Kind::HeaderArg => !redact::is_secret_header(name),
         Kind::QueryArg | Kind::BodyArg | Kind::Decoded | Kind::XmlValue | Kind::Embedded => {
             value.len() < SECRET_CHECK_FROM || !redact::is_secret_name(name)
         }
-        // Raw strings that may carry a secret field (`…&password=…`).
-        Kind::Uri | Kind::Query | Kind::RequestLine | Kind::Body | Kind::RequestBody => {
-            !redact::mentions_secret(value)
-        }
+        // Raw strings that carry a secret field (`…&password=…`).
+        Kind::Uri | Kind::Query | Kind::RequestLine => !query,
+        Kind::Body | Kind::RequestBody => !body && !redact::mentions_secret(value),
         _ => true,
     }
 }
@@ -140,7 +142,8 @@ mod tests {
     #[test]
     fn stores_exact_keys_and_never_secrets() {
         let mut m = CleanValues::default();
-        let k = m.key(Kind::QueryArg, b"page", b"2").unwrap();
+        let none = (false, false);
+        let k = m.key(Kind::QueryArg, b"page", b"2", none).unwrap();
         assert!(!m.contains(k, Kind::QueryArg, b"page", b"2"));
         m.insert(k, Kind::QueryArg, b"page", b"2");
         assert!(m.contains(k, Kind::QueryArg, b"page", b"2"));
@@ -151,16 +154,27 @@ mod tests {
         m.clear();
         assert!(!m.contains(k, Kind::QueryArg, b"page", b"2"));
 
-        assert!(m.key(Kind::Cookie, b"sid", b"abcdef0123").is_none());
-        assert!(m.key(Kind::Header, b"authorization", b"Bearer x").is_none());
-        assert!(m.key(Kind::HeaderArg, b"x-api-key", b"k").is_none());
-        assert!(m.key(Kind::BodyArg, b"password", b"hunter2!").is_none());
+        assert!(m.key(Kind::Cookie, b"sid", b"abcdef0123", none).is_none());
         assert!(m
-            .key(Kind::Query, b"", b"user=a&Password=hunter2")
+            .key(Kind::Header, b"authorization", b"Bearer x", none)
             .is_none());
-        assert!(m.key(Kind::Header, b"user-agent", b"curl/8").is_some());
+        assert!(m.key(Kind::HeaderArg, b"x-api-key", b"k", none).is_none());
         assert!(m
-            .key(Kind::QueryArg, b"q", &[b'a'; MAX_KEY_BYTES])
+            .key(Kind::BodyArg, b"password", b"hunter2!", none)
+            .is_none());
+        assert!(m
+            .key(Kind::Query, b"", b"user=a&pwd=hunter2", (true, false))
+            .is_none());
+        assert!(m.key(Kind::Query, b"", b"user=a&q=x", none).is_some());
+        assert!(m
+            .key(Kind::RequestBody, b"", b"user=a&pwd=x", (false, true))
+            .is_none());
+        assert!(m.key(Kind::Body, b"", b"{\"Password\": 1}", none).is_none());
+        assert!(m
+            .key(Kind::Header, b"user-agent", b"curl/8", none)
+            .is_some());
+        assert!(m
+            .key(Kind::QueryArg, b"q", &[b'a'; MAX_KEY_BYTES], none)
             .is_none());
     }
 }

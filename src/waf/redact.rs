@@ -37,6 +37,7 @@ pub fn is_secret_name(name: &[u8]) -> bool {
     static WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
         aho_corasick::AhoCorasick::builder()
             .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(SECRET_WORDS)
             .expect("fixed word list")
     });

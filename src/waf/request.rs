@@ -89,6 +89,10 @@ pub struct Items {
     pub arg_bytes: usize,
     /// List a repeated argument name every time (ModSecurity's `ARGS_NAMES`), not once.
     pub repeat_names: bool,
+    /// An argument of the query (of the body) is named like a secret (`password=…`): the
+    /// raw query (body) holds a secret value.
+    pub secret_query: bool,
+    pub secret_body: bool,
     path_buf: Vec<u8>,
     text_buf: Vec<u8>,
     /// Scratch for values read back out of `buf` while appending to it (derived values).
@@ -176,6 +180,8 @@ impl Items {
         self.arg_bytes = 0;
         self.seen_names.clear();
         self.seen_index.clear();
+        self.secret_query = false;
+        self.secret_body = false;
         let want = |k: Kind| wanted & k.bit() != 0;
         let none = 0..0;
 
@@ -464,6 +470,7 @@ impl Items {
             value: name.clone(),
         };
         if self.repeat_names {
+            self.note_secret_name(kind, &name);
             self.items.push(item);
             return;
         }
@@ -473,12 +480,27 @@ impl Items {
         {
             return;
         }
+        self.note_secret_name(kind, &name);
         // On a collision the first name keeps the index: later ones are listed each time.
         self.seen_index
             .entry(h)
             .or_insert(self.seen_names.len() as u32);
         self.seen_names.push(name);
         self.items.push(item);
+    }
+
+    /// Marks the query or body as carrying a secret field when an argument's name is
+    /// one (see [`super::redact`]).
+    fn note_secret_name(&mut self, kind: Kind, name: &Range<u32>) {
+        let flag = match kind {
+            Kind::QueryArgName => &mut self.secret_query,
+            Kind::BodyArgName => &mut self.secret_body,
+            _ => return,
+        };
+        if !*flag {
+            *flag =
+                super::redact::is_secret_name(&self.buf[name.start as usize..name.end as usize]);
+        }
     }
 
     fn count_arg(&mut self, size: usize) {

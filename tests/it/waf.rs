@@ -365,6 +365,76 @@ fn remembered_clean_values_never_change_a_verdict() {
     );
 }
 
+/// The memo of clean values never holds a secret: not a password argument, and not the
+/// raw query, URI or body that carries one; the same request without a secret field is
+/// remembered.
+#[test]
+fn remembered_clean_values_hold_no_secret() {
+    use gateway::waf::rule::Kind;
+    let waf = default_waf(Strategy::Prefilter);
+    let inspect = |target: &str, ctype: &'static str, body: &[u8]| {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("shop.example"));
+        h.insert("content-type", HeaderValue::from_static(ctype));
+        let v = waf.inspect(
+            &RequestParts {
+                canonical: None,
+                client_ip: None,
+                method: "POST",
+                target,
+                version: "HTTP/1.1",
+                headers: &h,
+                body: Some(body),
+            },
+            &RoutePolicy::default(),
+            false,
+        );
+        assert!(v.matches.is_empty(), "{target}: {:?}", v.matches);
+    };
+    // Remembered: (kind, name, value) as the engine saw it.
+    let stored = |kind: Kind, name: &str, value: &str| {
+        waf.engine.with_scratch(|s| {
+            let key = s
+                .memo
+                .key(kind, name.as_bytes(), value.as_bytes(), (false, false));
+            key.is_some_and(|k| s.memo.contains(k, kind, name.as_bytes(), value.as_bytes()))
+        })
+    };
+    let secret = "/login?user=alice&password=correct-horse";
+    let form = "application/x-www-form-urlencoded";
+    inspect(secret, form, b"user=alice&pass_word=battery-staple");
+    let query = "user=alice&password=correct-horse";
+    assert!(!stored(Kind::Uri, "", secret));
+    assert!(!stored(Kind::Query, "", query));
+    assert!(!stored(
+        Kind::RequestLine,
+        "",
+        &format!("POST {secret} HTTP/1.1")
+    ));
+    // A body the WAF reads raw (not as a form) that names a secret field.
+    inspect(
+        "/note",
+        "text/plain",
+        b"user=alice&pass_word=battery-staple",
+    );
+    assert!(!stored(
+        Kind::Body,
+        "",
+        "user=alice&pass_word=battery-staple"
+    ));
+    // The harmless parts of the same request are remembered.
+    assert!(stored(Kind::QueryArg, "user", "alice"));
+    assert!(stored(Kind::Header, "host", "shop.example"));
+
+    let plain = "/login?user=alice&colour=correct-horse";
+    inspect(plain, form, b"user=alice&colour=battery-staple");
+    inspect("/note", "text/plain", b"user=alice&colour=battery-staple");
+    assert!(stored(Kind::Uri, "", plain));
+    assert!(stored(Kind::Query, "", "user=alice&colour=correct-horse"));
+    assert!(stored(Kind::BodyArg, "colour", "battery-staple"));
+    assert!(stored(Kind::Body, "", "user=alice&colour=battery-staple"));
+}
+
 #[test]
 fn default_rules_compile_into_one_group_per_transformation_chain() {
     let w = default_waf(Strategy::Prefilter);
