@@ -160,12 +160,21 @@ struct Member {
     needs: Option<ByteSet>,
     /// A match begins at the value's start with one of these bytes (or at a line's).
     starts: Option<ByteSet>,
+    /// Further sets a value must hold a byte of each (see
+    /// [`super::operator::required_clauses`]), checked before the regex runs.
+    also: Box<[ByteSet]>,
 }
 
 impl Member {
     #[inline]
     fn covers(&self, kind: Kind, name: &[u8]) -> bool {
         self.kinds & kind.bit() != 0 && self.targets.covers(kind, name)
+    }
+
+    /// The value holds a byte of every set in [`Member::also`].
+    #[inline]
+    fn holds_also(&self, bits: &ByteSet) -> bool {
+        self.also.iter().all(|c| c.intersects(bits))
     }
 
     /// The value can begin a match (see [`Member::starts`]); `first` is its first byte.
@@ -394,6 +403,15 @@ impl Engine {
                     None
                 } else {
                     first.op.starts(pattern)
+                },
+                also: match needs {
+                    Some(n) => first
+                        .op
+                        .needs_also(pattern)
+                        .into_iter()
+                        .filter(|c| *c != n)
+                        .collect(),
+                    None => Box::default(),
                 },
                 op: first.op,
                 slot: first.slot,
@@ -964,6 +982,7 @@ fn run_group(
                 m.covers(kind, name)
                     && (m.exact
                         || m.needs.is_none_or(|n| n.intersects(&bits))
+                            && m.holds_also(&bits)
                             && m.may_start(first, &bits)
                             && m.op
                                 .is_match(subject.value(), m.slot.map(|i| &mut caches[i])))
@@ -973,6 +992,7 @@ fn run_group(
     let mut test = |mi: usize, hits: &mut Vec<usize>, subject: &mut Subject<'_>| {
         let m = &g.members[mi];
         if m.covers(kind, name)
+            && m.holds_also(&bits)
             && m.may_start(first, &bits)
             && m.op
                 .is_match(subject.value(), m.slot.map(|i| &mut caches[i]))

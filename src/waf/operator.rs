@@ -392,6 +392,15 @@ impl Operator {
         }
     }
 
+    /// Further byte sets a value must hold one byte of each (regexes only; see
+    /// [`required_clauses`]), besides [`Operator::needs`].
+    pub fn needs_also(&self, pattern: Option<&str>) -> Vec<ByteSet> {
+        match (self, pattern) {
+            (Operator::Regex(_), Some(p)) => required_clauses(p),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn needs(&self, pattern: Option<&str>) -> Option<ByteSet> {
         match self {
             Operator::Regex(_) => pattern.and_then(required_bytes),
@@ -422,6 +431,45 @@ fn parse_hir(pattern: &str) -> Option<Hir> {
 pub fn required_bytes(pattern: &str) -> Option<ByteSet> {
     let hir = parse_hir(pattern)?;
     required_set(&hir).filter(|s| s.len() <= 128)
+}
+
+/// Most sets [`required_clauses`] returns.
+pub const MAX_CLAUSES: usize = 4;
+
+/// Sets of bytes such that every match of `pattern` holds a byte of each (a conjunction:
+/// `\(\s*uid\s*=\s*\*` needs `(`, `=` and `*` and one of `uU`…), the most selective
+/// first, at most [`MAX_CLAUSES`]. [`required_bytes`] is the first of them alone; the
+/// others let a value that holds a `(` but no `=` skip the regex.
+pub fn required_clauses(pattern: &str) -> Vec<ByteSet> {
+    let Some(hir) = parse_hir(pattern) else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    clauses(&hir, &mut all);
+    all.retain(|s| s.len() <= 128);
+    all.sort_by_key(|s| s.cost());
+    all.dedup();
+    // A set that contains a more selective one already required adds nothing.
+    let mut kept: Vec<ByteSet> = Vec::new();
+    for s in all {
+        if !kept.iter().any(|k| k.union(&s) == s) {
+            kept.push(s);
+        }
+    }
+    kept.truncate(MAX_CLAUSES);
+    kept
+}
+
+/// Appends the required sets of `h` (see [`required_clauses`]).
+fn clauses(h: &Hir, out: &mut Vec<ByteSet>) {
+    match h.kind() {
+        HirKind::Literal(l) => out.extend(l.0.iter().map(|&b| ByteSet::from_bytes([b]))),
+        HirKind::Capture(c) => clauses(&c.sub, out),
+        HirKind::Repetition(r) if r.min >= 1 => clauses(&r.sub, out),
+        HirKind::Concat(parts) => parts.iter().for_each(|p| clauses(p, out)),
+        HirKind::Class(_) | HirKind::Alternation(_) => out.extend(required_set(h)),
+        _ => {}
+    }
 }
 
 fn required_set(h: &Hir) -> Option<ByteSet> {
@@ -681,6 +729,53 @@ fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn required_clauses_are_a_conjunction_every_match_satisfies() {
+        let set = |s: &str| ByteSet::from_bytes(s.bytes());
+        let c = required_clauses(r"\(\s*(?:uid|cn)\s*[~<>]?=\s*\*");
+        for want in ["(", "=", "*"] {
+            assert!(c.contains(&set(want)), "{want}: {c:?}");
+        }
+        // An alternation needs one byte of its branches' sets; an optional part nothing.
+        let c = required_clauses(r"(?:ab|cd)x?;");
+        assert!(
+            c.contains(&set(";")) && c.iter().all(|s| *s != set("x")),
+            "{c:?}"
+        );
+        assert!(c
+            .iter()
+            .any(|s| s.contains(b'a') && s.contains(b'c') || s.contains(b'b') && s.contains(b'd')));
+        assert!(required_clauses(r"a*").is_empty());
+        assert!(
+            required_clauses(r"(").is_empty(),
+            "an invalid pattern gives none"
+        );
+        // Every match of every shipped-style pattern holds a byte of each clause.
+        let cases = [
+            (r"\(\s*\)\s*\{[^}]*;\s*\}", "() { :; }; /bin/id"),
+            (
+                r"\b(?:char|chr)\s*\(\s*\d+\s*(?:,\s*\d+\s*){2,}\)|concat\s*\(\s*0x[0-9a-f]+",
+                "concat(0x41",
+            ),
+            (
+                r"\b(?:char|chr)\s*\(\s*\d+\s*(?:,\s*\d+\s*){2,}\)|concat\s*\(\s*0x[0-9a-f]+",
+                "char(65,66,67)",
+            ),
+            (r#"['"`]\s*;\s*(?:--|#)"#, "x'; --"),
+        ];
+        for (pattern, value) in cases {
+            let re = compile_regexes(&[pattern]).unwrap();
+            assert!(re.is_match(value), "{pattern} matches {value}");
+            let bits = ByteSet::of(value.as_bytes());
+            let clauses = required_clauses(pattern);
+            assert!(!clauses.is_empty(), "{pattern}");
+            assert!(
+                clauses.iter().all(|c| c.intersects(&bits)),
+                "{pattern}: {clauses:?}"
+            );
+        }
+    }
 
     fn lits(p: &str) -> Option<Vec<String>> {
         required_literals(p).map(|v| {
