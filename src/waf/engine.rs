@@ -14,6 +14,11 @@
 //! - members without usable literals (regexes such as `[;|&]\s*id\b`, the SQLi/XSS
 //!   detectors, byte ranges) carry the set of bytes one of which any match needs
 //!   ([`super::operator::ByteSet`]); they run only on values holding one of those bytes.
+//!   A regex also carries up to three further such sets (every match holds a byte of
+//!   each: `\(\s*uid\s*=\s*\*` needs `(`, `=` and `*`, see
+//!   [`super::operator::required_clauses`]), checked before it runs, whether it was
+//!   selected by its gate bytes or by a literal hit: prose full of parentheses and
+//!   apostrophes rarely holds all of them.
 //!   Under [`Strategy::Hybrid`] such regexes are instead joined into one multi-pattern
 //!   regex per group.
 //! - A chain is skipped for a value that holds none of the bytes its transformations
@@ -30,7 +35,10 @@
 //!   with one of them (or holding a line break).
 //!
 //! Per request, the values' own byte sets are computed once per value (and once per
-//! changed transformation), so gating costs four word-ANDs per member.
+//! changed transformation), so gating costs four word-ANDs per member. Before any of
+//! that, a value is looked up in the thread's memo of values found clean
+//! ([`super::memo`]): a repeat (a header of a keep-alive connection, a path, a common
+//! argument) costs a hash and a comparison.
 //!
 //! # Strategies, measured
 //! [`Strategy`] selects how regexes are matched; `benches/waf.rs` measures all of them on
@@ -761,8 +769,13 @@ impl Engine {
             let merged = match &self.raw_ac {
                 Some((ac, owner)) if raw_scanners >= 2 && self.raw_ac_kinds & bit != 0 => {
                     s.raw_hits.clear();
-                    for m in ac.find_overlapping_iter(&s.items.buf[vs..ve]) {
-                        s.raw_hits.push(owner[m.pattern().as_usize()]);
+                    let v = &s.items.buf[vs..ve];
+                    // Most values hold no literal at all: the plain search says so faster
+                    // than the overlapping one, which then runs only when there is a hit.
+                    if ac.is_match(v) {
+                        for m in ac.find_overlapping_iter(v) {
+                            s.raw_hits.push(owner[m.pattern().as_usize()]);
+                        }
                     }
                     true
                 }
@@ -969,8 +982,10 @@ fn run_group(
             ),
             None => {
                 let (ac, owner) = &g.acs[i as usize];
-                for m in ac.find_overlapping_iter(subject.scan) {
-                    hits.push(owner[m.pattern().as_usize()]);
+                if ac.is_match(subject.scan) {
+                    for m in ac.find_overlapping_iter(subject.scan) {
+                        hits.push(owner[m.pattern().as_usize()]);
+                    }
                 }
             }
         }
