@@ -265,26 +265,30 @@ fn load_corpus() -> Vec<Case> {
     toml::from_str::<Corpus>(&text).unwrap().case
 }
 
+/// One corpus case through the engine (default route policy).
+fn inspect_case(waf: &Waf, c: &Case) -> gateway::waf::Verdict {
+    let (method, target, headers, body) = build(c);
+    waf.inspect(
+        &RequestParts {
+            canonical: None,
+            client_ip: None,
+            method: &method,
+            target: &target,
+            version: "HTTP/1.1",
+            headers: &headers,
+            body: (!body.is_empty()).then_some(&body[..]),
+        },
+        &RoutePolicy::default(),
+        false,
+    )
+}
+
 /// Runs the corpus; returns the failures (one line each) and per-family counts.
 fn run_corpus(waf: &Waf) -> (Vec<String>, BTreeMap<String, (usize, usize)>) {
-    let policy = RoutePolicy::default();
     let mut failures = Vec::new();
     let mut families: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for c in load_corpus() {
-        let (method, target, headers, body) = build(&c);
-        let v = waf.inspect(
-            &RequestParts {
-                canonical: None,
-                client_ip: None,
-                method: &method,
-                target: &target,
-                version: "HTTP/1.1",
-                headers: &headers,
-                body: (!body.is_empty()).then_some(&body[..]),
-            },
-            &policy,
-            false,
-        );
+        let v = inspect_case(waf, &c);
         let want_block = c.expect == "block";
         let e = families.entry(c.family.clone()).or_default();
         e.1 += 1;
@@ -328,23 +332,9 @@ fn corpus_attacks_block_and_real_text_passes() {
 #[test]
 fn remembered_clean_values_never_change_a_verdict() {
     let waf = default_waf(Strategy::Prefilter);
-    let policy = RoutePolicy::default();
     let cases = load_corpus();
     let verdict = |c: &Case| {
-        let (method, target, headers, body) = build(c);
-        let v = waf.inspect(
-            &RequestParts {
-                canonical: None,
-                client_ip: None,
-                method: &method,
-                target: &target,
-                version: "HTTP/1.1",
-                headers: &headers,
-                body: (!body.is_empty()).then_some(&body[..]),
-            },
-            &policy,
-            false,
-        );
+        let v = inspect_case(&waf, c);
         let rules: Vec<u32> = v.matches.iter().map(|m| m.rule).collect();
         (v.blocked, v.score, rules)
     };
