@@ -22,8 +22,10 @@
 //! term, a JSON body's text) miss and cost the lookup and one store.
 //!
 //! # What is never stored
-//! Secrets: cookies, credential headers (`Authorization`, `Cookie`, `X-Api-Key`…) and
-//! values of fields named like secrets ([`super::redact`]). The memo lives only in memory,
+//! Secrets: cookies, credential headers (`Authorization`, `Cookie`, `X-Api-Key`…),
+//! values of fields named like secrets ([`super::redact`]), and the raw query, URI,
+//! request line or body of a request one of whose arguments is named like a secret (a
+//! flag set while the names are collected, so the raw strings are not scanned). The memo lives only in memory,
 //! but a lookup is faster than an evaluation, and a client must not be able to time
 //! whether someone else recently sent a given password or token.
 
@@ -54,8 +56,7 @@ struct Slot {
 pub struct CleanValues {
     slots: Vec<Slot>,
     state: foldhash::fast::RandomState,
-    /// Lookups and hits since the last [`CleanValues::clear`] (for tests and profiles).
-    pub lookups: u64,
+    /// Lookups that found the value, since the last [`CleanValues::clear`] (for tests).
     pub hits: u64,
 }
 
@@ -69,7 +70,6 @@ impl CleanValues {
         for s in &mut self.slots {
             s.key.clear();
         }
-        self.lookups = 0;
         self.hits = 0;
     }
 
@@ -88,7 +88,6 @@ impl CleanValues {
     /// Whether the value was stored as clean.
     #[inline]
     pub fn contains(&mut self, key: Key, kind: Kind, name: &[u8], value: &[u8]) -> bool {
-        self.lookups += 1;
         let Some(slot) = self.slots.get(key.0 as usize & (SLOTS - 1)) else {
             return false;
         };
