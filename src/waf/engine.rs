@@ -26,6 +26,11 @@
 //!   `lowercase` step would change the value, the automaton scans the raw value (it
 //!   ignores ASCII case), the byte set is derived from the raw one, and the lower-cased
 //!   copy is made only for a member that must be confirmed on it.
+//! - A group is skipped for a value that holds none of the bytes its members need
+//!   (each member's required bytes, or the rarest byte of each of its literals), traced
+//!   back through the chain ([`Transform::producers`]: `url_decode` can make any byte out
+//!   of a `%`, `lowercase` an `a` out of an `A`…): the `cmd_line` group's regex needs a
+//!   `/`, so prose without `/` or `%` is neither transformed for it nor scanned.
 //! - For a kind that two or more groups scan, one more automaton holds every group's
 //!   literals: a value that several groups see unchanged (up to case) is scanned once,
 //!   and the hits are handed to each group; a group whose chain changes the value scans
@@ -217,6 +222,11 @@ struct Group {
     /// Per kind: the `direct` members (bit i = `direct[i]`) that look at that kind.
     direct_for_kind: [u64; 32],
     set: Option<SetMatcher>,
+    /// Bytes a raw value must hold one of for any member to match after the chain (each
+    /// member's required bytes, traced back through the chain with
+    /// [`Transform::producers`]); `None` when some member needs no particular byte. A
+    /// value without them skips the group: no transformation, no scan.
+    raw_needs: Option<ByteSet>,
 }
 
 #[derive(Debug)]
@@ -359,6 +369,7 @@ impl Engine {
                         ungated: 0,
                         direct_for_kind: [0; 32],
                         set: None,
+                        raw_needs: Some(ByteSet::default()),
                     });
                     literals.push(Vec::new());
                     set_sources.push(Vec::new());
@@ -426,6 +437,18 @@ impl Engine {
                 negate: first.negate,
                 needs,
             });
+            let required = needs.or_else(|| {
+                literals[gi]
+                    .last()
+                    .and_then(Option::as_ref)
+                    .and_then(|l| literal_bytes(l))
+            });
+            g.raw_needs = g.raw_needs.zip(required).map(|(a, b)| a.union(&b));
+        }
+        for g in &mut e.groups {
+            g.raw_needs = g
+                .raw_needs
+                .and_then(|n| chain_producers(&e.chains[g.chain], n));
         }
         // Per group: the members whose literals went into its automata, with the literals.
         let mut group_lits: Vec<MemberLiterals> = Vec::new();
@@ -747,7 +770,9 @@ impl Engine {
             s.modes.clear();
             let mut raw_scanners = 0;
             for g in &self.groups {
-                let mode = if g.kinds & bit == 0 {
+                let mode = if g.kinds & bit == 0
+                    || g.raw_needs.is_some_and(|n| !raw_bits.intersects(&n))
+                {
                     Mode::Skip
                 } else if !raw_bits.intersects(&self.chain_triggers[g.chain]) {
                     Mode::Raw
@@ -891,6 +916,27 @@ fn strong_literals(lits: &[Vec<u8>]) -> bool {
 
 /// More literals than this make a list weak (see [`strong_literals`]).
 pub const MAX_STRONG_LITERALS: usize = 64;
+
+/// Bytes one of which a value holds when it holds one of `lits` (ASCII case ignored, as
+/// the automata do): the rarest byte of each literal, in both cases.
+fn literal_bytes(lits: &[Vec<u8>]) -> Option<ByteSet> {
+    let mut set = ByteSet::default();
+    for l in lits {
+        let b = l
+            .iter()
+            .copied()
+            .min_by_key(|&b| ByteSet::from_bytes([b]).cost())?;
+        set.insert(b.to_ascii_lowercase());
+        set.insert(b.to_ascii_uppercase());
+    }
+    Some(set)
+}
+
+/// The raw bytes from which `chain` can make a byte of `wanted` (see
+/// [`Transform::producers`]); `None` when any byte can.
+fn chain_producers(chain: &[Transform], wanted: ByteSet) -> Option<ByteSet> {
+    chain.iter().rev().try_fold(wanted, |w, t| t.producers(&w))
+}
 
 /// Bytes any transformation of `chain` may change.
 fn chain_triggers(chain: &[Transform]) -> ByteSet {

@@ -446,17 +446,27 @@ pub fn required_clauses(pattern: &str) -> Vec<ByteSet> {
     };
     let mut all = Vec::new();
     clauses(&hir, &mut all);
-    all.retain(|s| s.len() <= 128);
-    all.sort_by_key(|s| s.cost());
-    all.dedup();
-    // A set that contains a more selective one already required adds nothing.
+    most_selective(all, MAX_CLAUSES)
+}
+
+/// Clauses kept per branch of an alternation while combining branches.
+const BRANCH_CLAUSES: usize = 8;
+
+/// The `n` most selective of `sets`, without one that contains a more selective one
+/// (it adds nothing) or that is too large to select anything.
+fn most_selective(mut sets: Vec<ByteSet>, n: usize) -> Vec<ByteSet> {
+    sets.retain(|s| s.len() <= 128);
+    sets.sort_by_key(|s| s.cost());
+    sets.dedup();
     let mut kept: Vec<ByteSet> = Vec::new();
-    for s in all {
+    for s in sets {
+        if kept.len() == n {
+            break;
+        }
         if !kept.iter().any(|k| k.union(&s) == s) {
             kept.push(s);
         }
     }
-    kept.truncate(MAX_CLAUSES);
     kept
 }
 
@@ -467,7 +477,32 @@ fn clauses(h: &Hir, out: &mut Vec<ByteSet>) {
         HirKind::Capture(c) => clauses(&c.sub, out),
         HirKind::Repetition(r) if r.min >= 1 => clauses(&r.sub, out),
         HirKind::Concat(parts) => parts.iter().for_each(|p| clauses(p, out)),
-        HirKind::Class(_) | HirKind::Alternation(_) => out.extend(required_set(h)),
+        HirKind::Class(_) => out.extend(required_set(h)),
+        HirKind::Alternation(alts) => {
+            // A match of the alternation is a match of one branch: it holds a byte of one
+            // clause of that branch, so of the union of one clause from each branch. Every
+            // such union is a clause; the most selective few are kept at each step.
+            let mut combined: Vec<ByteSet> = Vec::new();
+            for (i, alt) in alts.iter().enumerate() {
+                let mut own = Vec::new();
+                clauses(alt, &mut own);
+                let own = most_selective(own, BRANCH_CLAUSES);
+                if own.is_empty() {
+                    // A branch that needs no byte: neither does the alternation.
+                    return;
+                }
+                combined = if i == 0 {
+                    own
+                } else {
+                    let unions = combined
+                        .iter()
+                        .flat_map(|a| own.iter().map(|b| a.union(b)))
+                        .collect();
+                    most_selective(unions, BRANCH_CLAUSES)
+                };
+            }
+            out.extend(combined);
+        }
         _ => {}
     }
 }
@@ -746,6 +781,15 @@ mod tests {
         assert!(c
             .iter()
             .any(|s| s.contains(b'a') && s.contains(b'c') || s.contains(b'b') && s.contains(b'd')));
+        // Branches combine clause by clause: both need `)`, so the alternation does,
+        // though neither branch's own most selective byte is `)`.
+        let c = required_clauses(r"\*\s*\)|[|&]\s*\)\s*\(");
+        assert!(c.contains(&set(")")), "{c:?}");
+        assert!(c.contains(&set("*|&")), "{c:?}");
+        // A branch that needs nothing makes the alternation need nothing.
+        assert!(required_clauses(r"(?:^|;)x")
+            .iter()
+            .all(|s| !s.contains(b';')));
         assert!(required_clauses(r"a*").is_empty());
         assert!(
             required_clauses(r"(").is_empty(),

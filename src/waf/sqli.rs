@@ -59,13 +59,36 @@ enum Tok {
 pub fn is_sqli(input: &[u8]) -> bool {
     let input = &input[..input.len().min(MAX_SCAN)];
     // Cheap reject: every attack shape needs one of these bytes.
-    if !input.iter().any(|b| TRIGGERS.contains(b)) {
+    if !input.iter().any(|&b| CLASS[b as usize] & TRIGGER != 0) {
         return false;
     }
-    [None, Some(b'\''), Some(b'"')]
-        .into_iter()
-        .any(|q| verdict(&tokens(input, q)))
+    // A quoted context needs its quote in the value (to close the string).
+    verdict(&tokens(input, None))
+        || [b'\'', b'"']
+            .into_iter()
+            .any(|q| memchr::memchr(q, input).is_some() && verdict(&tokens(input, Some(q))))
 }
+
+/// Per byte: [`TRIGGER`] if it is in [`TRIGGERS`], [`WORD`] if it can be part of a word.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < TRIGGERS.len() {
+        t[TRIGGERS[i] as usize] |= TRIGGER;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+            t[b] |= WORD;
+        }
+        b += 1;
+    }
+    t
+};
+const TRIGGER: u8 = 1;
+const WORD: u8 = 2;
 
 struct Tokens {
     t: [Tok; MAX_TOKENS],
@@ -187,25 +210,24 @@ fn tokens(s: &[u8], quote: Option<u8>) -> Tokens {
 fn find_quote_end(s: &[u8], from: usize, q: u8) -> Option<usize> {
     let mut i = from;
     while i < s.len() {
+        i += memchr::memchr2(q, b'\\', &s[i..])?;
         if s[i] == b'\\' {
             i += 2;
             continue;
         }
-        if s[i] == q {
-            // SQL doubles a quote to escape it.
-            if s.get(i + 1) == Some(&q) {
-                i += 2;
-                continue;
-            }
-            return Some(i);
+        // SQL doubles a quote to escape it.
+        if s.get(i + 1) == Some(&q) {
+            i += 2;
+            continue;
         }
-        i += 1;
+        return Some(i);
     }
     None
 }
 
+#[inline]
 fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    CLASS[b as usize] & WORD != 0
 }
 
 fn classify(word: &[u8], call: bool) -> Tok {

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use super::operator::ByteSet;
+
 /// One transformation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transform {
@@ -92,8 +94,8 @@ impl Transform {
             Transform::Lowercase => UPPER,
             Transform::HtmlEntityDecode => b"&",
             Transform::JsDecode | Transform::CssDecode => b"\\",
-            Transform::NormalizePath => b"/.",
-            Transform::NormalizePathWin => b"/.\\",
+            Transform::NormalizePath => b"/",
+            Transform::NormalizePathWin => b"/\\",
             Transform::CompressWhitespace | Transform::RemoveWhitespace | Transform::Trim => SPACE,
             Transform::RemoveNulls => b"\0",
             Transform::ReplaceComments => b"/",
@@ -101,6 +103,65 @@ impl Transform {
             Transform::CmdLine => b"\\\"'^,;/( \t\n\r\x0b\x0c\xa0ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             Transform::Base64Decode | Transform::HexDecode | Transform::Length => return None,
         })
+    }
+
+    /// The input bytes an output byte in `wanted` can come from (`None`: any byte): a
+    /// value holding none of them cannot come out holding one of `wanted`. Every
+    /// transformation keeps, drops or replaces bytes; what it makes a byte out of is
+    /// what is added here (`%` for a percent escape, `A`..`Z` for lower case…).
+    pub fn producers(self, wanted: &ByteSet) -> Option<ByteSet> {
+        const SPACE: &[u8] = b" \t\n\r\x0b\x0c\xa0";
+        let mut from = *wanted;
+        let mut add = |bytes: &[u8]| {
+            for &b in bytes {
+                from.insert(b);
+            }
+        };
+        let space = wanted.contains(b' ');
+        let upper: Vec<u8> = (b'a'..=b'z')
+            .filter(|&b| wanted.contains(b))
+            .map(|b| b.to_ascii_uppercase())
+            .collect();
+        match self {
+            Transform::UrlDecode | Transform::UrlDecodeUni => {
+                add(b"%");
+                if space {
+                    add(b"+");
+                }
+            }
+            Transform::Lowercase => add(&upper),
+            Transform::HtmlEntityDecode => add(b"&"),
+            Transform::JsDecode | Transform::CssDecode => add(b"\\"),
+            Transform::NormalizePath => {}
+            Transform::NormalizePathWin => {
+                if wanted.contains(b'/') {
+                    add(b"\\");
+                }
+            }
+            Transform::CompressWhitespace => {
+                if space {
+                    add(SPACE);
+                }
+            }
+            Transform::ReplaceComments => {
+                if space {
+                    add(b"/");
+                }
+            }
+            Transform::RemoveWhitespace
+            | Transform::RemoveNulls
+            | Transform::RemoveComments
+            | Transform::Trim => {}
+            Transform::CmdLine => {
+                if space {
+                    add(SPACE);
+                    add(b",;");
+                }
+                add(&upper);
+            }
+            Transform::Base64Decode | Transform::HexDecode | Transform::Length => return None,
+        }
+        Some(from)
     }
 
     /// Writes the transformed `input` into `out`.
@@ -376,8 +437,20 @@ fn css_decode(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Collapses `//`, removes `/./` and resolves `/../` (never above the start).
+/// Collapses `//`, removes `/./` and resolves `/../` (never above the start). A value
+/// without a separator is not a path and is left as it is (ModSecurity would empty a
+/// lone `.`), so that only a separator triggers the transformation (see
+/// [`Transform::triggers`]).
 fn normalize_path(input: &[u8], out: &mut Vec<u8>, windows: bool) {
+    let has_sep = if windows {
+        memchr::memchr2(b'/', b'\\', input).is_some()
+    } else {
+        memchr::memchr(b'/', input).is_some()
+    };
+    if !has_sep {
+        out.extend_from_slice(input);
+        return;
+    }
     let absolute = matches!(input.first(), Some(b'/')) || windows && input.first() == Some(&b'\\');
     let trailing = matches!(input.last(), Some(b'/')) || windows && input.last() == Some(&b'\\');
     let is_sep = |b: &u8| *b == b'/' || windows && *b == b'\\';
@@ -571,6 +644,68 @@ mod tests {
         }
     }
 
+    /// Random values over the bytes transformations care about.
+    fn tricky_values() -> Vec<Vec<u8>> {
+        let alphabet = b"%+uU0aF9x&#;lt\\/.*-, \t;'\"^(Ab\xa0\x00=<";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut values = Vec::new();
+        for len in 0..24 {
+            for _ in 0..300 {
+                values.push(
+                    (0..len)
+                        .map(|_| {
+                            crate::waf::xorshift(&mut x);
+                            alphabet[(x % alphabet.len() as u64) as usize]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        values
+    }
+
+    #[test]
+    fn a_value_without_trigger_bytes_comes_out_unchanged() {
+        for tr in Transform::ALL {
+            let Some(triggers) = tr.triggers() else {
+                continue;
+            };
+            let triggers = ByteSet::from_bytes(triggers.iter().copied());
+            for v in tricky_values()
+                .into_iter()
+                .chain([b".".to_vec(), b"..".to_vec()])
+            {
+                if ByteSet::of(&v).intersects(&triggers) {
+                    continue;
+                }
+                let mut out = Vec::new();
+                tr.apply(&v, &mut out);
+                assert_eq!(out, v, "{tr} changed {:?}", String::from_utf8_lossy(&v));
+            }
+        }
+    }
+
+    #[test]
+    fn every_output_byte_comes_from_one_of_its_producers() {
+        for tr in Transform::ALL {
+            for v in tricky_values() {
+                let mut out = Vec::new();
+                tr.apply(&v, &mut out);
+                for &b in &out {
+                    let Some(from) = tr.producers(&ByteSet::from_bytes([b])) else {
+                        break;
+                    };
+                    assert!(
+                        ByteSet::of(&v).intersects(&from),
+                        "{tr} made {:?} out of {:?}",
+                        b as char,
+                        String::from_utf8_lossy(&v)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn decoders() {
         assert_eq!(t(Transform::UrlDecode, "a%27+b%zz%2"), "a' b%zz%2");
@@ -600,6 +735,13 @@ mod tests {
             "c:/boot.ini"
         );
         assert_eq!(t(Transform::NormalizePath, "/a/b/"), "/a/b/");
+        // Without a separator a value is not a path: even a lone dot stays.
+        assert_eq!(t(Transform::NormalizePath, "."), ".");
+        assert_eq!(
+            t(Transform::NormalizePathWin, "end of a sentence."),
+            "end of a sentence."
+        );
+        assert_eq!(t(Transform::NormalizePath, "./"), "");
     }
 
     #[test]
