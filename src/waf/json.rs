@@ -31,7 +31,7 @@ struct Parser<'a> {
 
 const BAD: &str = "JSON body does not parse";
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn ws(&mut self) {
         while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
             self.i += 1;
@@ -65,12 +65,12 @@ impl Parser<'_> {
                     if self.peek() != Some(b'"') {
                         return Err(BAD);
                     }
-                    self.string(text)?;
+                    let key = self.string(text)?;
                     let keep = path.len();
                     if !path.is_empty() {
                         path.push(b'.');
                     }
-                    path.extend_from_slice(text);
+                    path.extend_from_slice(key.unwrap_or(text));
                     self.ws();
                     if self.peek() != Some(b':') {
                         return Err(BAD);
@@ -112,8 +112,8 @@ impl Parser<'_> {
                 }
             }
             b'"' => {
-                self.string(text)?;
-                leaf(path, text);
+                let v = self.string(text)?;
+                leaf(path, v.unwrap_or(text));
                 Ok(())
             }
             _ => {
@@ -140,10 +140,19 @@ impl Parser<'_> {
         }
     }
 
-    /// Reads a string at `self.i` (an opening quote) into `out`, unescaped.
-    fn string(&mut self, out: &mut Vec<u8>) -> Result<(), &'static str> {
-        out.clear();
+    /// Reads a string at `self.i` (an opening quote): a string without escapes is
+    /// returned as it is in the body (most are: no copy); otherwise it is unescaped into
+    /// `out` and `None` is returned.
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<Option<&'a [u8]>, &'static str> {
         self.i += 1;
+        let s: &'a [u8] = self.s;
+        let start = self.i;
+        let p = memchr::memchr2(b'"', b'\\', &s[start..]).ok_or(BAD)?;
+        if s[start + p] == b'"' {
+            self.i = start + p + 1;
+            return Ok(Some(&s[start..start + p]));
+        }
+        out.clear();
         loop {
             let rest = &self.s[self.i..];
             let Some(p) = memchr::memchr2(b'"', b'\\', rest) else {
@@ -153,7 +162,7 @@ impl Parser<'_> {
             self.i += p;
             if self.s[self.i] == b'"' {
                 self.i += 1;
-                return Ok(());
+                return Ok(None);
             }
             let esc = *self.s.get(self.i + 1).ok_or(BAD)?;
             self.i += 2;
