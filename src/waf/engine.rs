@@ -907,11 +907,15 @@ impl Engine {
     }
 }
 
-/// Literals selective enough to be preferred over a rare-byte gate: each at least four
-/// bytes long (a word such as `exec` or `eval` is rarer in text than a parenthesis), at
-/// most [`MAX_STRONG_LITERALS`].
+/// Literals selective enough to be preferred over a rare-byte gate, at most
+/// [`MAX_STRONG_LITERALS`] of them, each at least four bytes long (a word such as `exec`
+/// or `eval` is rarer in text than a parenthesis) or two holding a rare byte (`{{`, `<?`,
+/// `${`, `</`: rarer than either of their bytes alone).
 fn strong_literals(lits: &[Vec<u8>]) -> bool {
-    lits.len() <= MAX_STRONG_LITERALS && lits.iter().all(|l| l.len() >= 4)
+    lits.len() <= MAX_STRONG_LITERALS
+        && lits.iter().all(|l| {
+            l.len() >= 4 || l.len() >= 2 && l.iter().any(|&b| ByteSet::from_bytes([b]).cost() == 1)
+        })
 }
 
 /// More literals than this make a list weak (see [`strong_literals`]).
