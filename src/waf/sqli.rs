@@ -231,7 +231,7 @@ fn is_word(b: u8) -> bool {
 }
 
 fn classify(word: &[u8], call: bool) -> Tok {
-    let mut buf = [0u8; 24];
+    let mut buf = [0u8; 32];
     if word.len() > buf.len() {
         return Tok::Word;
     }
@@ -390,6 +390,8 @@ mod tests {
             "-1 UNION ALL SELECT NULL,NULL",
             "1 AND 1=1",
             "x' or 1=1 limit 1 -- -",
+            "1 and dbms_pipe.receive_message(chr(65),5)",
+            "1 and utl_inaddr.get_host_address((select user from dual)) is null",
         ] {
             assert!(is_sqli(a.as_bytes()), "missed: {a}");
         }
