@@ -77,8 +77,37 @@ fn syntax_config() -> syntax::Config {
 }
 
 /// Compiles one regex the way every WAF regex is compiled.
+///
+/// The regex keeps the meta engine's own literal prefilter only when its prefixes are
+/// few and long ([`prefix_prefilter_pays`]). A WAF regex runs on short values the engine
+/// already gated (they hold the bytes or literals a match needs); a prefilter of dozens
+/// of one- or two-byte prefixes (`['"]\s*(?:or|and)`) then stops at nearly every quote
+/// and costs more than the lazy DFA's plain scan (measured on prose values of ~70
+/// bytes: 140 → 85 ns for rule 4203's regex, 115 → 85 ns for 3985's; a prefilter on
+/// `char|chr|concat` stays: 29 ns against 85).
 pub fn compile_regex(pattern: &str) -> Result<meta::Regex, String> {
-    compile(&[pattern], regex_automata::MatchKind::LeftmostFirst)
+    let prefilter = parse_hir(pattern).is_some_and(|h| prefix_prefilter_pays(&h));
+    build(
+        &[pattern],
+        regex_automata::MatchKind::LeftmostFirst,
+        prefilter,
+    )
+}
+
+/// Most prefixes, and their shortest length, for which a regex keeps its prefilter.
+const PREFILTER_MAX_PREFIXES: usize = 32;
+const PREFILTER_MIN_PREFIX: usize = 2;
+
+/// Every match begins with one of a few (at most [`PREFILTER_MAX_PREFIXES`]) literals of
+/// at least [`PREFILTER_MIN_PREFIX`] bytes, as the meta engine would extract them.
+fn prefix_prefilter_pays(hir: &Hir) -> bool {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let mut seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
+    seq.optimize_for_prefix_by_preference();
+    seq.len().is_some_and(|n| n <= PREFILTER_MAX_PREFIXES)
+        && seq
+            .min_literal_len()
+            .is_some_and(|n| n >= PREFILTER_MIN_PREFIX)
 }
 
 /// Compiles patterns into one regex set for `which_overlapping_matches` (one pattern id
@@ -89,11 +118,20 @@ pub fn compile_regexes(patterns: &[&str]) -> Result<meta::Regex, String> {
 }
 
 fn compile(patterns: &[&str], kind: regex_automata::MatchKind) -> Result<meta::Regex, String> {
+    build(patterns, kind, true)
+}
+
+fn build(
+    patterns: &[&str],
+    kind: regex_automata::MatchKind,
+    prefilter: bool,
+) -> Result<meta::Regex, String> {
     meta::Regex::builder()
         .syntax(syntax_config())
         .configure(
             meta::Config::new()
                 .match_kind(kind)
+                .auto_prefilter(prefilter)
                 .utf8_empty(false)
                 .hybrid_cache_capacity(REGEX_CACHE_BYTES)
                 .nfa_size_limit(Some(32 << 20)),
