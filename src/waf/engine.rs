@@ -164,6 +164,8 @@ struct Member {
     rule: usize,
     kinds: u32,
     targets: TargetSet,
+    /// The targets name no value and exclude none: `kinds` alone says what is covered.
+    by_kind_only: bool,
     op: Operator,
     slot: Option<usize>,
     negate: bool,
@@ -181,7 +183,7 @@ struct Member {
 impl Member {
     #[inline]
     fn covers(&self, kind: Kind, name: &[u8]) -> bool {
-        self.kinds & kind.bit() != 0 && self.targets.covers(kind, name)
+        self.kinds & kind.bit() != 0 && (self.by_kind_only || self.targets.covers(kind, name))
     }
 
     /// The value holds a byte of every set in [`Member::also`].
@@ -416,6 +418,8 @@ impl Engine {
             g.members.push(Member {
                 rule: ri,
                 kinds: first.targets.kinds(),
+                by_kind_only: first.targets.exclude.is_empty()
+                    && first.targets.include.iter().all(|t| t.name.is_none()),
                 targets: first.targets,
                 exact: first.op.literal_is_exact(),
                 starts: if first.negate {
