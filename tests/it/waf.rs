@@ -1057,3 +1057,40 @@ fn graphql_limits_introspection_depth_aliases_and_batching() {
         (true, vec![108])
     );
 }
+
+#[test]
+fn a_payload_spelled_only_through_a_chain_still_reaches_its_rule() {
+    // Rule 3008 (`url_decode_uni`, `cmd_line`) needs a `/`. A group is skipped for a value
+    // without the bytes its rules need, traced back through the chain: this argument
+    // holds no `/` at all, only `%2f` (sent double-encoded, so it survives the query's
+    // own decoding) and a `^` that `cmd_line` removes, so the gate must let `%` through.
+    for strategy in [Strategy::Prefilter, Strategy::PerRule] {
+        let waf = default_waf(strategy);
+        let inspect = |target: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", HeaderValue::from_static("localhost"));
+            waf.inspect(
+                &RequestParts {
+                    canonical: None,
+                    client_ip: None,
+                    method: "GET",
+                    target,
+                    version: "HTTP/1.1",
+                    headers: &headers,
+                    body: None,
+                },
+                &RoutePolicy::default(),
+                false,
+            )
+        };
+        let v = inspect("/search?q=x%3Bc%5Eat%252fetc%252fpasswd");
+        assert!(
+            v.rule_ids().contains(&"3008".to_string()),
+            "{strategy:?}: {:?}",
+            v.rule_ids()
+        );
+        // The same words as prose, without `/` or `%`, are nobody's business.
+        let v = inspect("/search?q=the+cat+etc+passwd");
+        assert!(!v.blocked, "{strategy:?}: {:?}", v.rule_ids());
+    }
+}
