@@ -112,8 +112,29 @@ impl Rule {
     }
 
     /// Requests this rule decided (in `/metrics` as `gateway_ip_rule_requests_total`).
+    /// The series outlives the rule object: a set rebuilt when another rule is added
+    /// holds a new object whose handle is taken on its first hit, so until then the
+    /// series is looked up (without creating one: a rule that never decided has none).
+    /// Admin API only, never on the request path.
     pub fn count(&self) -> u64 {
-        self.counter.get().map_or(0, |c| c.get())
+        if let Some(c) = self.counter.get() {
+            return c.get();
+        }
+        use prometheus::core::Collector;
+        let labels = [self.spec.id.as_str(), self.spec.action.as_str()];
+        self.counters
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .find(|m| {
+                let pairs = m.get_label();
+                ["rule", "action"].iter().zip(labels).all(|(name, value)| {
+                    pairs
+                        .iter()
+                        .any(|p| p.name() == *name && p.value() == value)
+                })
+            })
+            .map_or(0, |m| m.get_counter().get_value() as u64)
     }
 
     fn hit(&self) {

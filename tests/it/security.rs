@@ -186,6 +186,17 @@ async fn api_rules_merge_with_config_rules_and_survive_a_restart() {
     assert_eq!(r.status, 201);
     assert_eq!(get_as(&mut s, "10.1.9.9", "/", &[]).await.status, 403);
     assert_eq!(get_as(&mut s, "10.1.8.9", "/", &[]).await.status, 200);
+    // Each rule's count survives the rebuild that adding another rule causes.
+    let listed = api(&gw, "GET", "/api/v1/ip-rules", None).await.json();
+    let count = |rule: &str| {
+        listed["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == rule)
+            .map(|r| r["requests"].clone())
+    };
+    assert_eq!(count(&id), Some(json!(1)), "{listed}");
 
     // Invalid input is refused with the reason; config rules are not the API's to change.
     let r = api(
