@@ -923,9 +923,9 @@ impl Engine {
 /// `${`, `</`: rarer than either of their bytes alone).
 fn strong_literals(lits: &[Vec<u8>]) -> bool {
     lits.len() <= MAX_STRONG_LITERALS
-        && lits.iter().all(|l| {
-            l.len() >= 4 || l.len() >= 2 && l.iter().any(|&b| ByteSet::from_bytes([b]).cost() == 1)
-        })
+        && lits
+            .iter()
+            .all(|l| l.len() >= 4 || l.len() >= 2 && l.iter().any(|&b| ByteSet::byte_cost(b) == 1))
 }
 
 /// More literals than this make a list weak (see [`strong_literals`]).
@@ -936,10 +936,7 @@ pub const MAX_STRONG_LITERALS: usize = 64;
 fn literal_bytes(lits: &[Vec<u8>]) -> Option<ByteSet> {
     let mut set = ByteSet::default();
     for l in lits {
-        let b = l
-            .iter()
-            .copied()
-            .min_by_key(|&b| ByteSet::from_bytes([b]).cost())?;
+        let b = ByteSet::rarest(l)?;
         set.insert(b.to_ascii_lowercase());
         set.insert(b.to_ascii_uppercase());
     }

@@ -152,7 +152,10 @@ impl<'a> Parser<'a> {
             self.i = start + p + 1;
             return Ok(Some(&s[start..start + p]));
         }
+        // An escape: unescape from here on (the bytes before it are copied as they are).
         out.clear();
+        out.extend_from_slice(&s[start..start + p]);
+        self.i = start + p;
         loop {
             let rest = &self.s[self.i..];
             let Some(p) = memchr::memchr2(b'"', b'\\', rest) else {

@@ -25,9 +25,9 @@
 //! Secrets: cookies, credential headers (`Authorization`, `Cookie`, `X-Api-Key`…),
 //! values of fields named like secrets ([`super::redact`]), and the raw query, URI,
 //! request line or body of a request one of whose arguments is named like a secret (a
-//! flag set while the names are collected, so the raw strings are not scanned). The memo lives only in memory,
-//! but a lookup is faster than an evaluation, and a client must not be able to time
-//! whether someone else recently sent a given password or token.
+//! flag set while the names are collected, so the raw strings are not scanned). The
+//! memo lives only in memory, but a lookup is faster than an evaluation, and a client
+//! must not be able to time whether someone else recently sent a given password or token.
 
 use std::hash::BuildHasher;
 

@@ -114,11 +114,7 @@ fn prefix_prefilter_pays(hir: &Hir) -> bool {
 /// each). Its match semantics are "all": with leftmost-first, a pattern whose match
 /// overlaps another's is not reported, and its rule would be missed.
 pub fn compile_regexes(patterns: &[&str]) -> Result<meta::Regex, String> {
-    compile(patterns, regex_automata::MatchKind::All)
-}
-
-fn compile(patterns: &[&str], kind: regex_automata::MatchKind) -> Result<meta::Regex, String> {
-    build(patterns, kind, true)
+    build(patterns, regex_automata::MatchKind::All, true)
 }
 
 fn build(
@@ -408,13 +404,23 @@ impl ByteSet {
     pub fn cost(&self) -> u32 {
         (0..=255u8)
             .filter(|&b| self.contains(b))
-            .map(|b| match b {
-                b'a'..=b'z' | b' ' => 10,
-                b'0'..=b'9' | b'A'..=b'Z' => 8,
-                b'.' | b',' | b'-' | b'/' | b'_' | b':' => 6,
-                _ => 1,
-            })
+            .map(ByteSet::byte_cost)
             .sum()
+    }
+
+    /// The [`ByteSet::cost`] of one byte.
+    pub fn byte_cost(b: u8) -> u32 {
+        match b {
+            b'a'..=b'z' | b' ' => 10,
+            b'0'..=b'9' | b'A'..=b'Z' => 8,
+            b'.' | b',' | b'-' | b'/' | b'_' | b':' => 6,
+            _ => 1,
+        }
+    }
+
+    /// The rarest byte of `bytes` (by [`ByteSet::byte_cost`]; the first of equals).
+    pub fn rarest(bytes: &[u8]) -> Option<u8> {
+        bytes.iter().copied().min_by_key(|&b| ByteSet::byte_cost(b))
     }
 }
 
@@ -549,11 +555,7 @@ fn required_set(h: &Hir) -> Option<ByteSet> {
     match h.kind() {
         HirKind::Literal(l) => {
             // Any byte of a required literal is required: take the rarest.
-            let b =
-                l.0.iter()
-                    .copied()
-                    .min_by_key(|&b| ByteSet::from_bytes([b]).cost())?;
-            Some(ByteSet::from_bytes([b]))
+            Some(ByteSet::from_bytes([ByteSet::rarest(&l.0)?]))
         }
         HirKind::Class(Class::Bytes(c)) => Some(ByteSet::from_bytes(
             c.ranges().iter().flat_map(|r| r.start()..=r.end()),

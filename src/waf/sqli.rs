@@ -136,7 +136,7 @@ fn unquoted_may_flag(s: &[u8]) -> bool {
             end -= 1;
         }
         let mut start = end;
-        while start > 0 && (is_word(s[start - 1]) || s[start - 1] == b'.') {
+        while start > 0 && continues_word(s[start - 1]) {
             start -= 1;
         }
         let word = &s[start..end];
@@ -221,7 +221,7 @@ fn tokens(s: &[u8], quote: Option<u8>, limit: usize) -> Tokens {
             }
             c if is_word(c) => {
                 let mut e = i + 1;
-                while e < s.len() && (is_word(s[e]) || s[e] == b'.') {
+                while e < s.len() && continues_word(s[e]) {
                     e += 1;
                 }
                 let word = &s[i..e];
@@ -270,6 +270,12 @@ fn find_quote_end(s: &[u8], from: usize, q: u8) -> Option<usize> {
 #[inline]
 fn is_word(b: u8) -> bool {
     CLASS[b as usize] & WORD != 0
+}
+
+/// A byte that continues a word token: a word byte or `.` (`schema.table`).
+#[inline]
+fn continues_word(b: u8) -> bool {
+    is_word(b) || b == b'.'
 }
 
 fn classify(word: &[u8], call: bool) -> Tok {
