@@ -110,9 +110,9 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex_automata::{meta, Input, PatternSet};
 
-use super::memo::CleanValues;
+use super::memo::{CleanValues, Key};
 use super::operator::{self, ByteSet, Operator};
-use super::request::{Items, RequestParts};
+use super::request::{Items, RequestParts, NO_ORIGIN};
 use super::rule::{Kind, Rule, RuleAction, Severity, TargetSet};
 use super::transform::Transform;
 
@@ -270,6 +270,9 @@ pub struct Engine {
     raw_ac_kinds: u32,
     max_set_patterns: usize,
     kinds: u32,
+    /// A chained or `pass` condition reads derived values (`decoded`, `embedded`) on
+    /// their own: they must then be collected even inside values the memo knows.
+    conds_read_derived: bool,
 }
 
 /// A rule that matched a value.
@@ -298,6 +301,7 @@ impl Engine {
             raw_ac: None,
             raw_ac_kinds: 0,
             max_set_patterns: 0,
+            conds_read_derived: false,
             kinds: 0,
         };
         let mut chain_ids: HashMap<Vec<Transform>, usize> = HashMap::new();
@@ -345,6 +349,9 @@ impl Engine {
             };
             let first = cond(&r.when, &mut e);
             let chain: Vec<Cond> = r.chain.iter().map(|c| cond(c, &mut e)).collect();
+            let derived = Kind::Decoded.bit() | Kind::Embedded.bit();
+            e.conds_read_derived |= chain.iter().any(|c| c.targets.kinds() & derived != 0)
+                || r.action == RuleAction::Pass && first.targets.kinds() & derived != 0;
             let mut compiled = CompiledRule {
                 id: r.id,
                 msg: Arc::from(r.msg.as_str()),
@@ -693,9 +700,13 @@ impl Engine {
         s.seen.clear();
     }
 
-    /// Collects the request's values into the scratch.
-    pub fn collect(&self, s: &mut Scratch, req: &RequestParts<'_>, extra_kinds: u32) {
-        s.items.collect(req, self.kinds | extra_kinds);
+    /// Collects the request's values into the scratch. `alone`: nothing but this engine
+    /// reads the values (no CRS), so values the memo knows need not be searched for
+    /// derived values.
+    pub fn collect(&self, s: &mut Scratch, req: &RequestParts<'_>, extra_kinds: u32, alone: bool) {
+        let memo = (alone && !self.conds_read_derived).then_some(&mut s.memo);
+        s.items
+            .collect_as(req, self.kinds | extra_kinds, None, memo);
     }
 
     /// The first `pass` rule that matches, if any.
@@ -720,16 +731,18 @@ impl Engine {
             let it = &s.items.items[ii];
             let kind = it.kind;
             let bit = kind.bit();
-            if self.kinds & bit == 0 {
+            if self.kinds & bit == 0 || it.known_clean {
                 continue;
             }
+            let (origin, has_derived) = (it.origin, it.has_derived);
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
             let (ns, ne) = (it.name.start as usize, it.name.end as usize);
             // The same kind, name and value again: every rule answers as it did the first
             // time (and a rule matches once per request), so there is nothing to learn.
             // Looked for only in requests with many values (JSON arrays of records, big
             // forms): in a small request a repeat is rare and the lookup costs more.
-            if dedup && ve - vs >= 8 {
+            // (Not a derived value: its verdict is also its origin's, see below.)
+            if dedup && ve - vs >= 8 && origin == NO_ORIGIN {
                 let buf = &s.items.buf;
                 let h = {
                     use std::hash::{BuildHasher, Hash, Hasher};
@@ -884,11 +897,34 @@ impl Engine {
                 s.hits = found;
                 s.hits.clear();
             }
-            if let (true, Some(k)) = (clean, memo_key) {
-                s.memo
-                    .insert(k, kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve]);
+            // The memo knows a value as clean together with what was found inside it (the
+            // collection skips deriving from a known value): a value with derived values
+            // is stored once they are all evaluated, if none had a hit.
+            match (clean, memo_key) {
+                (true, Some(k)) if has_derived => s.memo_pending.push((k, ii as u32)),
+                (true, Some(k)) => {
+                    s.memo
+                        .insert(k, kind, &s.items.buf[ns..ne], &s.items.buf[vs..ve])
+                }
+                (false, _) if origin != NO_ORIGIN => s.memo_tainted.push(origin),
+                _ => {}
             }
         }
+        let Scratch {
+            items,
+            memo,
+            memo_pending,
+            memo_tainted,
+            ..
+        } = s;
+        for &(k, ii) in memo_pending.iter() {
+            if !memo_tainted.contains(&ii) {
+                let it = &items.items[ii as usize];
+                memo.insert(k, it.kind, items.name(it), items.value(it));
+            }
+        }
+        memo_pending.clear();
+        memo_tainted.clear();
     }
 
     /// A condition evaluated on its own (chains, `pass` rules): any covered value matches.
@@ -1159,6 +1195,11 @@ pub struct Scratch {
     seen: std::collections::HashMap<u64, u32, foldhash::fast::FixedState>,
     /// Values found clean in earlier requests (see [`super::memo`]).
     pub memo: CleanValues,
+    /// Clean values with derived values, stored in the memo at the end of the evaluation
+    /// unless one of the values found inside them (their index is in `memo_tainted`) had
+    /// a hit.
+    memo_pending: Vec<(Key, u32)>,
+    memo_tainted: Vec<u32>,
 }
 
 impl Default for Scratch {
@@ -1180,6 +1221,8 @@ impl Default for Scratch {
             hits_out: Vec::new(),
             seen: Default::default(),
             memo: CleanValues::default(),
+            memo_pending: Vec::new(),
+            memo_tainted: Vec::new(),
         }
     }
 }

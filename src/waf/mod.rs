@@ -222,7 +222,7 @@ impl Waf {
         self.engine.with_scratch(|s| {
             // Argument limits need the arguments parsed even if no rule reads them.
             let args = Kind::QueryArg.bit() | Kind::BodyArg.bit();
-            self.engine.collect(s, req, args);
+            self.engine.collect(s, req, args, self.crs.is_none());
             let mut v = Verdict::default();
             let graphql_body = req.body.filter(|_| {
                 req.headers

@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use http::HeaderMap;
 
+use super::memo::CleanValues;
 use super::rule::Kind;
 
 /// The parts of a request the engine reads.
@@ -43,6 +44,30 @@ pub struct Item {
     pub kind: Kind,
     pub name: Range<u32>,
     pub value: Range<u32>,
+    /// For a value found inside another ([`Items::derive`]): the index of the request's
+    /// own value it came from (through every layer); [`NO_ORIGIN`] for the others.
+    pub origin: u32,
+    /// Values were found inside this one (items from [`Items::derive`] name it as origin).
+    pub has_derived: bool,
+    /// The memo knows this value as clean, with everything found inside it: it was
+    /// not searched for derived values and needs no evaluation (see [`super::memo`]).
+    pub known_clean: bool,
+}
+
+/// [`Item::origin`] of a value that was not found inside another.
+pub const NO_ORIGIN: u32 = u32::MAX;
+
+impl Item {
+    fn new(kind: Kind, name: Range<u32>, value: Range<u32>) -> Item {
+        Item {
+            kind,
+            name,
+            value,
+            origin: NO_ORIGIN,
+            has_derived: false,
+            known_clean: false,
+        }
+    }
 }
 
 /// The request target the WAF inspects: path and query as sent (a fragment is not part
@@ -119,7 +144,7 @@ impl Items {
 
     fn push(&mut self, kind: Kind, name: Range<u32>, value: &[u8]) {
         let value = self.span(value);
-        self.items.push(Item { kind, name, value });
+        self.items.push(Item::new(kind, name, value));
     }
 
     /// A value percent-decoded as a path (`+` stays), with no name.
@@ -127,11 +152,7 @@ impl Items {
         let start = self.buf.len() as u32;
         percent_decode(raw, &mut self.buf);
         let value = start..self.buf.len() as u32;
-        self.items.push(Item {
-            kind,
-            name: 0..0,
-            value,
-        });
+        self.items.push(Item::new(kind, 0..0, value));
     }
 
     /// A copy of `buf[r]` in the reused scratch buffer (for decoding out of `buf` into
@@ -144,34 +165,57 @@ impl Items {
     }
 
     /// The bytes decoded into the buffer's tail from `start` on become a `decoded` value
-    /// named `name` when `keep`, and are dropped otherwise.
-    fn keep_decoded(&mut self, start: usize, name: &Range<u32>, keep: bool) {
+    /// found inside item `source` (named as it is) when `keep`, and are dropped otherwise.
+    fn keep_decoded(&mut self, start: usize, source: usize, keep: bool) {
         if keep {
-            self.items.push(Item {
-                kind: Kind::Decoded,
-                name: name.clone(),
-                value: start as u32..self.buf.len() as u32,
-            });
+            self.push_derived(source, Kind::Decoded, start);
         } else {
             self.buf.truncate(start);
         }
+    }
+
+    /// The buffer's tail from `start` on as a value of `kind` found inside item `source`.
+    fn push_derived(&mut self, source: usize, kind: Kind, start: usize) {
+        let src = &mut self.items[source];
+        src.has_derived = true;
+        let origin = if src.origin == NO_ORIGIN {
+            source as u32
+        } else {
+            src.origin
+        };
+        let mut item = Item::new(kind, src.name.clone(), start as u32..self.buf.len() as u32);
+        item.origin = origin;
+        if origin != source as u32 {
+            self.items[origin as usize].has_derived = true;
+        }
+        self.items.push(item);
     }
 
     fn push_decoded(&mut self, kind: Kind, name: Range<u32>, raw: &[u8]) {
         let start = self.buf.len() as u32;
         super::transform::url_decode(raw, &mut self.buf, false);
         let value = start..self.buf.len() as u32;
-        self.items.push(Item { kind, name, value });
+        self.items.push(Item::new(kind, name, value));
     }
 
     /// Collects the values of `req` of the kinds in `wanted` (a bit set of [`Kind`]s).
     pub fn collect(&mut self, req: &RequestParts<'_>, wanted: u32) {
-        self.collect_as(req, wanted, None);
+        self.collect_as(req, wanted, None, None);
     }
 
     /// [`Items::collect`], with the body parsed as `body_type` (a media type) whatever the
-    /// request's `Content-Type` says (ModSecurity's forced body processor).
-    pub fn collect_as(&mut self, req: &RequestParts<'_>, wanted: u32, body_type: Option<&str>) {
+    /// request's `Content-Type` says (ModSecurity's forced body processor). With a `memo`,
+    /// a value it knows as clean (with everything found inside it) is marked
+    /// [`Item::known_clean`] and not searched for derived values: for a reader that
+    /// evaluates derived values only as part of their origin (the native engine without
+    /// chained conditions on them, see [`super::memo`]).
+    pub fn collect_as(
+        &mut self,
+        req: &RequestParts<'_>,
+        wanted: u32,
+        body_type: Option<&str>,
+        memo: Option<&mut CleanValues>,
+    ) {
         self.buf.clear();
         self.items.clear();
         self.body = None;
@@ -213,11 +257,8 @@ impl Items {
             self.buf.push(b' ');
             self.buf.extend_from_slice(req.version.as_bytes());
             let value = start..self.buf.len() as u32;
-            self.items.push(Item {
-                kind: Kind::RequestLine,
-                name: none.clone(),
-                value,
-            });
+            self.items
+                .push(Item::new(Kind::RequestLine, none.clone(), value));
         }
         if let Some(q) = query {
             if want(Kind::Query) {
@@ -239,11 +280,7 @@ impl Items {
                     self.push(Kind::Header, n.clone(), value.as_bytes());
                 }
                 if want(Kind::HeaderName) {
-                    self.items.push(Item {
-                        kind: Kind::HeaderName,
-                        name: n.clone(),
-                        value: n,
-                    });
+                    self.items.push(Item::new(Kind::HeaderName, n.clone(), n));
                 }
             }
         }
@@ -327,19 +364,20 @@ impl Items {
                 self.push_path_decoded(Kind::PathSegment, path.as_bytes());
             }
         }
-        if want(Kind::Decoded) || want(Kind::Embedded) {
-            self.derive(want(Kind::Decoded), want(Kind::Embedded));
-        }
-        // Items nobody asked for are dropped here rather than tested at every push.
+        // Items nobody asked for are dropped here rather than tested at every push
+        // (before deriving: derived items name their origin by index).
         if wanted != u32::MAX {
             self.items.retain(|i| wanted & i.kind.bit() != 0);
+        }
+        if want(Kind::Decoded) || want(Kind::Embedded) {
+            self.derive(want(Kind::Decoded), want(Kind::Embedded), memo);
         }
     }
 
     /// Values found inside other values: the text of base64 / JWT values and GraphQL string
     /// literals (see [`super::derived`]), named as the value they came from. Cookies are
     /// not decoded (their values are secrets, and sessions are often base64).
-    fn derive(&mut self, decoded: bool, embedded: bool) {
+    fn derive(&mut self, decoded: bool, embedded: bool, mut memo: Option<&mut CleanValues>) {
         let n = self.items.len();
         // Values derived here (base64 text) get a second look for escapes and nested
         // percent-encoding (items from `n` on), but are never base64-decoded again.
@@ -363,6 +401,17 @@ impl Items {
                 continue;
             }
             let (vs, ve) = (it.value.start as usize, it.value.end as usize);
+            if let Some(m) = memo.as_deref_mut().filter(|_| i <= n) {
+                let name = &self.buf[it.name.start as usize..it.name.end as usize];
+                let value = &self.buf[vs..ve];
+                let known = m
+                    .key(it.kind, name, value, (self.secret_query, self.secret_body))
+                    .is_some_and(|k| m.contains(k, it.kind, name, value));
+                if known {
+                    self.items[i - 1].known_clean = true;
+                    continue;
+                }
+            }
             // One pass for the bytes every decoder below needs (`\` escapes, `%` escapes,
             // the lead byte of fullwidth forms): most values hold none.
             if decoded && memchr::memchr3(b'\\', b'%', 0xEF, &self.buf[vs..ve]).is_some() {
@@ -382,7 +431,7 @@ impl Items {
                     let src = self.scratch_copy(vs..ve);
                     let changed = decode(&src, &mut self.buf);
                     self.derive_buf = src;
-                    self.keep_decoded(start, &it.name, changed);
+                    self.keep_decoded(start, i - 1, changed);
                 }
             }
             if decoded && i <= n {
@@ -396,7 +445,7 @@ impl Items {
                     super::transform::base64_decode(&src, &mut self.buf);
                     self.derive_buf = src;
                     let text = super::derived::is_text(&self.buf[start..]);
-                    self.keep_decoded(start, &it.name, text);
+                    self.keep_decoded(start, i - 1, text);
                 }
             }
             if embedded
@@ -409,13 +458,9 @@ impl Items {
             {
                 let src = self.scratch_copy(vs..ve);
                 super::derived::graphql_strings(&src, |lit| {
-                    let start = self.buf.len() as u32;
+                    let start = self.buf.len();
                     self.buf.extend_from_slice(lit);
-                    self.items.push(Item {
-                        kind: Kind::Embedded,
-                        name: it.name.clone(),
-                        value: start..self.buf.len() as u32,
-                    });
+                    self.push_derived(i - 1, Kind::Embedded, start);
                 });
                 self.derive_buf = src;
             }
@@ -464,11 +509,7 @@ impl Items {
 
     /// [`Items::push_name`] with the name's hash already computed.
     fn list_name(&mut self, kind: Kind, name: Range<u32>, h: u64) {
-        let item = Item {
-            kind,
-            name: name.clone(),
-            value: name.clone(),
-        };
+        let item = Item::new(kind, name.clone(), name.clone());
         if self.repeat_names {
             self.note_secret_name(kind, &name);
             self.items.push(item);
@@ -536,11 +577,8 @@ impl Items {
                 None => (c, &b""[..]),
             };
             let name = self.span(n);
-            self.items.push(Item {
-                kind: Kind::CookieName,
-                name: name.clone(),
-                value: name.clone(),
-            });
+            self.items
+                .push(Item::new(Kind::CookieName, name.clone(), name.clone()));
             self.push(Kind::Cookie, name, v);
         }
     }
@@ -581,11 +619,8 @@ impl Items {
         match part.filename {
             Some(f) if !f.is_empty() => {
                 let n = self.span(part.name);
-                self.items.push(Item {
-                    kind: Kind::FileName,
-                    name: n.clone(),
-                    value: n.clone(),
-                });
+                self.items
+                    .push(Item::new(Kind::FileName, n.clone(), n.clone()));
                 self.push(Kind::File, n.clone(), f);
                 if want_content && !part.content.is_empty() {
                     self.push(Kind::Body, n, part.content);

@@ -425,6 +425,78 @@ fn remembered_clean_values_hold_no_secret() {
     assert!(stored(Kind::Body, "", "user=alice&colour=battery-staple"));
 }
 
+/// A value is remembered as clean only together with what was found inside it: base64
+/// text that decodes to an attack blocks every time it is sent (the encoded value itself
+/// matches nothing), also when another spelling of the same text came first in the
+/// request; a benign base64 value is remembered and, from its second request on, not
+/// decoded again.
+#[test]
+fn a_value_hiding_an_attack_is_never_remembered_as_clean() {
+    use base64::Engine as _;
+    use gateway::waf::rule::Kind;
+    let waf = default_waf(Strategy::Prefilter);
+    let inspect = |body: &str| {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("shop.example"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let v = waf.inspect(
+            &RequestParts {
+                canonical: None,
+                client_ip: None,
+                method: "POST",
+                target: "/api/notes",
+                version: "HTTP/1.1",
+                headers: &h,
+                body: Some(body.as_bytes()),
+            },
+            &RoutePolicy::default(),
+            false,
+        );
+        v.blocked
+    };
+    let attack = "1' union select password from users where '1'='1' --";
+    let padded = base64::engine::general_purpose::STANDARD.encode(attack);
+    let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(attack);
+    assert_ne!(padded, unpadded, "the attack's length needs padding");
+    let note = |v: &str| format!(r#"{{"items":[{{"note":"{v}"}}]}}"#);
+    for _ in 0..3 {
+        assert!(inspect(&note(&padded)), "base64 attack, sent again");
+    }
+    // Both spellings in one request (with enough other values for the engine to skip
+    // repeats) decode to the same text; the second one alone later.
+    let others: String = (0..30)
+        .map(|i| format!(r#",{{"sku":"SKU-{i:05}"}}"#))
+        .collect();
+    let both = format!(r#"{{"items":[{{"note":"{padded}"}},{{"note":"{unpadded}"}}{others}]}}"#);
+    for _ in 0..2 {
+        assert!(inspect(&both));
+        assert!(inspect(&note(&unpadded)), "the other spelling alone");
+        assert!(inspect(&note(&padded)));
+    }
+    let benign = base64::engine::general_purpose::STANDARD
+        .encode("Leave the parcel at the side door, please. Thanks!");
+    for round in 0..3 {
+        assert!(!inspect(&note(&benign)), "benign base64 text passes");
+        let (known, decoded) = waf.engine.with_scratch(|s| {
+            let items = &s.items.items;
+            (
+                items.iter().any(|i| i.known_clean),
+                items.iter().any(|i| i.kind == Kind::Decoded),
+            )
+        });
+        assert_eq!(
+            known,
+            round > 0,
+            "round {round}: remembered after the first"
+        );
+        assert_eq!(
+            decoded,
+            round == 0,
+            "round {round}: decoded only the first time"
+        );
+    }
+}
+
 #[test]
 fn default_rules_compile_into_one_group_per_transformation_chain() {
     let w = default_waf(Strategy::Prefilter);

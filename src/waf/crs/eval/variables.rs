@@ -315,7 +315,7 @@ impl<'a> Data<'a> {
             _ => return,
         };
         let req = *self.req;
-        self.items.collect_as(&req, u32::MAX, Some(ctype));
+        self.items.collect_as(&req, u32::MAX, Some(ctype), None);
         self.index();
         self.processor = processor_of(ctype.as_bytes());
         if p == "XML" {
