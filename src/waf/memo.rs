@@ -23,7 +23,7 @@
 //! memo belongs to one engine: a reload empties it.
 //!
 //! # Cost and memory
-//! A lookup hashes the key and compares it with one slot (direct-mapped): ~100
+//! A lookup hashes the key and compares it with two slots (a 2-way set): ~100
 //! instructions against the ~1,500 a short value costs to evaluate. [`SLOTS`] slots hold
 //! keys of at most [`MAX_KEY_BYTES`] bytes (longer values are always evaluated); a slot's
 //! buffer is allocated on its first store and reused, so at most ~300 KiB per worker
@@ -97,26 +97,47 @@ impl CleanValues {
     /// Whether the value was stored as clean.
     #[inline]
     pub fn contains(&mut self, key: Key, kind: Kind, name: &[u8], value: &[u8]) -> bool {
-        let Some(slot) = self.slots.get(key.0 as usize & (SLOTS - 1)) else {
+        let set = Self::set(key);
+        let Some(pair) = self.slots.get(set..set + 2) else {
             return false;
         };
-        let k = &slot.key;
-        let found = slot.hash == key.0
-            && k.len() == 3 + name.len() + value.len()
-            && k[0] == kind as u8
-            && k[1..3] == (name.len() as u16).to_le_bytes()
-            && k[3..3 + name.len()] == *name
-            && k[3 + name.len()..] == *value;
+        let found = pair.iter().any(|slot| {
+            let k = &slot.key;
+            slot.hash == key.0
+                && k.len() == 3 + name.len() + value.len()
+                && k[0] == kind as u8
+                && k[1..3] == (name.len() as u16).to_le_bytes()
+                && k[3..3 + name.len()] == *name
+                && k[3 + name.len()..] == *value
+        });
         self.hits += u64::from(found);
         found
     }
 
-    /// Stores the value as clean (replacing whatever shared its slot).
+    /// The first of the two slots a key may be in.
+    #[inline]
+    fn set(key: Key) -> usize {
+        (key.0 as usize & (SLOTS / 2 - 1)) * 2
+    }
+
+    /// Stores the value as clean. Each key has a set of two slots, the newest first: two
+    /// values that share a set (about two pairs among 60 values) both stay, rather than
+    /// evicting each other on every request.
     pub fn insert(&mut self, key: Key, kind: Kind, name: &[u8], value: &[u8]) {
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, Slot::default);
         }
-        let slot = &mut self.slots[key.0 as usize & (SLOTS - 1)];
+        let set = Self::set(key);
+        let i = if self.slots[set].hash == key.0 {
+            set
+        } else if self.slots[set + 1].hash == key.0 {
+            set + 1
+        } else {
+            // The older of the two goes; the newer moves second.
+            self.slots.swap(set, set + 1);
+            set
+        };
+        let slot = &mut self.slots[i];
         slot.hash = key.0;
         slot.key.clear();
         slot.key.push(kind as u8);
@@ -149,6 +170,26 @@ fn storable(kind: Kind, name: &[u8], value: &[u8], (query, body): (bool, bool)) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_values_of_one_set_both_stay_and_a_third_evicts_the_older() {
+        let mut m = CleanValues::default();
+        let set_mates = [5u64, 5 + SLOTS as u64 / 2, 5 + SLOTS as u64];
+        let value = |i: usize| format!("value {i}");
+        let has = |m: &mut CleanValues, i: usize| {
+            m.contains(Key(set_mates[i]), Kind::QueryArg, b"q", value(i).as_bytes())
+        };
+        for (i, &h) in set_mates[..2].iter().enumerate() {
+            m.insert(Key(h), Kind::QueryArg, b"q", value(i).as_bytes());
+        }
+        assert!(has(&mut m, 0) && has(&mut m, 1));
+        // Storing one of them again keeps both.
+        m.insert(Key(set_mates[1]), Kind::QueryArg, b"q", value(1).as_bytes());
+        assert!(has(&mut m, 0) && has(&mut m, 1));
+        m.insert(Key(set_mates[2]), Kind::QueryArg, b"q", value(2).as_bytes());
+        assert!(!has(&mut m, 0), "the older one went");
+        assert!(has(&mut m, 1) && has(&mut m, 2));
+    }
 
     #[test]
     fn stores_exact_keys_and_never_secrets() {
