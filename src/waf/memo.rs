@@ -8,7 +8,10 @@
 //! engine, the value's kind, its name and its bytes (targets select by kind and name;
 //! transformations and operators read only the value). Chained conditions, exclusions and
 //! "one match per rule" only act on a value that produced a hit, and such a value is
-//! never stored. So a stored key answers exactly as a fresh evaluation would.
+//! never stored. So a stored key answers exactly as a fresh evaluation would. Keys are
+//! compared byte for byte: the hash (foldhash with a random per-thread seed) only picks
+//! a set of two slots, so a collision can evict an entry but never make an unseen value
+//! pass. The memo belongs to one engine: a reload empties it.
 //!
 //! A value with values found inside it (base64 text, escapes, GraphQL strings: see
 //! [`super::derived`], which depend only on the value, its kind and name) is stored only
@@ -17,10 +20,7 @@
 //! inside it: when nothing but the native engine reads the values (no CRS, no chained or
 //! `pass` condition on derived values), the collection does not look inside a value the
 //! memo knows ([`super::request::Item::known_clean`]), which saves the base64 and escape
-//! scans of every repeated value. Keys are
-//! compared byte for byte: the hash (foldhash with a random per-thread seed) only picks
-//! the slot, so a collision can evict an entry but never make an unseen value pass. The
-//! memo belongs to one engine: a reload empties it.
+//! scans of every repeated value.
 //!
 //! # Cost and memory
 //! A lookup hashes the key and compares it with two slots (a 2-way set): ~100

@@ -47,7 +47,7 @@ pub struct Item {
     /// For a value found inside another ([`Items::derive`]): the index of the request's
     /// own value it came from (through every layer); [`NO_ORIGIN`] for the others.
     pub origin: u32,
-    /// Values were found inside this one (items from [`Items::derive`] name it as origin).
+    /// Values were found inside this one (derived items name it as their origin).
     pub has_derived: bool,
     /// The memo knows this value as clean, with everything found inside it: it was
     /// not searched for derived values and needs no evaluation (see [`super::memo`]).
@@ -177,20 +177,17 @@ impl Items {
         }
     }
 
-    /// The buffer's tail from `start` on as a value of `kind` found inside item `source`.
+    /// The buffer's tail from `start` on as a value of `kind` found inside item `source`
+    /// (named as it is); its origin is the source's origin, or the source itself.
     fn push_derived(&mut self, source: usize, kind: Kind, start: usize) {
-        let src = &mut self.items[source];
-        src.has_derived = true;
-        let origin = if src.origin == NO_ORIGIN {
-            source as u32
-        } else {
-            src.origin
+        let src = &self.items[source];
+        let origin = match src.origin {
+            NO_ORIGIN => source as u32,
+            o => o,
         };
         let mut item = Item::new(kind, src.name.clone(), start as u32..self.buf.len() as u32);
         item.origin = origin;
-        if origin != source as u32 {
-            self.items[origin as usize].has_derived = true;
-        }
+        self.items[origin as usize].has_derived = true;
         self.items.push(item);
     }
 
