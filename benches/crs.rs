@@ -7,6 +7,10 @@
 //! - `crs/pl4/*`: the benign requests at paranoia level 4;
 //! - `native_and_crs/pl1/json_post_2k`: the gateway's default rules plus CRS, as
 //!   `Waf::inspect` runs them on the request path.
+//!
+//! `CRS_PROFILE=benign_get|json_post [CRS_PROFILE_N=n]` skips criterion and evaluates that
+//! request n times (default 2,000) at PL 1, for `valgrind --tool=callgrind
+//! --toggle-collect='gateway::waf::crs::eval::*evaluate'`.
 
 use std::path::{Path, PathBuf};
 
@@ -152,6 +156,26 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The `CRS_PROFILE` loop (see the module docs).
+fn profile(shape: &str) {
+    let crs = crs(1);
+    let (get_h, post_h, body) = (headers(false), headers(true), json_body(2048));
+    let r = match shape {
+        "benign_get" => req("GET", TARGET, &get_h, None),
+        "json_post" => req("POST", "/api/orders", &post_h, Some(&body)),
+        other => panic!("unknown shape {other}: benign_get, json_post"),
+    };
+    let n: usize = std::env::var("CRS_PROFILE_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let mut score = 0;
+    for _ in 0..n {
+        score += crs.evaluate(black_box(&r), true, &[]).inbound_score;
+    }
+    eprintln!("{n} evaluations of {shape}, total score {score}");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -160,4 +184,10 @@ criterion_group! {
         .measurement_time(std::time::Duration::from_secs(2));
     targets = bench
 }
-criterion_main!(benches);
+fn main() {
+    if let Ok(shape) = std::env::var("CRS_PROFILE") {
+        return profile(&shape);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
