@@ -378,7 +378,7 @@ impl Loader {
                 && matches!(
                     link.op,
                     Op::Rx { .. }
-                        | Op::Pm(_)
+                        | Op::Pm { .. }
                         | Op::DetectSqli
                         | Op::DetectXss
                         | Op::ValidateByteRange(_)
@@ -411,8 +411,9 @@ impl Loader {
         n as usize
     }
 
-    /// Gives each plain (not negated, not multiMatch) regex with required literals a slot
-    /// and builds one literal automaton per transformation chain.
+    /// Gives each plain (not negated, not multiMatch) regex with required literals, and
+    /// each plain phrase match, a slot and builds one literal automaton per
+    /// transformation chain.
     fn prefilters(&mut self) -> (Vec<Option<Prefilter>>, usize) {
         let mut per_chain: Vec<Vec<(Vec<u8>, u32)>> = vec![Vec::new(); self.chains.len()];
         let mut next = 0u32;
@@ -420,11 +421,12 @@ impl Loader {
             for e in p.iter_mut() {
                 let Entry::Rule(r) = e else { continue };
                 let mut slot = |link: &mut Rule| {
-                    let Op::Rx {
-                        lits: Some(lits), ..
-                    } = &link.op
-                    else {
-                        return;
+                    let lits = match &link.op {
+                        Op::Rx {
+                            lits: Some(lits), ..
+                        } => lits,
+                        Op::Pm { phrases, .. } if !phrases.is_empty() => phrases,
+                        _ => return,
                     };
                     if link.negate || link.multi_match {
                         return;

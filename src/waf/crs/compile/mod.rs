@@ -253,8 +253,12 @@ pub enum Op {
         /// One of these strings (ASCII case-insensitively) must occur for a match.
         lits: Option<Vec<Vec<u8>>>,
     },
-    /// `@pm`, `@pmFromFile`: phrases, ASCII case-insensitive.
-    Pm(Box<AhoCorasick>),
+    /// `@pm`, `@pmFromFile`: phrases, ASCII case-insensitive. The phrases are also
+    /// in the prefilter of the rule's chain: a value without any skips the operator.
+    Pm {
+        ac: Box<AhoCorasick>,
+        phrases: Vec<Vec<u8>>,
+    },
     StrEq(Arg),
     Within(Arg),
     BeginsWith(Arg),

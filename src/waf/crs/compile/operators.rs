@@ -44,7 +44,11 @@ pub(super) fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> 
             .match_kind(MatchKind::LeftmostFirst)
             .build(phrases.iter().filter(|p| !p.is_empty()))
             .map_err(|e| e.to_string())?;
-        Ok(Op::Pm(Box::new(ac)))
+        let phrases = phrases.into_iter().filter(|p| !p.is_empty()).collect();
+        Ok(Op::Pm {
+            ac: Box::new(ac),
+            phrases,
+        })
     };
     Ok(match name {
         "rx" => {

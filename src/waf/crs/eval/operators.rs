@@ -39,7 +39,7 @@ impl Crs {
                     re.is_match(v)
                 }
             }
-            Op::Pm(ac) => match ac.find(v) {
+            Op::Pm { ac, .. } => match ac.find(v) {
                 Some(m) => {
                     if link.capture {
                         caps = Some(vec![v[m.range()].to_vec()]);
