@@ -110,6 +110,7 @@ impl Crs {
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
         let (prefilters, slots) = l.prefilters();
         let links = l.number_links();
+        let summaries = l.summaries();
         let chain_sets = l
             .chains
             .iter()
@@ -121,6 +122,7 @@ impl Crs {
             chain_sets,
             prefilters,
             pf_words: slots.div_ceil(64),
+            summaries,
             memo_words: (2 * links).div_ceil(64),
             initial_tx,
             block_action,
@@ -463,6 +465,46 @@ impl Loader {
         (pfs, next as usize)
     }
 
+    /// Gives each link whose operator has a gate (a prefilter slot, required bytes) and
+    /// whose targets do not change while rules run a summary slot, shared by the links
+    /// with the same targets and chain; returns how many there are.
+    fn summaries(&mut self) -> usize {
+        let mut slots: HashMap<(u16, Vec<(Var, String)>), u32> = HashMap::new();
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                let mut slot = |link: &mut Rule| {
+                    let gated = match &link.op {
+                        Op::Rx { needs, .. } => link.pf_slot != NO_SLOT || needs.is_some(),
+                        Op::Pm { .. } => link.pf_slot != NO_SLOT,
+                        _ => false,
+                    };
+                    let fixed = link
+                        .targets
+                        .iter()
+                        .all(|t| !t.count && !t.var.changes_while_rules_run());
+                    if link.always || link.negate || link.multi_match || !gated || !fixed {
+                        return;
+                    }
+                    let mut key: Vec<(Var, String)> = link
+                        .targets
+                        .iter()
+                        .map(|t| (t.var, t.sel_key.clone()))
+                        .collect();
+                    key.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
+                    key.dedup();
+                    let n = slots.len() as u32;
+                    link.sum_slot = *slots.entry((link.xforms, key)).or_insert(n);
+                };
+                slot(r);
+                for link in &mut r.chain {
+                    slot(link);
+                }
+            }
+        }
+        slots.len()
+    }
+
     fn intern(&mut self, chain: Vec<Xform>) -> u16 {
         if let Some(&id) = self.chain_ids.get(&chain) {
             return id;
@@ -519,6 +561,7 @@ impl Loader {
             skip_after: None,
             skip_to: 0,
             pf_slot: NO_SLOT,
+            sum_slot: NO_SLOT,
             uid: 0,
             memo: false,
             feeds_matched_vars: false,
@@ -613,12 +656,18 @@ fn add_targets(r: &mut Rule, vars: &[VarRef]) -> Result<(), String> {
             }
         }
         let sel = Sel::compile(&v.selector)?;
+        let sel_key = match &v.selector {
+            None => String::new(),
+            Some(Selector::Name(n)) => format!("={}", n.to_ascii_lowercase()),
+            Some(Selector::Regex(r)) => format!("/{r}"),
+        };
         if v.exclude {
             r.excludes.push((var, sel));
         } else {
             r.targets.push(Target {
                 var,
                 sel,
+                sel_key,
                 count: v.count,
             });
         }

@@ -123,6 +123,21 @@ impl Var {
     }
 
     /// The request-value kinds this collection is made of.
+    /// Whether its values can change while a phase's rules run (TX, the last match, a
+    /// body variable a `ctl` can force).
+    pub fn changes_while_rules_run(self) -> bool {
+        matches!(
+            self,
+            Var::Tx
+                | Var::MatchedVar
+                | Var::MatchedVarName
+                | Var::MatchedVars
+                | Var::MatchedVarsNames
+                | Var::RequestBody
+                | Var::Rule
+        )
+    }
+
     pub fn kinds(self) -> u32 {
         let k = |ks: &[Kind]| ks.iter().fold(0, |a, k| a | k.bit());
         match self {
@@ -175,6 +190,8 @@ impl Sel {
 pub struct Target {
     pub var: Var,
     pub sel: Sel,
+    /// The selector as written (`=name`, `/regex`, empty for all), to compare target lists.
+    pub sel_key: String,
     /// `&VAR`: the number of values.
     pub count: bool,
 }
@@ -352,6 +369,9 @@ pub struct Rule {
     /// Its bit in the per-value literal prefilter of its transformation chain
     /// ([`NO_SLOT`]: not prefiltered).
     pub pf_slot: u32,
+    /// Its summary of the values its targets select, shared with the links with the same
+    /// targets and chain ([`NO_SLOT`]: none; see `eval`'s `may_match`).
+    pub sum_slot: u32,
     /// Unique among all rules and chain links (indexes per-value operator results).
     pub uid: u32,
     /// Its operator's result depends on the value alone (no captures, no macros), so
@@ -405,6 +425,8 @@ pub struct Crs {
     pub prefilters: Vec<Option<Prefilter>>,
     /// 64-bit words of a per-value prefilter result.
     pub pf_words: usize,
+    /// Summary slots ([`Rule::sum_slot`]).
+    pub summaries: usize,
     /// 64-bit words of a per-value set of operator results (two bits per rule).
     pub memo_words: usize,
     pub initial_tx: Vec<(String, Vec<u8>)>,

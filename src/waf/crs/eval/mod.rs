@@ -91,22 +91,36 @@ impl CrsOutcome {
 /// An operator's captures (`TX:0`–`TX:9`), when the rule captures.
 type Captures = Option<Vec<Vec<u8>>>;
 
+/// Request values transformed by chains, made once per request and chain.
+#[derive(Default)]
+struct ValueCache {
+    /// Scratch for transformations.
+    a: Vec<u8>,
+    b: Vec<u8>,
+    /// Per (canonical item, chain), its entry in `entries` (`u32::MAX`: not made yet).
+    slots: Vec<u32>,
+    entries: Vec<Cached>,
+    /// The transformed bytes of the entries.
+    buf: Vec<u8>,
+    /// Prefilter results, `pf_words` per entry that needed one.
+    cands: Vec<u64>,
+}
+
 /// Scratch buffers.
 #[derive(Default)]
 struct Bufs {
-    a: Vec<u8>,
-    b: Vec<u8>,
+    vc: ValueCache,
     vbuf: Vec<u8>,
     vals: Vec<V>,
-    cache: Vec<u32>,
-    cranges: Vec<Cached>,
-    /// Prefilter results, `pf_words` per cached value that needed one.
-    cands: Vec<u64>,
     memo: Vec<u64>,
-    cbuf: Vec<u8>,
     new_matches: Vec<(Vec<u8>, Vec<u8>)>,
     /// The value of the current match.
     hit_val: Vec<u8>,
+    /// Per summary slot, the offset of its summary in `sums` (`u32::MAX`: not made yet).
+    sum_at: Vec<u32>,
+    /// Summaries of targets under a chain: the union of the values' byte sets (four
+    /// words), then the union of their prefilter results (`pf_words`).
+    sums: Vec<u64>,
 }
 
 /// A request value transformed by one chain.
@@ -178,13 +192,17 @@ impl Crs {
                     data.reprocess(&proc_);
                 }
             }
-            bufs.cache.clear();
-            bufs.cache
+            let vc = &mut bufs.vc;
+            vc.slots.clear();
+            vc.slots
                 .resize(data.items.items.len() * self.chains.len(), u32::MAX);
-            bufs.cranges.clear();
-            bufs.cbuf.clear();
-            bufs.cands.clear();
+            vc.entries.clear();
+            vc.buf.clear();
+            vc.cands.clear();
             bufs.memo.clear();
+            bufs.sum_at.clear();
+            bufs.sum_at.resize(self.summaries, u32::MAX);
+            bufs.sums.clear();
             let mut i = 0;
             while i < rules.len() {
                 let Entry::Rule(r) = &rules[i] else {
@@ -271,6 +289,9 @@ impl Crs {
             run_setvars(link, head, data, st);
             return true;
         }
+        if !self.may_match(link, head, data, st, bufs) {
+            return false;
+        }
         bufs.vals.clear();
         bufs.vbuf.clear();
         for t in &link.targets {
@@ -291,7 +312,6 @@ impl Crs {
             }
         }
         let chain = &self.chains[link.xforms as usize];
-        let nchains = self.chains.len();
         let mut matched = false;
         bufs.new_matches.clear();
         let vals = std::mem::take(&mut bufs.vals);
@@ -331,68 +351,32 @@ impl Crs {
                 }
             } else {
                 let sets = &self.chain_sets[link.xforms as usize];
+                let mut candidate = true;
                 let (value, bs, entry): (&[u8], ByteSet, Option<usize>) = match v.item {
                     Some(idx) => {
-                        // Transformed once per request and chain, with its byte set.
-                        // Keyed by the first item with the same bytes.
-                        let slot =
-                            data.canon[idx as usize] as usize * nchains + link.xforms as usize;
-                        let mut ci = bufs.cache[slot];
-                        if ci == u32::MAX {
-                            let (res, bs) = transform(
-                                chain,
-                                sets,
-                                raw,
-                                data.item_bs[idx as usize],
-                                &mut bufs.a,
-                                &mut bufs.b,
-                            );
-                            let start = bufs.cbuf.len() as u32;
-                            bufs.cbuf.extend_from_slice(res);
-                            ci = bufs.cranges.len() as u32;
-                            bufs.cache[slot] = ci;
-                            bufs.cranges.push(Cached {
-                                range: start..bufs.cbuf.len() as u32,
-                                bs,
-                                cands: u32::MAX,
-                                memo: u32::MAX,
-                            });
+                        let vc = &mut bufs.vc;
+                        let ci = self.entry(link.xforms, idx, raw, data, vc);
+                        if link.pf_slot != NO_SLOT {
+                            // The chain's literal automaton, run once per value.
+                            let at = self.cands(link.xforms, ci, vc);
+                            let s = link.pf_slot as usize;
+                            candidate = vc.cands[at + s / 64] & (1 << (s % 64)) != 0;
                         }
-                        let e = &bufs.cranges[ci as usize];
-                        let r = e.range.start as usize..e.range.end as usize;
-                        (&bufs.cbuf[r], e.bs, Some(ci as usize))
+                        let e = &vc.entries[ci];
+                        let (r, bs) = (e.range.start as usize..e.range.end as usize, e.bs);
+                        (&bufs.vc.buf[r], bs, Some(ci))
                     }
                     None => {
-                        let (s, bs) =
-                            transform(chain, sets, raw, ByteSet::of(raw), &mut bufs.a, &mut bufs.b);
+                        let (a, b) = (&mut bufs.vc.a, &mut bufs.vc.b);
+                        let (s, bs) = transform(chain, sets, raw, ByteSet::of(raw), a, b);
                         (s, bs, None)
                     }
                 };
-                let mut candidate = true;
-                if link.pf_slot != NO_SLOT {
-                    if let Some(ci) = entry {
-                        // The chain's literal automaton, run once per value.
-                        let e = &mut bufs.cranges[ci];
-                        if e.cands == u32::MAX {
-                            let base = bufs.cands.len();
-                            bufs.cands.resize(base + self.pf_words, 0);
-                            if let Some(pf) = &self.prefilters[link.xforms as usize] {
-                                for m in pf.ac.find_overlapping_iter(value) {
-                                    let s = pf.slot_of[m.pattern().as_usize()] as usize;
-                                    bufs.cands[base + s / 64] |= 1 << (s % 64);
-                                }
-                            }
-                            e.cands = base as u32;
-                        }
-                        let s = link.pf_slot as usize;
-                        candidate = bufs.cands[e.cands as usize + s / 64] & (1 << (s % 64)) != 0;
-                    }
-                }
                 // A value repeated in the request (JSON arrays repeat names and values)
                 // is tested once per rule: the result is kept with its cached entry.
                 let memo = match entry {
                     Some(ci) if link.memo && data.repeated[v.item.unwrap_or(0) as usize] => {
-                        let e = &mut bufs.cranges[ci];
+                        let e = &mut bufs.vc.entries[ci];
                         if e.memo == u32::MAX {
                             e.memo = bufs.memo.len() as u32;
                             bufs.memo.resize(bufs.memo.len() + self.memo_words, 0);
@@ -461,6 +445,157 @@ impl Crs {
             std::mem::swap(&mut st.matched_vars, &mut bufs.new_matches);
         }
         matched
+    }
+}
+
+impl Crs {
+    /// The cache entry (in `bufs.cranges`) of item `idx` (whose value is `raw`)
+    /// transformed by chain `c`: made once per request and chain, with its byte set,
+    /// and keyed by the first item with the same bytes.
+    fn entry(&self, c: u16, idx: u32, raw: &[u8], data: &Data<'_>, vc: &mut ValueCache) -> usize {
+        let slot = data.canon[idx as usize] as usize * self.chains.len() + c as usize;
+        let ci = vc.slots[slot];
+        if ci != u32::MAX {
+            return ci as usize;
+        }
+        let (res, bs) = transform(
+            &self.chains[c as usize],
+            &self.chain_sets[c as usize],
+            raw,
+            data.item_bs[idx as usize],
+            &mut vc.a,
+            &mut vc.b,
+        );
+        let start = vc.buf.len() as u32;
+        vc.buf.extend_from_slice(res);
+        let ci = vc.entries.len();
+        vc.slots[slot] = ci as u32;
+        vc.entries.push(Cached {
+            range: start..vc.buf.len() as u32,
+            bs,
+            cands: u32::MAX,
+            memo: u32::MAX,
+        });
+        ci
+    }
+
+    /// The offset in `bufs.cands` of entry `ci`'s prefilter result (chain `c`'s literal
+    /// automaton, run once per entry).
+    fn cands(&self, c: u16, ci: usize, vc: &mut ValueCache) -> usize {
+        let e = &mut vc.entries[ci];
+        if e.cands == u32::MAX {
+            let base = vc.cands.len();
+            vc.cands.resize(base + self.pf_words, 0);
+            if let Some(pf) = &self.prefilters[c as usize] {
+                let value = &vc.buf[e.range.start as usize..e.range.end as usize];
+                mark(pf, value, &mut vc.cands[base..]);
+            }
+            e.cands = base as u32;
+        }
+        e.cands as usize
+    }
+
+    /// Whether some value of `link`'s targets can pass its operator's gates (its
+    /// prefilter bit, its required bytes); `false` means the link matches nothing this
+    /// phase. Read from the summary of its targets under its chain, made when a link
+    /// with that summary is first reached (CRS reads the same targets under the same
+    /// chain in dozens of rules, and a benign value passes almost no gate): most links
+    /// are then skipped without collecting a value.
+    fn may_match(
+        &self,
+        link: &Rule,
+        head: &Rule,
+        data: &Data<'_>,
+        st: &State,
+        bufs: &mut Bufs,
+    ) -> bool {
+        if link.sum_slot == NO_SLOT {
+            return true;
+        }
+        let slot = link.sum_slot as usize;
+        if bufs.sum_at[slot] == u32::MAX {
+            bufs.sum_at[slot] = self.summarize(link, head, data, st, bufs) as u32;
+        }
+        let at = bufs.sum_at[slot] as usize;
+        let w = &bufs.sums[at..at + 4 + self.pf_words];
+        if link.pf_slot != NO_SLOT {
+            let s = link.pf_slot as usize;
+            if w[4 + s / 64] & (1 << (s % 64)) == 0 {
+                return false;
+            }
+        }
+        match &link.op {
+            Op::Rx { needs: Some(n), .. } => ByteSet([w[0], w[1], w[2], w[3]]).intersects(n),
+            _ => true,
+        }
+    }
+
+    /// Makes the summary of `link`'s targets under its chain (see [`Bufs::sums`]);
+    /// returns its offset. Item values go through the per-request cache, so the walk
+    /// reuses their transformations; other values (XML, scalars) are transformed here.
+    fn summarize(
+        &self,
+        link: &Rule,
+        head: &Rule,
+        data: &Data<'_>,
+        st: &State,
+        bufs: &mut Bufs,
+    ) -> usize {
+        bufs.vals.clear();
+        bufs.vbuf.clear();
+        for t in &link.targets {
+            collect(t, link, head, data, st, bufs);
+        }
+        let at = bufs.sums.len();
+        bufs.sums.resize(at + 4 + self.pf_words, 0);
+        let c = link.xforms;
+        let pf = self.prefilters[c as usize].as_ref();
+        let vals = std::mem::take(&mut bufs.vals);
+        for v in &vals {
+            let val = v.val.start as usize..v.val.end as usize;
+            match v.item {
+                Some(idx) => {
+                    let vc = &mut bufs.vc;
+                    let ci = self.entry(c, idx, &data.items.buf[val], data, vc);
+                    let bs = vc.entries[ci].bs;
+                    let co = self.cands(c, ci, vc);
+                    for i in 0..4 {
+                        bufs.sums[at + i] |= bs.0[i];
+                    }
+                    for i in 0..self.pf_words {
+                        bufs.sums[at + 4 + i] |= vc.cands[co + i];
+                    }
+                }
+                None => {
+                    let raw = &bufs.vbuf[val];
+                    let (value, bs) = transform(
+                        &self.chains[c as usize],
+                        &self.chain_sets[c as usize],
+                        raw,
+                        ByteSet::of(raw),
+                        &mut bufs.vc.a,
+                        &mut bufs.vc.b,
+                    );
+                    for i in 0..4 {
+                        bufs.sums[at + i] |= bs.0[i];
+                    }
+                    if let Some(pf) = pf {
+                        mark(pf, value, &mut bufs.sums[at + 4..]);
+                    }
+                }
+            }
+        }
+        bufs.vals = vals;
+        at
+    }
+}
+
+/// Sets the prefilter slot bit (in `words`) of every literal of `pf` that occurs in
+/// `value`.
+fn mark(pf: &super::compile::Prefilter, value: &[u8], words: &mut [u64]) {
+    for m in pf.ac.find_overlapping_iter(value) {
+        let s = pf.slot_of[m.pattern().as_usize()] as usize;
+        words[s / 64] |= 1 << (s % 64);
     }
 }
 
