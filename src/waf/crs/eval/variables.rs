@@ -315,9 +315,14 @@ impl<'a> Data<'a> {
             _ => return,
         };
         let req = *self.req;
+        self.processor = processor_of(ctype.as_bytes());
+        if req.body.is_none_or(<[u8]>::is_empty) {
+            // Without a body the items stay what they are (CRS forces URLENCODED on
+            // every body-less request).
+            return;
+        }
         self.items.collect_as(&req, u32::MAX, Some(ctype), None);
         self.index();
-        self.processor = processor_of(ctype.as_bytes());
         if p == "XML" {
             if let Some(b) = req.body {
                 self.xml(b);
