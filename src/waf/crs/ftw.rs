@@ -104,6 +104,8 @@ pub struct Report {
     /// Response-phase test files, not run (the gateway does not inspect responses).
     pub response_files: usize,
     pub rules_loaded: usize,
+    /// Heap bytes of the compiled rules ([`Crs::memory_usage`]).
+    pub memory: usize,
     pub untranslatable: Vec<(u32, String)>,
 }
 
@@ -158,8 +160,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "CRS rules loaded: {}, untranslatable: {}; response-phase test files not run: {}",
+            "CRS rules loaded: {} ({:.1} MiB compiled), untranslatable: {}; response-phase test files not run: {}",
             self.rules_loaded,
+            self.memory as f64 / (1024.0 * 1024.0),
             self.untranslatable.len(),
             self.response_files
         );
@@ -201,6 +204,7 @@ pub fn run(crs_dir: &Path, overrides: &[PathBuf], rule: Option<u32>) -> Result<R
     let crs = Crs::load(&test_settings(crs_dir)).map_err(|e| e.to_string())?;
     let mut report = Report {
         rules_loaded: crs.report.rules,
+        memory: crs.memory_usage(),
         untranslatable: crs.report.untranslatable.clone(),
         ..Report::default()
     };

@@ -108,7 +108,7 @@ impl Crs {
             initial_tx.push((key, v.clone().into_bytes()));
         }
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
-        let (prefilters, slots) = l.prefilters();
+        let (prefilter, slots) = l.prefilter();
         let links = l.number_links();
         let summaries = l.summaries();
         let chain_sets = l
@@ -116,11 +116,13 @@ impl Crs {
             .iter()
             .map(|c| c.iter().map(|x| x.trigger_set()).collect())
             .collect();
+        let trie = XformTrie::new(&l.chains);
         Ok(Crs {
             phases: l.phases,
             chains: l.chains,
             chain_sets,
-            prefilters,
+            trie,
+            prefilter,
             pf_words: slots.div_ceil(64),
             summaries,
             memo_words: (2 * links).div_ceil(64),
@@ -414,10 +416,10 @@ impl Loader {
     }
 
     /// Gives each plain (not negated, not multiMatch) regex with required literals, and
-    /// each plain phrase match, a slot and builds one literal automaton per
-    /// transformation chain.
-    fn prefilters(&mut self) -> (Vec<Option<Prefilter>>, usize) {
-        let mut per_chain: Vec<Vec<(Vec<u8>, u32)>> = vec![Vec::new(); self.chains.len()];
+    /// each plain phrase match, a slot and builds one literal automaton for them all.
+    fn prefilter(&mut self) -> (Option<Prefilter>, usize) {
+        // Literal (lowercased) → the slots that need it.
+        let mut slots: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
         let mut next = 0u32;
         for p in &mut self.phases {
             for e in p.iter_mut() {
@@ -435,7 +437,10 @@ impl Loader {
                     }
                     link.pf_slot = next;
                     for l in lits {
-                        per_chain[link.xforms as usize].push((l.clone(), next));
+                        let e = slots.entry(l.to_ascii_lowercase()).or_default();
+                        if e.last() != Some(&next) {
+                            e.push(next);
+                        }
                     }
                     next += 1;
                 };
@@ -445,24 +450,40 @@ impl Loader {
                 }
             }
         }
-        let pfs = per_chain
-            .into_iter()
-            .map(|pats| {
-                if pats.is_empty() {
-                    return None;
+        let mut pats: Vec<(Vec<u8>, Vec<u32>)> = slots.into_iter().collect();
+        pats.sort();
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(pats.iter().map(|(l, _)| l))
+            .ok();
+        let mut slot_list = Vec::new();
+        let mut slots_of = Vec::new();
+        for (_, s) in &pats {
+            let start = slot_list.len() as u32;
+            slot_list.extend_from_slice(s);
+            slots_of.push(start..slot_list.len() as u32);
+        }
+        let Some(ac) = ac else {
+            // Too large to build: every operator then runs on every value.
+            for p in &mut self.phases {
+                for e in p.iter_mut() {
+                    if let Entry::Rule(r) = e {
+                        r.pf_slot = NO_SLOT;
+                        for link in &mut r.chain {
+                            link.pf_slot = NO_SLOT;
+                        }
+                    }
                 }
-                let ac = AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(pats.iter().map(|(l, _)| l))
-                    .ok()?;
-                Some(Prefilter {
-                    ac,
-                    slot_of: pats.iter().map(|(_, s)| *s).collect(),
-                })
-            })
-            .collect();
-        (pfs, next as usize)
+            }
+            return (None, 0);
+        };
+        let pf = Prefilter {
+            ac,
+            slots_of,
+            slot_list,
+        };
+        (Some(pf), next as usize)
     }
 
     /// Gives each link whose operator has a gate (a prefilter slot, required bytes) and

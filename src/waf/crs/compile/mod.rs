@@ -405,13 +405,57 @@ pub struct LoadReport {
 /// A rule without a prefilter slot.
 pub const NO_SLOT: u32 = u32::MAX;
 
-/// The literal prefilter of one transformation chain: every required literal of every
-/// regex rule on that chain in one automaton; a value transformed by the chain is scanned
-/// once, and a rule whose literals did not occur skips its regex.
+/// The literal prefilter: every required literal of every regex rule and every phrase of
+/// every `@pm` rule in one automaton. Each distinct transformed value is scanned once,
+/// whatever chains produced it; a rule none of whose literals occurred in its chain's
+/// value skips its operator.
 pub struct Prefilter {
     pub ac: AhoCorasick,
-    /// Pattern id → the rule's slot.
-    pub slot_of: Vec<u32>,
+    /// Pattern id → its range in `slot_list`: the slots of the rules that need it.
+    pub slots_of: Vec<std::ops::Range<u32>>,
+    pub slot_list: Vec<u32>,
+}
+
+/// The transformation chains as a trie: a node is its parent's value with one more
+/// transformation, so chains sharing a prefix (`urlDecodeUni`, then `lowercase`…) share
+/// its results, and a step that cannot change a value shares its parent's.
+pub struct XformTrie {
+    /// Per node (0 is the value itself), its parent and transformation.
+    pub nodes: Vec<(u16, Option<Xform>)>,
+    /// Per node, the bytes its transformation may change (`None`: any).
+    pub triggers: Vec<Option<ByteSet>>,
+    /// Per chain, its nodes after each step.
+    pub paths: Vec<Vec<u16>>,
+}
+
+impl XformTrie {
+    pub fn new(chains: &[Vec<Xform>]) -> XformTrie {
+        let mut t = XformTrie {
+            nodes: vec![(0, None)],
+            triggers: vec![Some(ByteSet::default())],
+            paths: Vec::new(),
+        };
+        let mut ids: HashMap<(u16, Xform), u16> = HashMap::new();
+        for chain in chains {
+            let mut at = 0u16;
+            let mut path = Vec::with_capacity(chain.len());
+            for &x in chain {
+                at = *ids.entry((at, x)).or_insert_with(|| {
+                    t.nodes.push((at, Some(x)));
+                    t.triggers.push(x.trigger_set());
+                    (t.nodes.len() - 1) as u16
+                });
+                path.push(at);
+            }
+            t.paths.push(path);
+        }
+        t
+    }
+
+    /// The node a chain ends at.
+    pub fn end(&self, chain: u16) -> u16 {
+        self.paths[chain as usize].last().copied().unwrap_or(0)
+    }
 }
 
 /// CRS, compiled.
@@ -421,8 +465,10 @@ pub struct Crs {
     pub chains: Vec<Vec<Xform>>,
     /// Per chain, per step: the bytes the step may change.
     pub chain_sets: Vec<Vec<Option<ByteSet>>>,
-    /// Per chain, its literal prefilter.
-    pub prefilters: Vec<Option<Prefilter>>,
+    /// The chains as a trie (per-request values are cached per node).
+    pub trie: XformTrie,
+    /// The literal prefilter of all rules.
+    pub prefilter: Option<Prefilter>,
     /// 64-bit words of a per-value prefilter result.
     pub pf_words: usize,
     /// Summary slots ([`Rule::sum_slot`]).
@@ -437,6 +483,43 @@ pub struct Crs {
 }
 
 pub use actions::var_key;
+
+impl Crs {
+    /// Heap bytes of the compiled rules: regexes (without their per-thread search
+    /// caches), phrase and literal automatons, selectors. Per-request buffers are not
+    /// counted (they grow with the request, per thread).
+    pub fn memory_usage(&self) -> usize {
+        let sel = |s: &Sel| match s {
+            Sel::Regex(r) => r.memory_usage(),
+            Sel::Name(n) => n.len(),
+            Sel::All => 0,
+        };
+        let link = |r: &Rule| {
+            let op = match &r.op {
+                Op::Rx { re, .. } => re.memory_usage(),
+                Op::Pm { ac, phrases } => {
+                    ac.memory_usage() + phrases.iter().map(Vec::len).sum::<usize>()
+                }
+                _ => 0,
+            };
+            op + r.targets.iter().map(|t| sel(&t.sel)).sum::<usize>()
+                + r.excludes.iter().map(|(_, s)| sel(s)).sum::<usize>()
+        };
+        let rules: usize = self
+            .phases
+            .iter()
+            .flatten()
+            .map(|e| match e {
+                Entry::Rule(r) => link(r) + r.chain.iter().map(link).sum::<usize>(),
+                Entry::Marker(_) => 0,
+            })
+            .sum();
+        let prefilter = self.prefilter.as_ref().map_or(0, |p| {
+            p.ac.memory_usage() + p.slot_list.len() * 4 + p.slots_of.len() * 8
+        });
+        rules + prefilter
+    }
+}
 
 impl std::fmt::Debug for Crs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

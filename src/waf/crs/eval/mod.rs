@@ -106,6 +106,19 @@ struct ValueCache {
     cands: Vec<u64>,
 }
 
+impl ValueCache {
+    /// A new entry for `buf[start..]`, whose byte set is `bs`.
+    fn push(&mut self, start: u32, bs: ByteSet) -> usize {
+        self.entries.push(Cached {
+            range: start..self.buf.len() as u32,
+            bs,
+            cands: u32::MAX,
+            memo: u32::MAX,
+        });
+        self.entries.len() - 1
+    }
+}
+
 /// Scratch buffers.
 #[derive(Default)]
 struct Bufs {
@@ -121,6 +134,10 @@ struct Bufs {
     /// Summaries of targets under a chain: the union of the values' byte sets (four
     /// words), then the union of their prefilter results (`pf_words`).
     sums: Vec<u64>,
+    /// Per summary slot, its values with their cache entries (`u32::MAX` when a value
+    /// is not a request item: then the walk collects the values itself).
+    sum_vals: Vec<Range<u32>>,
+    sum_list: Vec<(V, u32)>,
 }
 
 /// A request value transformed by one chain.
@@ -195,7 +212,7 @@ impl Crs {
             let vc = &mut bufs.vc;
             vc.slots.clear();
             vc.slots
-                .resize(data.items.items.len() * self.chains.len(), u32::MAX);
+                .resize(data.items.items.len() * self.trie.nodes.len(), u32::MAX);
             vc.entries.clear();
             vc.buf.clear();
             vc.cands.clear();
@@ -203,6 +220,9 @@ impl Crs {
             bufs.sum_at.clear();
             bufs.sum_at.resize(self.summaries, u32::MAX);
             bufs.sums.clear();
+            bufs.sum_vals.clear();
+            bufs.sum_vals.resize(self.summaries, 0..0);
+            bufs.sum_list.clear();
             let mut i = 0;
             while i < rules.len() {
                 let Entry::Rule(r) = &rules[i] else {
@@ -294,6 +314,16 @@ impl Crs {
         }
         bufs.vals.clear();
         bufs.vbuf.clear();
+        if self.gated_values(link, bufs) {
+            // Only the values that pass the operator's gates (the others cannot match).
+        } else {
+            self.collect_all(link, head, data, st, bufs);
+        }
+        self.test_values(link, head, data, st, bufs)
+    }
+
+    /// Every value of `link`'s targets into `bufs.vals` (counts as one value each).
+    fn collect_all(&self, link: &Rule, head: &Rule, data: &Data<'_>, st: &State, bufs: &mut Bufs) {
         for t in &link.targets {
             let before = bufs.vals.len();
             collect(t, link, head, data, st, bufs);
@@ -311,6 +341,17 @@ impl Crs {
                 });
             }
         }
+    }
+
+    /// Tests the values in `bufs.vals` against `link`; runs its per-match actions.
+    fn test_values(
+        &self,
+        link: &Rule,
+        head: &Rule,
+        data: &Data<'_>,
+        st: &mut State,
+        bufs: &mut Bufs,
+    ) -> bool {
         let chain = &self.chains[link.xforms as usize];
         let mut matched = false;
         bufs.new_matches.clear();
@@ -327,7 +368,26 @@ impl Crs {
                 ),
             };
             let mut hit: Option<Captures> = None;
-            if link.multi_match {
+            if let (true, Some(idx)) = (link.multi_match, v.item) {
+                // The value, then after each step that changed it (the trie's entries).
+                let path = &self.trie.paths[link.xforms as usize];
+                let mut last = usize::MAX;
+                for node in std::iter::once(0).chain(path.iter().copied()) {
+                    let ci = self.node_entry(node, idx, raw, data, &mut bufs.vc);
+                    if ci == last {
+                        continue;
+                    }
+                    last = ci;
+                    let e = &bufs.vc.entries[ci];
+                    let value = &bufs.vc.buf[e.range.start as usize..e.range.end as usize];
+                    if let Some(c) = self.op_matches(link, value, e.bs, data, st) {
+                        bufs.hit_val.clear();
+                        bufs.hit_val.extend_from_slice(value);
+                        hit = Some(c);
+                        break;
+                    }
+                }
+            } else if link.multi_match {
                 let mut cur = raw.to_vec();
                 if let Some(c) = self.op_matches(link, &cur, ByteSet::of(&cur), data, st) {
                     bufs.hit_val.clear();
@@ -358,7 +418,7 @@ impl Crs {
                         let ci = self.entry(link.xforms, idx, raw, data, vc);
                         if link.pf_slot != NO_SLOT {
                             // The chain's literal automaton, run once per value.
-                            let at = self.cands(link.xforms, ci, vc);
+                            let at = self.cands(ci, vc);
                             let s = link.pf_slot as usize;
                             candidate = vc.cands[at + s / 64] & (1 << (s % 64)) != 0;
                         }
@@ -449,44 +509,68 @@ impl Crs {
 }
 
 impl Crs {
-    /// The cache entry (in `bufs.cranges`) of item `idx` (whose value is `raw`)
-    /// transformed by chain `c`: made once per request and chain, with its byte set,
-    /// and keyed by the first item with the same bytes.
+    /// The cache entry (in `vc.entries`) of item `idx` (whose value is `raw`) transformed
+    /// by chain `c`.
     fn entry(&self, c: u16, idx: u32, raw: &[u8], data: &Data<'_>, vc: &mut ValueCache) -> usize {
-        let slot = data.canon[idx as usize] as usize * self.chains.len() + c as usize;
+        self.node_entry(self.trie.end(c), idx, raw, data, vc)
+    }
+
+    /// The cache entry of item `idx` at trie node `node`: made once per request, keyed by
+    /// the first item with the same bytes; a node whose transformation leaves its
+    /// parent's bytes as they are shares the parent's entry (a benign value has a few
+    /// distinct entries, whatever the number of chains).
+    fn node_entry(
+        &self,
+        node: u16,
+        idx: u32,
+        raw: &[u8],
+        data: &Data<'_>,
+        vc: &mut ValueCache,
+    ) -> usize {
+        let nodes = self.trie.nodes.len();
+        let slot = data.canon[idx as usize] as usize * nodes + node as usize;
         let ci = vc.slots[slot];
         if ci != u32::MAX {
             return ci as usize;
         }
-        let (res, bs) = transform(
-            &self.chains[c as usize],
-            &self.chain_sets[c as usize],
-            raw,
-            data.item_bs[idx as usize],
-            &mut vc.a,
-            &mut vc.b,
-        );
-        let start = vc.buf.len() as u32;
-        vc.buf.extend_from_slice(res);
-        let ci = vc.entries.len();
+        let (parent, xform) = self.trie.nodes[node as usize];
+        let ci = match xform {
+            None => {
+                let start = vc.buf.len() as u32;
+                vc.buf.extend_from_slice(raw);
+                vc.push(start, data.item_bs[idx as usize])
+            }
+            Some(x) => {
+                let p = self.node_entry(parent, idx, raw, data, vc);
+                let pe = &vc.entries[p];
+                let trigger = &self.trie.triggers[node as usize];
+                if trigger.as_ref().is_some_and(|t| !t.intersects(&pe.bs)) {
+                    p
+                } else {
+                    let pr = pe.range.start as usize..pe.range.end as usize;
+                    x.apply(&vc.buf[pr.clone()], &mut vc.a);
+                    if vc.a == vc.buf[pr] {
+                        p
+                    } else {
+                        let start = vc.buf.len() as u32;
+                        vc.buf.extend_from_slice(&vc.a);
+                        vc.push(start, ByteSet::of(&vc.a))
+                    }
+                }
+            }
+        };
         vc.slots[slot] = ci as u32;
-        vc.entries.push(Cached {
-            range: start..vc.buf.len() as u32,
-            bs,
-            cands: u32::MAX,
-            memo: u32::MAX,
-        });
         ci
     }
 
-    /// The offset in `bufs.cands` of entry `ci`'s prefilter result (chain `c`'s literal
-    /// automaton, run once per entry).
-    fn cands(&self, c: u16, ci: usize, vc: &mut ValueCache) -> usize {
+    /// The offset in `vc.cands` of entry `ci`'s prefilter result (the literal automaton,
+    /// run once per entry).
+    fn cands(&self, ci: usize, vc: &mut ValueCache) -> usize {
         let e = &mut vc.entries[ci];
         if e.cands == u32::MAX {
             let base = vc.cands.len();
             vc.cands.resize(base + self.pf_words, 0);
-            if let Some(pf) = &self.prefilters[c as usize] {
+            if let Some(pf) = &self.prefilter {
                 let value = &vc.buf[e.range.start as usize..e.range.end as usize];
                 mark(pf, value, &mut vc.cands[base..]);
             }
@@ -530,6 +614,39 @@ impl Crs {
         }
     }
 
+    /// When `link` has a summary of item values only: its values that pass the gates
+    /// into `bufs.vals` (most links then test none); `false` when the values must be
+    /// collected.
+    fn gated_values(&self, link: &Rule, bufs: &mut Bufs) -> bool {
+        if link.sum_slot == NO_SLOT {
+            return false;
+        }
+        let r = bufs.sum_vals[link.sum_slot as usize].clone();
+        let list = &bufs.sum_list[r.start as usize..r.end as usize];
+        if list.iter().any(|(_, ci)| *ci == u32::MAX) {
+            return false;
+        }
+        let needs = match &link.op {
+            Op::Rx { needs, .. } => needs.as_ref(),
+            _ => None,
+        };
+        let vc = &bufs.vc;
+        for (v, ci) in list {
+            let e = &vc.entries[*ci as usize];
+            if link.pf_slot != NO_SLOT {
+                let s = link.pf_slot as usize;
+                if vc.cands[e.cands as usize + s / 64] & (1 << (s % 64)) == 0 {
+                    continue;
+                }
+            }
+            if needs.is_some_and(|n| !e.bs.intersects(n)) {
+                continue;
+            }
+            bufs.vals.push(v.clone());
+        }
+        true
+    }
+
     /// Makes the summary of `link`'s targets under its chain (see [`Bufs::sums`]);
     /// returns its offset. Item values go through the per-request cache, so the walk
     /// reuses their transformations; other values (XML, scalars) are transformed here.
@@ -549,16 +666,18 @@ impl Crs {
         let at = bufs.sums.len();
         bufs.sums.resize(at + 4 + self.pf_words, 0);
         let c = link.xforms;
-        let pf = self.prefilters[c as usize].as_ref();
+        let pf = self.prefilter.as_ref();
         let vals = std::mem::take(&mut bufs.vals);
+        let list_start = bufs.sum_list.len() as u32;
         for v in &vals {
             let val = v.val.start as usize..v.val.end as usize;
             match v.item {
                 Some(idx) => {
                     let vc = &mut bufs.vc;
                     let ci = self.entry(c, idx, &data.items.buf[val], data, vc);
+                    bufs.sum_list.push((v.clone(), ci as u32));
                     let bs = vc.entries[ci].bs;
-                    let co = self.cands(c, ci, vc);
+                    let co = self.cands(ci, vc);
                     for i in 0..4 {
                         bufs.sums[at + i] |= bs.0[i];
                     }
@@ -567,6 +686,7 @@ impl Crs {
                     }
                 }
                 None => {
+                    bufs.sum_list.push((v.clone(), u32::MAX));
                     let raw = &bufs.vbuf[val];
                     let (value, bs) = transform(
                         &self.chains[c as usize],
@@ -585,6 +705,7 @@ impl Crs {
                 }
             }
         }
+        bufs.sum_vals[link.sum_slot as usize] = list_start..bufs.sum_list.len() as u32;
         bufs.vals = vals;
         at
     }
@@ -594,8 +715,10 @@ impl Crs {
 /// `value`.
 fn mark(pf: &super::compile::Prefilter, value: &[u8], words: &mut [u64]) {
     for m in pf.ac.find_overlapping_iter(value) {
-        let s = pf.slot_of[m.pattern().as_usize()] as usize;
-        words[s / 64] |= 1 << (s % 64);
+        let r = &pf.slots_of[m.pattern().as_usize()];
+        for &s in &pf.slot_list[r.start as usize..r.end as usize] {
+            words[s as usize / 64] |= 1 << (s % 64);
+        }
     }
 }
 
