@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use gateway::waf::crs::{Crs, CrsSettings};
 use gateway::waf::request::RequestParts;
 use gateway::waf::{RoutePolicy, Settings, Waf};
