@@ -8,16 +8,28 @@
 //! separate, so a rule's values can be borrowed while its actions write.
 //!
 //! What is shared per request value (CRS tests the same argument with the same chain in
-//! dozens of rules): values with the same bytes are one value; per (value, chain) the
-//! transformed bytes and their byte set are computed once, the chain's literal automaton
-//! runs once (a regex whose required literals did not occur is skipped), and for a value
-//! that occurs more than once each pure operator's result is kept. A regex also needs one
-//! of its required bytes. Exclusions (`!ARGS:x`) are checked only for values that matched.
+//! dozens of rules): values with the same bytes are one value; the transformation chains
+//! form a trie ([`XformTrie`](super::compile::XformTrie)), and per (value, trie node) the
+//! transformed bytes and their byte set are computed once — a step that leaves the bytes
+//! as they are shares its parent's entry, so a benign value has a few distinct entries
+//! whatever the number of chains. One literal automaton over every rule's required
+//! literals and `@pm` phrases runs once per distinct entry (a rule none of whose
+//! literals occurred skips its operator); a regex also needs one of its required bytes.
+//! For a value that occurs more than once each pure operator's result is kept.
+//! Exclusions (`!ARGS:x`) are checked only for values that matched.
 //!
-//! Cost (criterion, `benches/crs.rs`, PL 1): about 200 µs for a browser GET and 0.6 ms
-//! for a 2 KiB JSON POST — the walk over rule × value pairs (about 1,800 for the GET)
-//! dominates, not the regexes. Buffers are reused per thread; a request allocates for
-//! its TX variables and matches.
+//! Links whose targets do not change while rules run share a summary per (targets,
+//! chain): the union of their values' byte sets and literal hits, and the values with
+//! their entries. A link none of whose values can pass its gates is skipped without
+//! collecting anything; otherwise it tests only the values that pass them.
+//!
+//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.55 M instructions
+//! for a browser GET and 4.5 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie
+//! and the summaries). What remains is spread thin: the literal automaton (overlapping
+//! search, ~35 instructions a byte), transformations, the links without a gate
+//! (`@validateByteRange`, `@detectXSS`, TX comparisons, multiMatch), `setvar` and TX
+//! strings. Buffers are reused per thread; a request allocates for its TX variables and
+//! matches.
 //!
 //! The walk is here; what it reads and writes is in the submodules: [`variables`] (the
 //! request data rules select from, built once), [`operators`] (`@rx`, `@pm`,
