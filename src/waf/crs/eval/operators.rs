@@ -23,6 +23,11 @@ impl Crs {
                     }
                 }
                 if link.capture && !link.negate {
+                    // Most values do not match: the lazy DFA says so without the
+                    // allocation and the slower engine captures need.
+                    if !re.is_match(v) {
+                        return None;
+                    }
                     let mut c = re.create_captures();
                     re.captures(v, &mut c);
                     if c.is_match() {
