@@ -537,6 +537,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chains_sharing_a_prefix_share_its_trie_nodes() {
+        use crate::waf::transform::Transform::{Lowercase, UrlDecodeUni};
+        let (u, l) = (Xform::Std(UrlDecodeUni), Xform::Std(Lowercase));
+        let chains = vec![
+            vec![u, l],
+            vec![u],
+            vec![l],
+            vec![],
+            vec![u, l, Xform::Sha1],
+        ];
+        let t = XformTrie::new(&chains);
+        // root, u, u→l, l, u→l→sha1
+        assert_eq!(t.nodes.len(), 5);
+        assert_eq!(t.paths[0], vec![1, 2]);
+        assert_eq!(t.paths[1], vec![1]);
+        assert_eq!(t.paths[2], vec![3]);
+        assert_eq!(t.end(3), 0, "no transformation: the value itself");
+        assert_eq!(t.paths[4][..2], t.paths[0][..]);
+        assert_eq!(t.nodes[2], (1, Some(l)));
+        assert_eq!(
+            t.nodes[3],
+            (0, Some(l)),
+            "lowercase alone is not urlDecodeUni → lowercase"
+        );
+        assert!(t.triggers[4].is_none(), "sha1 may change any value");
+    }
+
+    #[test]
     fn macros_and_setvars() {
         let m = Macro::parse("Score: %{TX.anomaly_score} at %{MATCHED_VAR_NAME}").unwrap();
         assert_eq!(m.0.len(), 4);

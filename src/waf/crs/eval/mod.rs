@@ -531,6 +531,7 @@ impl Crs {
     /// the first item with the same bytes; a node whose transformation leaves its
     /// parent's bytes as they are shares the parent's entry (a benign value has a few
     /// distinct entries, whatever the number of chains).
+    #[inline]
     fn node_entry(
         &self,
         node: u16,
@@ -539,12 +540,24 @@ impl Crs {
         data: &Data<'_>,
         vc: &mut ValueCache,
     ) -> usize {
-        let nodes = self.trie.nodes.len();
-        let slot = data.canon[idx as usize] as usize * nodes + node as usize;
-        let ci = vc.slots[slot];
-        if ci != u32::MAX {
-            return ci as usize;
+        let slot = data.canon[idx as usize] as usize * self.trie.nodes.len() + node as usize;
+        match vc.slots[slot] {
+            u32::MAX => self.make_entry(slot, node, idx, raw, data, vc),
+            ci => ci as usize,
         }
+    }
+
+    /// [`Self::node_entry`] the first time: the parent's entry, transformed.
+    #[inline(never)]
+    fn make_entry(
+        &self,
+        slot: usize,
+        node: u16,
+        idx: u32,
+        raw: &[u8],
+        data: &Data<'_>,
+        vc: &mut ValueCache,
+    ) -> usize {
         let (parent, xform) = self.trie.nodes[node as usize];
         let ci = match xform {
             None => {
