@@ -496,7 +496,7 @@ impl Loader {
                 let Entry::Rule(r) = e else { continue };
                 let mut slot = |link: &mut Rule| {
                     let gated = match &link.op {
-                        Op::Rx { needs, .. } => link.pf_slot != NO_SLOT || needs.is_some(),
+                        Op::Rx { needs, .. } => link.pf_slot != NO_SLOT || !needs.is_empty(),
                         Op::Pm { .. } => link.pf_slot != NO_SLOT,
                         _ => false,
                     };

@@ -25,7 +25,9 @@ use regex_automata::meta;
 use super::seclang::{self, Action, Selector, VarRef};
 use super::xform::Xform;
 use super::{CrsError, CrsSettings};
-use crate::waf::operator::{compile_regex, required_bytes, required_literals_within, ByteSet, Cmp};
+use crate::waf::operator::{
+    compile_regex, required_clauses, required_literals_within, ByteSet, Cmp,
+};
 use crate::waf::rule::Kind;
 
 /// A request variable (collection or scalar) SecLang names.
@@ -265,8 +267,8 @@ impl Arg {
 pub enum Op {
     Rx {
         re: Box<meta::Regex>,
-        /// One of these bytes must occur for a match (`None`: no such set).
-        needs: Option<ByteSet>,
+        /// A match holds a byte of each of these sets (none: no such gate).
+        needs: Vec<ByteSet>,
         /// One of these strings (ASCII case-insensitively) must occur for a match.
         lits: Option<Vec<Vec<u8>>>,
     },

@@ -634,7 +634,10 @@ impl Crs {
             }
         }
         match &link.op {
-            Op::Rx { needs: Some(n), .. } => ByteSet([w[0], w[1], w[2], w[3]]).intersects(n),
+            Op::Rx { needs, .. } => {
+                let all = ByteSet([w[0], w[1], w[2], w[3]]);
+                needs.iter().all(|n| all.intersects(n))
+            }
             _ => true,
         }
     }
@@ -651,9 +654,9 @@ impl Crs {
         if list.iter().any(|(_, ci)| *ci == u32::MAX) {
             return false;
         }
-        let needs = match &link.op {
-            Op::Rx { needs, .. } => needs.as_ref(),
-            _ => None,
+        let needs: &[ByteSet] = match &link.op {
+            Op::Rx { needs, .. } => needs,
+            _ => &[],
         };
         let vc = &bufs.vc;
         for (v, ci) in list {
@@ -664,7 +667,7 @@ impl Crs {
                     continue;
                 }
             }
-            if needs.is_some_and(|n| !e.bs.intersects(n)) {
+            if !needs.iter().all(|n| e.bs.intersects(n)) {
                 continue;
             }
             bufs.vals.push(v.clone());

@@ -17,10 +17,8 @@ impl Crs {
         let mut caps = None;
         let m = match &link.op {
             Op::Rx { re, needs, .. } => {
-                if let Some(n) = needs {
-                    if !link.negate && !bs.intersects(n) {
-                        return None;
-                    }
+                if !link.negate && !needs.iter().all(|n| bs.intersects(n)) {
+                    return None;
                 }
                 if link.capture && !link.negate {
                     // Most values do not match: the lazy DFA says so without the
