@@ -326,9 +326,9 @@ impl Crs {
         }
         bufs.vals.clear();
         bufs.vbuf.clear();
-        if self.gated_values(link, bufs) {
-            // Only the values that pass the operator's gates (the others cannot match).
-        } else {
+        // From the summary, only the values that pass the operator's gates (the others
+        // cannot match); without one, every value.
+        if !self.gated_values(link, bufs) {
             self.collect_all(link, head, data, st, bufs);
         }
         self.test_values(link, head, data, st, bufs)
