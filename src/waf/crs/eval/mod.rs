@@ -23,8 +23,8 @@
 //! their entries. A link none of whose values can pass its gates is skipped without
 //! collecting anything; otherwise it tests only the values that pass them.
 //!
-//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.55 M instructions
-//! for a browser GET and 4.5 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie
+//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.45 M instructions
+//! for a browser GET and 3.9 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie
 //! and the summaries). What remains is spread thin: the literal automaton (overlapping
 //! search, ~35 instructions a byte), transformations, the links without a gate
 //! (`@validateByteRange`, `@detectXSS`, TX comparisons, multiMatch), `setvar` and TX
