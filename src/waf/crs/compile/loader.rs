@@ -507,13 +507,13 @@ impl Loader {
                     if link.always || link.negate || link.multi_match || !gated || !fixed {
                         return;
                     }
-                    let mut key: Vec<(Var, String)> = link
+                    // In the link's order: the walk tests the summary's stored values,
+                    // and which match comes last (MATCHED_VAR, captures) follows it.
+                    let key: Vec<(Var, String)> = link
                         .targets
                         .iter()
                         .map(|t| (t.var, t.sel_key.clone()))
                         .collect();
-                    key.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
-                    key.dedup();
                     let n = slots.len() as u32;
                     link.sum_slot = *slots.entry((link.xforms, key)).or_insert(n);
                 };

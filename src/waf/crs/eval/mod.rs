@@ -103,13 +103,14 @@ impl CrsOutcome {
 /// An operator's captures (`TX:0`–`TX:9`), when the rule captures.
 type Captures = Option<Vec<Vec<u8>>>;
 
-/// Request values transformed by chains, made once per request and chain.
+/// Request values transformed by chains, made once per request and trie node.
 #[derive(Default)]
 struct ValueCache {
     /// Scratch for transformations.
     a: Vec<u8>,
     b: Vec<u8>,
-    /// Per (canonical item, chain), its entry in `entries` (`u32::MAX`: not made yet).
+    /// Per (canonical item, trie node), its entry in `entries` (`u32::MAX`: not made
+    /// yet).
     slots: Vec<u32>,
     entries: Vec<Cached>,
     /// The transformed bytes of the entries.
