@@ -8,9 +8,11 @@
 //! - `native_and_crs/pl1/json_post_2k`: the gateway's default rules plus CRS, as
 //!   `Waf::inspect` runs them on the request path.
 //!
-//! `CRS_PROFILE=benign_get|json_post [CRS_PROFILE_N=n]` skips criterion and evaluates that
-//! request n times (default 2,000) at PL 1, for `valgrind --tool=callgrind
-//! --toggle-collect='gateway::waf::crs::eval::*evaluate'`.
+//! `CRS_PROFILE=benign_get|json_post|load_get|load_json [CRS_PROFILE_N=n]` skips criterion
+//! and evaluates that request n times (default 2,000) at PL 1, for `valgrind
+//! --tool=callgrind --toggle-collect='gateway::waf::crs::eval::*evaluate'`. `load_get` and
+//! `load_json` are the requests `benches/load.py` sends (`get-args`, `json-post`: wrk's
+//! two or three headers), so their counts explain that script's CRS rows.
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +81,39 @@ fn json_body(len: usize) -> Vec<u8> {
         i += 1;
     }
     serde_json::to_vec(&serde_json::json!({"customer": {"name": "Anne-Marie O'Neil", "email": "anne@example.com"}, "items": items})).unwrap()
+}
+
+/// `benches/load.py`'s `get-args` request.
+const LOAD_GET_TARGET: &str =
+    "/api/v1/orders?page=2&sort=-created_at&status=shipped&q=blue+running+shoes&lang=en-GB";
+
+/// `benches/load.py`'s `json-post` body: 14 order items (2.3 KiB).
+fn load_json_body() -> Vec<u8> {
+    let items: Vec<String> = (0..14)
+        .map(|i| {
+            format!(
+                "{{\"sku\":\"SKU-{i:05}\",\"name\":\"Trail runner, size 42 (blue/grey)\",\"qty\":{},\
+                 \"note\":\"Leave at the door (side entrance), don't ring: baby sleeping.\"}}",
+                i % 3 + 1
+            )
+        })
+        .collect();
+    format!(
+        "{{\"customer\":{{\"name\":\"Anne-Marie O'Neil\"}},\"items\":[{}]}}",
+        items.join(",")
+    )
+    .into_bytes()
+}
+
+/// The headers wrk sends (with a body: its type and length).
+fn load_headers(body_len: Option<usize>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("127.0.0.1:19447"));
+    if let Some(n) = body_len {
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("content-length", HeaderValue::from(n));
+    }
+    h
 }
 
 fn req<'a>(
@@ -160,10 +195,20 @@ fn bench(c: &mut Criterion) {
 fn profile(shape: &str) {
     let crs = crs(1);
     let (get_h, post_h, body) = (headers(false), headers(true), json_body(2048));
+    let load_body = load_json_body();
+    let (load_get_h, load_post_h) = (load_headers(None), load_headers(Some(load_body.len())));
     let r = match shape {
         "benign_get" => req("GET", TARGET, &get_h, None),
         "json_post" => req("POST", "/api/orders", &post_h, Some(&body)),
-        other => panic!("unknown shape {other}: benign_get, json_post"),
+        "load_get" => RequestParts {
+            version: "HTTP/1.1",
+            ..req("GET", LOAD_GET_TARGET, &load_get_h, None)
+        },
+        "load_json" => RequestParts {
+            version: "HTTP/1.1",
+            ..req("POST", "/api/v1/orders", &load_post_h, Some(&load_body))
+        },
+        other => panic!("unknown shape {other}: benign_get, json_post, load_get, load_json"),
     };
     let n: usize = std::env::var("CRS_PROFILE_N")
         .ok()
