@@ -31,6 +31,7 @@ pub(super) fn setvar(v: &str) -> Result<SetVar, String> {
         let name = Macro::parse(&name.to_ascii_lowercase())?;
         return Ok(SetVar {
             key: name.literal().map(|l| var_key(l).into_owned()),
+            slot: NO_TX,
             name,
             op: SetOp::Delete,
             value: Macro::default(),
@@ -51,6 +52,7 @@ pub(super) fn setvar(v: &str) -> Result<SetVar, String> {
     let name = Macro::parse(&name.to_ascii_lowercase())?;
     Ok(SetVar {
         key: name.literal().map(|l| var_key(l).into_owned()),
+        slot: NO_TX,
         name,
         op,
         value: Macro::parse(value)?,

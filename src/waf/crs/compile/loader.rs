@@ -107,6 +107,12 @@ impl Crs {
             initial_tx.retain(|(x, _)| *x != key);
             initial_tx.push((key, v.clone().into_bytes()));
         }
+        let mut tx = l.tx_slots();
+        let initial_tx = initial_tx
+            .into_iter()
+            .map(|(k, v)| (tx.slot(&k), v))
+            .filter(|(s, _)| *s != NO_TX)
+            .collect();
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
         let (prefilter, slots) = l.prefilter();
         let links = l.number_links();
@@ -126,6 +132,7 @@ impl Crs {
             pf_words: slots.div_ceil(64),
             summaries,
             memo_words: (2 * links).div_ceil(64),
+            tx,
             initial_tx,
             block_action,
             report: l.report,
@@ -368,6 +375,52 @@ impl Loader {
                 }
             }
         }
+    }
+
+    /// Numbers the TX names the rules use ([`TxNames`]) and gives each `%{tx.name}`,
+    /// setvar key and `TX:name` target its slot.
+    fn tx_slots(&mut self) -> TxNames {
+        fn mac(m: &mut Macro, tx: &mut TxNames) {
+            for p in &mut m.0 {
+                if let Part::Var(Var::Tx, Some(k)) = p {
+                    let s = tx.slot(k);
+                    if s != NO_TX {
+                        *p = Part::Tx(s);
+                    }
+                }
+            }
+        }
+        fn link(link: &mut Rule, tx: &mut TxNames) {
+            for sv in &mut link.setvars {
+                if let Some(k) = &sv.key {
+                    sv.slot = tx.slot(k);
+                }
+                mac(&mut sv.name, tx);
+                mac(&mut sv.value, tx);
+            }
+            for m in link.msg.iter_mut().chain(link.logdata.iter_mut()) {
+                mac(m, tx);
+            }
+            if let Some(Arg::Macro(m)) = link.op.arg_mut() {
+                mac(m, tx);
+            }
+            for t in &mut link.targets {
+                if let (Var::Tx, Sel::Name(n)) = (t.var, &t.sel) {
+                    t.tx_slot = tx.slot(&String::from_utf8_lossy(n));
+                }
+            }
+        }
+        let mut tx = TxNames::default();
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                link(r, &mut tx);
+                for l in &mut r.chain {
+                    link(l, &mut tx);
+                }
+            }
+        }
+        tx
     }
 
     /// Numbers every rule and chain link and marks those whose result may be kept per
@@ -690,6 +743,7 @@ fn add_targets(r: &mut Rule, vars: &[VarRef]) -> Result<(), String> {
                 sel,
                 sel_key,
                 count: v.count,
+                tx_slot: NO_TX,
             });
         }
     }

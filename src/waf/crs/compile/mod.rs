@@ -196,6 +196,8 @@ pub struct Target {
     pub sel_key: String,
     /// `&VAR`: the number of values.
     pub count: bool,
+    /// `TX:name`: the name's slot ([`TxNames`]; `NO_TX` otherwise).
+    pub tx_slot: u16,
 }
 
 /// A piece of a macro string: `%{tx.anomaly_score}`.
@@ -203,6 +205,8 @@ pub struct Target {
 pub enum Part {
     Lit(String),
     Var(Var, Option<String>),
+    /// `%{tx.name}` once the name has its slot ([`TxNames`]).
+    Tx(u16),
 }
 
 /// A string with `%{…}` references, expanded per request.
@@ -309,6 +313,8 @@ pub struct SetVar {
     pub name: Macro,
     /// The variable's key (see [`var_key`]) when the name has no macros.
     pub key: Option<String>,
+    /// The key's slot ([`TxNames`]; `NO_TX` when the name has macros).
+    pub slot: u16,
     pub op: SetOp,
     pub value: Macro,
 }
@@ -477,7 +483,10 @@ pub struct Crs {
     pub summaries: usize,
     /// 64-bit words of a per-value set of operator results (two bits per rule).
     pub memo_words: usize,
-    pub initial_tx: Vec<(String, Vec<u8>)>,
+    /// The TX names the rules use, numbered.
+    pub tx: TxNames,
+    /// TX at the start of a request (the settings' values), by slot.
+    pub initial_tx: Vec<(u16, Vec<u8>)>,
     /// The disruptive action `block` stands for, per phase.
     pub block_action: [Disruptive; 2],
     pub report: LoadReport,
@@ -485,6 +494,54 @@ pub struct Crs {
 }
 
 pub use actions::var_key;
+
+/// No TX slot (a name made at run time, or not a TX variable).
+pub const NO_TX: u16 = u16::MAX;
+
+/// The TX variable names a rule set uses (setvar keys, `%{tx.…}`, `TX:name` targets, the
+/// settings), numbered at load: per request TX is a table of slots, so a rule reads or
+/// writes a variable without hashing its name or allocating. Names made while rules run
+/// (`setvar:tx.%{…}`) are looked up here by name. Slots 0–9 are the captures `TX:0`–`TX:9`.
+#[derive(Debug)]
+pub struct TxNames {
+    pub names: Vec<String>,
+    pub index: HashMap<String, u16>,
+}
+
+impl Default for TxNames {
+    fn default() -> Self {
+        let mut t = TxNames {
+            names: Vec::new(),
+            index: HashMap::new(),
+        };
+        for c in 0..10 {
+            t.slot(&c.to_string());
+        }
+        t
+    }
+}
+
+impl TxNames {
+    /// The slot of `name` (a [`var_key`]), numbered now if new (`NO_TX` when the table
+    /// is full).
+    pub fn slot(&mut self, name: &str) -> u16 {
+        if let Some(&s) = self.index.get(name) {
+            return s;
+        }
+        let s = self.names.len();
+        if s >= NO_TX as usize {
+            return NO_TX;
+        }
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), s as u16);
+        s as u16
+    }
+
+    /// The slot of a name known at load.
+    pub fn get(&self, name: &str) -> Option<u16> {
+        self.index.get(name).copied()
+    }
+}
 
 impl Crs {
     /// Heap bytes of the compiled rules: regexes (without their per-thread search

@@ -115,3 +115,19 @@ pub(super) fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> 
         other => return Err(format!("unsupported operator `@{other}`")),
     })
 }
+
+impl Op {
+    /// The operator's argument, when it has one that may hold macros.
+    pub(super) fn arg_mut(&mut self) -> Option<&mut Arg> {
+        match self {
+            Op::StrEq(a)
+            | Op::Within(a)
+            | Op::BeginsWith(a)
+            | Op::EndsWith(a)
+            | Op::Contains(a)
+            | Op::ContainsWord(a)
+            | Op::Compare(_, a) => Some(a),
+            _ => None,
+        }
+    }
+}

@@ -5,9 +5,7 @@ use super::*;
 
 /// What rules change.
 pub(super) struct State {
-    /// TX: a handful of names looked up hundreds of times per request, so hashed with
-    /// foldhash rather than SipHash (the names are the rule set's, not the client's).
-    pub(super) vars: HashMap<String, Vec<u8>, foldhash::fast::FixedState>,
+    pub(super) vars: Tx,
     pub(super) matched_var: Vec<u8>,
     pub(super) matched_name: Vec<u8>,
     pub(super) matched_vars: Vec<(Vec<u8>, Vec<u8>)>,
@@ -30,48 +28,161 @@ pub(super) struct RemovedTarget {
 
 pub(super) fn run_setvars(link: &Rule, head: &Rule, data: &Data<'_>, st: &mut State) {
     for sv in &link.setvars {
-        let name: std::borrow::Cow<'_, str> = match &sv.key {
-            Some(k) => std::borrow::Cow::Borrowed(k.as_str()),
-            None => {
-                let mut n = lossy(&expand(&sv.name, data, st, head));
-                n.make_ascii_lowercase();
-                std::borrow::Cow::Owned(crate::waf::crs::compile::var_key(&n).into_owned())
-            }
+        // The slot, or the name made now (`tx.%{rule.id}-…`).
+        let named: Option<String> = (sv.slot == NO_TX).then(|| {
+            let n = match &sv.key {
+                Some(k) => k.clone(),
+                None => {
+                    let mut n = lossy(&expand(&sv.name, data, st, head));
+                    n.make_ascii_lowercase();
+                    crate::waf::crs::compile::var_key(&n).into_owned()
+                }
+            };
+            n
+        });
+        let slot = match &named {
+            Some(n) => data.tx_names.get(n).unwrap_or(NO_TX),
+            None => sv.slot,
         };
-        let value = match sv.op {
+        let mut num = [0u8; 20];
+        let value: Cow<'_, [u8]> = match sv.op {
             SetOp::Delete => {
-                st.vars.remove(&*name);
+                match (&named, slot) {
+                    (Some(n), NO_TX) => st.vars.remove_other(n),
+                    _ => st.vars.remove(slot),
+                }
                 continue;
             }
             SetOp::Set => match sv.value.literal() {
-                Some(l) => std::borrow::Cow::Borrowed(l.as_bytes()),
-                None => std::borrow::Cow::Owned(expand(&sv.value, data, st, head)),
+                Some(l) => Cow::Borrowed(l.as_bytes()),
+                None => Cow::Owned(expand(&sv.value, data, st, head)),
             },
             SetOp::Add | SetOp::Sub => {
                 // Scores: `=+%{tx.critical_anomaly_score}`, read without a copy.
                 let d = match sv.value.0.as_slice() {
                     [Part::Lit(s)] => atoi(s.as_bytes()),
-                    [Part::Var(Var::Tx, Some(k))] => st.vars.get(k.as_str()).map_or(0, |v| atoi(v)),
+                    [Part::Tx(s)] => st.vars.get(*s).map_or(0, atoi),
                     _ => atoi(&expand(&sv.value, data, st, head)),
                 };
-                let cur = st.vars.get(&*name).map_or(0, |v| atoi(v));
+                let c = match (&named, slot) {
+                    (Some(n), NO_TX) => st.vars.get_other(n),
+                    _ => st.vars.get(slot),
+                }
+                .map_or(0, atoi);
                 let n = if sv.op == SetOp::Add {
-                    cur + d
+                    c.saturating_add(d)
                 } else {
-                    cur - d
+                    c.saturating_sub(d)
                 };
-                std::borrow::Cow::Owned(n.to_string().into_bytes())
+                Cow::Borrowed(decimal(n, &mut num))
             }
         };
-        match st.vars.get_mut(&*name) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(&value);
-            }
-            None => {
-                st.vars.insert(name.into_owned(), value.into_owned());
-            }
+        match (named, slot) {
+            (Some(n), NO_TX) => st.vars.put_other(n, &value),
+            _ => st.vars.put(slot, &value),
         }
+    }
+}
+
+/// `n` in decimal, written into `buf` (no allocation: scores are added per match).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// TX for one request: a value per slot of the rule set's names ([`TxNames`]), and the
+/// names made while rules run. Buffers are kept from request to request (per thread).
+#[derive(Default)]
+pub(super) struct Tx {
+    vals: Vec<Vec<u8>>,
+    set: Vec<bool>,
+    /// Names not known at load (`tx.%{…}`), and other collections (`@ip.…`).
+    other: Vec<(String, Vec<u8>)>,
+}
+
+impl Tx {
+    /// TX as a request starts: the settings' values.
+    pub(super) fn reset(&mut self, names: &TxNames, initial: &[(u16, Vec<u8>)]) {
+        self.vals.resize_with(names.names.len(), Vec::new);
+        self.set.clear();
+        self.set.resize(names.names.len(), false);
+        self.other.clear();
+        for (s, v) in initial {
+            self.put(*s, v);
+        }
+    }
+
+    pub(super) fn get(&self, slot: u16) -> Option<&[u8]> {
+        let s = slot as usize;
+        (self.set.get(s) == Some(&true)).then(|| &self.vals[s][..])
+    }
+
+    pub(super) fn put(&mut self, slot: u16, v: &[u8]) {
+        let s = slot as usize;
+        if s < self.vals.len() {
+            self.vals[s].clear();
+            self.vals[s].extend_from_slice(v);
+            self.set[s] = true;
+        }
+    }
+
+    pub(super) fn remove(&mut self, slot: u16) {
+        if let Some(x) = self.set.get_mut(slot as usize) {
+            *x = false;
+        }
+    }
+
+    fn get_other(&self, name: &str) -> Option<&[u8]> {
+        self.other
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| &v[..])
+    }
+
+    fn put_other(&mut self, name: String, v: &[u8]) {
+        match self.other.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, x)) => {
+                x.clear();
+                x.extend_from_slice(v);
+            }
+            None => self.other.push((name, v.to_vec())),
+        }
+    }
+
+    fn remove_other(&mut self, name: &str) {
+        self.other.retain(|(k, _)| k != name);
+    }
+
+    /// A variable by name (slot or not).
+    pub(super) fn get_named(&self, names: &TxNames, name: &str) -> Option<&[u8]> {
+        match names.get(name) {
+            Some(s) => self.get(s),
+            None => self.get_other(name),
+        }
+    }
+
+    /// Every variable that is set: the slots in order, then the names made at run time.
+    pub(super) fn iter<'t>(
+        &'t self,
+        names: &'t TxNames,
+    ) -> impl Iterator<Item = (&'t str, &'t [u8])> + 't {
+        (0..self.set.len())
+            .filter(|&s| self.set[s])
+            .map(|s| (names.names[s].as_str(), &self.vals[s][..]))
+            .chain(self.other.iter().map(|(k, v)| (k.as_str(), &v[..])))
     }
 }
 
@@ -81,8 +192,13 @@ pub(super) fn expand(m: &Macro, data: &Data<'_>, st: &State, rule: &Rule) -> Vec
     for p in &m.0 {
         match p {
             Part::Lit(s) => out.extend_from_slice(s.as_bytes()),
+            Part::Tx(s) => {
+                if let Some(v) = st.vars.get(*s) {
+                    out.extend_from_slice(v);
+                }
+            }
             Part::Var(Var::Tx, Some(k)) => {
-                if let Some(v) = st.vars.get(k.as_str()) {
+                if let Some(v) = st.vars.get_named(data.tx_names, k) {
                     out.extend_from_slice(v);
                 }
             }
@@ -120,8 +236,8 @@ pub(super) fn expand(m: &Macro, data: &Data<'_>, st: &State, rule: &Rule) -> Vec
 }
 
 impl State {
-    pub(super) fn num(&self, k: &str) -> i64 {
-        self.vars.get(k).map_or(0, |v| atoi(v))
+    pub(super) fn num(&self, names: &TxNames, k: &str) -> i64 {
+        self.vars.get_named(names, k).map_or(0, atoi)
     }
 
     pub(super) fn removed(&self, r: &Rule) -> bool {

@@ -41,19 +41,19 @@ mod operators;
 mod variables;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::compile::{
-    Arg, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, Var, NO_SLOT,
+    Arg, Crs, Ctl, Disruptive, EngineMode, Entry, Macro, Op, Part, Rule, SetOp, TxNames, Var,
+    NO_SLOT, NO_TX,
 };
 use super::xform::Xform;
 use crate::waf::operator::{invalid_url_encoding, ByteSet};
 use crate::waf::request::{BodyParse, Items, RequestParts};
 use crate::waf::{sqli, xss};
-use actions::{expand, run_setvars, RemovedTarget, State};
+use actions::{expand, run_setvars, RemovedTarget, State, Tx};
 use operators::atoi;
 use variables::{collect, is_excluded, scalar, Data};
 
@@ -136,6 +136,8 @@ impl ValueCache {
 #[derive(Default)]
 struct Bufs {
     vc: ValueCache,
+    /// TX, kept between requests for its buffers.
+    tx: Tx,
     vbuf: Vec<u8>,
     vals: Vec<V>,
     memo: Vec<u64>,
@@ -190,13 +192,11 @@ impl Crs {
         // Buffers are reused from this thread's last request.
         let (items, by_kind, item_bs, mut bufs) =
             SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
-        let mut data = Data::new(req, items, by_kind, item_bs);
+        let mut data = Data::new(req, &self.tx, items, by_kind, item_bs);
+        let mut vars = std::mem::take(&mut bufs.tx);
+        vars.reset(&self.tx, &self.initial_tx);
         let mut st = State {
-            vars: self
-                .initial_tx
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            vars,
             matched_var: Vec::new(),
             matched_name: Vec::new(),
             matched_vars: Vec::new(),
@@ -225,7 +225,7 @@ impl Crs {
             let vc = &mut bufs.vc;
             vc.slots.clear();
             vc.slots
-                .resize(data.items.items.len() * self.trie.nodes.len(), u32::MAX);
+                .resize(data.values() * self.trie.nodes.len(), u32::MAX);
             vc.entries.clear();
             vc.buf.clear();
             vc.cands.clear();
@@ -294,7 +294,8 @@ impl Crs {
                 };
             }
         }
-        out.inbound_score = st.num("blocking_inbound_anomaly_score");
+        out.inbound_score = st.num(&self.tx, "blocking_inbound_anomaly_score");
+        bufs.tx = st.vars;
         SCRATCH.with(|s| *s.borrow_mut() = Some((data.items, data.by_kind, data.item_bs, bufs)));
         out
     }
@@ -497,13 +498,8 @@ impl Crs {
                 }
                 if let Some(caps) = caps {
                     for (i, c) in caps.into_iter().enumerate() {
-                        const CAPS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-                        match st.vars.get_mut(CAPS[i]) {
-                            Some(v) => *v = c,
-                            None => {
-                                st.vars.insert(CAPS[i].to_string(), c);
-                            }
-                        }
+                        // Slots 0–9 are TX:0–TX:9 (`TxNames`).
+                        st.vars.put(i as u16, &c);
                     }
                 }
                 if link.feeds_matched_vars {
@@ -800,4 +796,80 @@ fn push(buf: &mut Vec<u8>, b: &[u8]) -> Range<u32> {
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waf::crs::CrsSettings;
+
+    fn load(rules: &str) -> (tempfile::TempDir, Crs) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(
+            dir.path().join("crs-setup.conf"),
+            "SecDefaultAction \"phase:1,log,auditlog,pass\"\n\
+             SecDefaultAction \"phase:2,log,auditlog,pass\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("rules/REQUEST-100-TEST.conf"), rules).unwrap();
+        let crs = Crs::load(&CrsSettings::new(dir.path())).unwrap();
+        (dir, crs)
+    }
+
+    #[test]
+    fn tx_names_known_at_load_and_made_at_run_time_read_alike() {
+        let (_dir, crs) = load(concat!(
+            "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.points=2,setvar:'tx.%{rule.id}-made=seen'\"\n",
+            "SecRule TX:/^1-made$/ \"@streq seen\" \"id:2,phase:1,pass,log,msg:'%{tx.points} %{tx.1-made}',setvar:tx.points=+%{tx.points}\"\n",
+            "SecRule TX:POINTS \"@eq 4\" \"id:3,phase:2,pass,log,setvar:'tx.blocking_inbound_anomaly_score=+%{tx.points}'\"\n",
+            "SecRule TX:POINTS \"@eq 2\" \"id:4,phase:2,pass,log\"\n",
+        ));
+        let h = http::HeaderMap::new();
+        let req = RequestParts {
+            canonical: None,
+            method: "GET",
+            target: "/",
+            version: "HTTP/1.1",
+            headers: &h,
+            body: None,
+            client_ip: None,
+        };
+        for _ in 0..2 {
+            // Twice: TX starts over on the second request (its buffers are reused).
+            let out = crs.evaluate(&req, true, &[]);
+            assert_eq!(out.ids().collect::<Vec<_>>(), [2, 3]);
+            // The message is expanded once the rule's setvars ran.
+            assert_eq!(out.hits[0].msg, "4 seen");
+            assert_eq!(out.inbound_score, 4);
+        }
+    }
+
+    #[test]
+    fn cached_request_scalars_follow_the_phase_and_share_transformations() {
+        let (_dir, crs) = load(concat!(
+            "SecRule REQBODY_PROCESSOR \"!@rx (?:URLENCODED|MULTIPART|XML|JSON)\" \"id:1,phase:1,pass,nolog,ctl:forceRequestBodyVariable=On\"\n",
+            "SecRule REQBODY_PROCESSOR \"@streq URLENCODED\" \"id:2,phase:2,pass,log\"\n",
+            "SecRule REQUEST_FILENAME \"@rx ^/admin/\" \"id:3,phase:2,pass,log,t:none,t:lowercase\"\n",
+            "SecRule REQUEST_FILENAME \"@endsWith /panel\" \"id:4,phase:2,pass,log,t:none,t:lowercase\"\n",
+            "SecRule REQUEST_FILENAME \"@endsWith /panel\" \"id:5,phase:2,pass,log,t:none\"\n",
+            "SecRule REQUEST_URI|REQUEST_URI_RAW \"@contains x=1\" \"id:6,phase:2,pass,log,capture,setvar:tx.n=+1\"\n",
+            "SecRule TX:N \"@eq 2\" \"id:7,phase:2,pass,log\"\n",
+        ));
+        let h = http::HeaderMap::new();
+        let req = RequestParts {
+            canonical: None,
+            method: "GET",
+            target: "/Admin/Panel?x=1",
+            version: "HTTP/1.1",
+            headers: &h,
+            body: None,
+            client_ip: None,
+        };
+        let out = crs.evaluate(&req, true, &[]);
+        // A body-less request read as URLENCODED from phase 2 on; the lowercased path
+        // matches twice, the path as sent does not; REQUEST_URI and REQUEST_URI_RAW
+        // (the same bytes) are two values.
+        assert_eq!(out.ids().collect::<Vec<_>>(), [2, 3, 4, 6, 7]);
+    }
 }

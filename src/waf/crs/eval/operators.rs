@@ -88,12 +88,16 @@ impl Crs {
 pub(super) fn arg<'r>(
     a: &'r Arg,
     data: &Data<'_>,
-    st: &State,
+    st: &'r State,
     rule: &Rule,
 ) -> std::borrow::Cow<'r, [u8]> {
     match a {
         Arg::Lit(l) => std::borrow::Cow::Borrowed(l),
-        Arg::Macro(m) => std::borrow::Cow::Owned(expand(m, data, st, rule)),
+        Arg::Macro(m) => match m.0.as_slice() {
+            // `@ge %{tx.inbound_anomaly_score_threshold}`: read in place.
+            [Part::Tx(s)] => std::borrow::Cow::Borrowed(st.vars.get(*s).unwrap_or_default()),
+            _ => std::borrow::Cow::Owned(expand(m, data, st, rule)),
+        },
     }
 }
 

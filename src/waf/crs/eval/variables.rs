@@ -7,6 +7,8 @@ use super::*;
 /// Request data, read-only while rules run.
 pub(super) struct Data<'a> {
     pub(super) req: &'a RequestParts<'a>,
+    /// The rule set's TX names (to look up a name made at run time).
+    pub(super) tx_names: &'a TxNames,
     pub(super) items: Items,
     /// Item indices by [`Kind`](crate::waf::rule::Kind).
     pub(super) by_kind: Vec<Vec<u32>>,
@@ -16,6 +18,12 @@ pub(super) struct Data<'a> {
     pub(super) canon: Vec<u32>,
     /// Whether the item's value occurs more than once.
     pub(super) repeated: Vec<bool>,
+    /// Scalars fixed for the request ([`CACHED_SCALARS`]), as values after the items
+    /// (their bytes appended to `items.buf`): their transformations and literal scans
+    /// are cached like an item's. `canon`, `item_bs` and `repeated` cover them too.
+    pub(super) scalars: Vec<(Var, u32, Range<u32>)>,
+    /// Where the items' bytes end in `items.buf` (the scalars' start).
+    items_end: usize,
     pub(super) filename: Vec<u8>,
     pub(super) basename: Option<Range<usize>>,
     /// REQUEST_URI: the target from its path on.
@@ -110,12 +118,20 @@ pub(super) fn collect(
     match var {
         Var::Tx => {
             if let crate::waf::crs::compile::Sel::Name(n) = sel {
-                if let Some(v) = std::str::from_utf8(n).ok().and_then(|k| st.vars.get(k)) {
+                let v = match target.tx_slot {
+                    NO_TX => std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|k| st.vars.get_named(data.tx_names, k)),
+                    s => st.vars.get(s),
+                };
+                if let Some(v) = v {
                     own(n, v, bufs);
                 }
             } else {
-                for (k, v) in st.vars.iter().filter(|(k, _)| !k.starts_with('@')) {
-                    own(k.as_bytes(), v, bufs);
+                for (k, v) in st.vars.iter(data.tx_names) {
+                    if !k.starts_with('@') {
+                        own(k.as_bytes(), v, bufs);
+                    }
                 }
             }
         }
@@ -147,7 +163,17 @@ pub(super) fn collect(
             }
         }
         _ => {
-            if let Some(v) = scalar(var, data, st) {
+            if let Some((_, id, val)) = data.scalars.iter().find(|(v, ..)| *v == var) {
+                if matches!(sel, crate::waf::crs::compile::Sel::All) && !excluded(b"") {
+                    bufs.vals.push(V {
+                        var,
+                        item: Some(*id),
+                        key: 0..0,
+                        val: val.clone(),
+                        checked: false,
+                    });
+                }
+            } else if let Some(v) = scalar(var, data, st) {
                 if matches!(sel, crate::waf::crs::compile::Sel::All) && !excluded(b"") {
                     push_own(b"", &v, bufs);
                 }
@@ -158,13 +184,43 @@ pub(super) fn collect(
 
 /// The value of a scalar variable (`None`: not present in this request).
 pub(super) fn scalar<'d>(var: Var, data: &'d Data<'_>, st: &'d State) -> Option<Cow<'d, [u8]>> {
+    let b = |v: &'d [u8]| Some(Cow::Borrowed(v));
+    match var {
+        Var::MatchedVar => b(&st.matched_var),
+        Var::MatchedVarName => b(&st.matched_name),
+        Var::RequestBody => {
+            // As in ModSecurity: with the URLENCODED processor, or when forced.
+            let body = data.req.body?;
+            if data.processor != "URLENCODED" && !st.force_body {
+                return None;
+            }
+            b(body)
+        }
+        _ => request_scalar(var, data),
+    }
+}
+
+/// Scalars a phase's rules cannot change, cached per request as values
+/// ([`Data::scalars`]): the ones CRS reads under transformation chains.
+const CACHED_SCALARS: &[Var] = &[
+    Var::RequestUri,
+    Var::RequestUriRaw,
+    Var::RequestFilename,
+    Var::RequestBasename,
+    Var::RequestLine,
+    Var::RequestMethod,
+    Var::RequestProtocol,
+    Var::QueryString,
+    Var::ReqbodyProcessor,
+];
+
+/// The value of a scalar that only depends on the request.
+fn request_scalar<'d>(var: Var, data: &'d Data<'_>) -> Option<Cow<'d, [u8]>> {
     let req = data.req;
     let target = req.target.as_bytes();
     let b = |v: &'d [u8]| Some(Cow::Borrowed(v));
     let owned = |v: Vec<u8>| Some(Cow::Owned(v));
     match var {
-        Var::MatchedVar => b(&st.matched_var),
-        Var::MatchedVarName => b(&st.matched_name),
         Var::RequestUri => b(data.uri),
         Var::RequestUriRaw => b(target),
         Var::RequestFilename => b(&data.filename),
@@ -181,14 +237,6 @@ pub(super) fn scalar<'d>(var: Var, data: &'d Data<'_>, st: &'d State) -> Option<
         Var::RequestMethod => b(req.method.as_bytes()),
         Var::RequestProtocol => b(req.version.as_bytes()),
         Var::QueryString => b(req.target.split_once('?')?.1.as_bytes()),
-        Var::RequestBody => {
-            // As in ModSecurity: with the URLENCODED processor, or when forced.
-            let body = req.body?;
-            if data.processor != "URLENCODED" && !st.force_body {
-                return None;
-            }
-            b(body)
-        }
         Var::RequestBodyLength => owned(req.body.map_or(0, <[u8]>::len).to_string().into_bytes()),
         Var::ReqbodyProcessor => b(data.processor.as_bytes()),
         Var::ReqbodyError => {
@@ -217,6 +265,7 @@ pub(super) fn scalar<'d>(var: Var, data: &'d Data<'_>, st: &'d State) -> Option<
 impl<'a> Data<'a> {
     pub(super) fn new(
         req: &'a RequestParts<'a>,
+        tx_names: &'a TxNames,
         mut items: Items,
         by_kind: Vec<Vec<u32>>,
         item_bs: Vec<ByteSet>,
@@ -254,11 +303,14 @@ impl<'a> Data<'a> {
         let processor = processor_of(&ctype);
         let mut d = Data {
             req,
+            tx_names,
             items,
             by_kind,
             item_bs,
             canon: Vec::new(),
             repeated: Vec::new(),
+            scalars: Vec::new(),
+            items_end: 0,
             filename,
             basename,
             uri: path_and_query,
@@ -303,6 +355,53 @@ impl<'a> Data<'a> {
                 self.repeated[i] = true;
             }
         }
+        self.items_end = self.items.buf.len();
+        self.cache_scalars();
+    }
+
+    /// Appends [`CACHED_SCALARS`] as values after the items.
+    fn cache_scalars(&mut self) {
+        let n = self.items.items.len();
+        self.items.buf.truncate(self.items_end);
+        self.canon.truncate(n);
+        self.item_bs.truncate(n);
+        self.repeated.truncate(n);
+        self.scalars.clear();
+        let mut tmp = Vec::new();
+        for &var in CACHED_SCALARS {
+            tmp.clear();
+            match request_scalar(var, self) {
+                Some(v) => tmp.extend_from_slice(&v),
+                None => continue,
+            }
+            let id = (self.items.items.len() + self.scalars.len()) as u32;
+            // The same bytes as an earlier scalar (REQUEST_URI and REQUEST_URI_RAW):
+            // one value.
+            let same = self
+                .scalars
+                .iter()
+                .find(|(_, _, r)| self.items.buf[r.start as usize..r.end as usize] == tmp[..]);
+            let (c, range) = match same {
+                Some(&(_, c, ref r)) => (c, r.clone()),
+                None => {
+                    let start = self.items.buf.len() as u32;
+                    self.items.buf.extend_from_slice(&tmp);
+                    (id, start..self.items.buf.len() as u32)
+                }
+            };
+            self.item_bs.push(ByteSet::of(&tmp));
+            self.canon.push(c);
+            self.repeated.push(c != id);
+            if c != id {
+                self.repeated[c as usize] = true;
+            }
+            self.scalars.push((var, id, range));
+        }
+    }
+
+    /// Items and cached scalars: the values the per-request cache is indexed by.
+    pub(super) fn values(&self) -> usize {
+        self.items.items.len() + self.scalars.len()
     }
 
     /// `ctl:requestBodyProcessor=…`: the body parsed again as that type.
@@ -318,7 +417,8 @@ impl<'a> Data<'a> {
         self.processor = processor_of(ctype.as_bytes());
         if req.body.is_none_or(<[u8]>::is_empty) {
             // Without a body the items stay what they are (CRS forces URLENCODED on
-            // every body-less request).
+            // every body-less request); REQBODY_PROCESSOR changed.
+            self.cache_scalars();
             return;
         }
         self.items.collect_as(&req, u32::MAX, Some(ctype), None);
