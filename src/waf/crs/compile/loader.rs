@@ -420,6 +420,28 @@ impl Loader {
                 }
             }
         }
+        // Every name is numbered now: what each `TX:/regex/` selects among them.
+        fn select(targets: &mut [Target], tx: &TxNames) {
+            for t in targets {
+                if let (Var::Tx, Sel::Regex(re)) = (t.var, &t.sel) {
+                    t.tx_selected = (0..tx.names.len() as u16)
+                        .filter(|&s| {
+                            let n = &tx.names[s as usize];
+                            !n.starts_with('@') && re.is_match(n.as_bytes())
+                        })
+                        .collect();
+                }
+            }
+        }
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                select(&mut r.targets, &tx);
+                for l in &mut r.chain {
+                    select(&mut l.targets, &tx);
+                }
+            }
+        }
         tx
     }
 
@@ -545,6 +567,16 @@ impl Loader {
     fn summaries(&mut self) -> usize {
         let mut slots: HashMap<(u16, Vec<(Var, String)>), u32> = HashMap::new();
         for p in &mut self.phases {
+            // REQUEST_BODY changes only by a `ctl:forceRequestBodyVariable` (CRS has
+            // it in phase 1): in a phase without one it is fixed too.
+            let forces_body = p.iter().any(|e| match e {
+                Entry::Rule(r) => std::iter::once(&**r).chain(r.chain.iter()).any(|l| {
+                    l.ctls
+                        .iter()
+                        .any(|c| matches!(c, Ctl::ForceRequestBodyVariable))
+                }),
+                Entry::Marker(_) => false,
+            });
             for e in p.iter_mut() {
                 let Entry::Rule(r) = e else { continue };
                 let mut slot = |link: &mut Rule| {
@@ -553,10 +585,11 @@ impl Loader {
                         Op::Pm { .. } => link.pf_slot != NO_SLOT,
                         _ => false,
                     };
-                    let fixed = link
-                        .targets
-                        .iter()
-                        .all(|t| !t.count && !t.var.changes_while_rules_run());
+                    let fixed = link.targets.iter().all(|t| {
+                        !t.count
+                            && (!t.var.changes_while_rules_run()
+                                || (t.var == Var::RequestBody && !forces_body))
+                    });
                     if link.always || link.negate || link.multi_match || !gated || !fixed {
                         return;
                     }
@@ -744,6 +777,7 @@ fn add_targets(r: &mut Rule, vars: &[VarRef]) -> Result<(), String> {
                 sel_key,
                 count: v.count,
                 tx_slot: NO_TX,
+                tx_selected: Vec::new(),
             });
         }
     }

@@ -198,6 +198,9 @@ pub struct Target {
     pub count: bool,
     /// `TX:name`: the name's slot ([`TxNames`]; `NO_TX` otherwise).
     pub tx_slot: u16,
+    /// `TX:/regex/`: the slots whose names it selects, in order (a name made at run
+    /// time is matched then).
+    pub tx_selected: Vec<u16>,
 }
 
 /// A piece of a macro string: `%{tx.anomaly_score}`.

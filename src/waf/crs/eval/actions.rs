@@ -174,6 +174,11 @@ impl Tx {
         }
     }
 
+    /// The variables whose names were made at run time.
+    pub(super) fn others(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.other.iter().map(|(k, v)| (k.as_str(), &v[..]))
+    }
+
     /// Every variable that is set: the slots in order, then the names made at run time.
     pub(super) fn iter<'t>(
         &'t self,
@@ -182,7 +187,7 @@ impl Tx {
         (0..self.set.len())
             .filter(|&s| self.set[s])
             .map(|s| (names.names[s].as_str(), &self.vals[s][..]))
-            .chain(self.other.iter().map(|(k, v)| (k.as_str(), &v[..])))
+            .chain(self.others())
     }
 }
 

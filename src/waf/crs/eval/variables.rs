@@ -125,7 +125,24 @@ pub(super) fn collect(
                     s => st.vars.get(s),
                 };
                 if let Some(v) = v {
-                    own(n, v, bufs);
+                    if !excluded(n) {
+                        push_own(n, v, bufs);
+                    }
+                }
+            } else if let crate::waf::crs::compile::Sel::Regex(_) = sel {
+                // The names known at load were matched then.
+                for &s in &target.tx_selected {
+                    if let Some(v) = st.vars.get(s) {
+                        let k = data.tx_names.names[s as usize].as_bytes();
+                        if !excluded(k) {
+                            push_own(k, v, bufs);
+                        }
+                    }
+                }
+                for (k, v) in st.vars.others() {
+                    if !k.starts_with('@') {
+                        own(k.as_bytes(), v, bufs);
+                    }
                 }
             } else {
                 for (k, v) in st.vars.iter(data.tx_names) {
