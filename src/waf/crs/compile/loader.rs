@@ -116,6 +116,7 @@ impl Crs {
         let block_action = [l.defaults[0].disruptive, l.defaults[1].disruptive];
         let (prefilter, slots) = l.prefilter();
         let links = l.number_links();
+        l.gates();
         let summaries = l.summaries();
         let chain_sets = l
             .chains
@@ -561,6 +562,36 @@ impl Loader {
         (Some(pf), next as usize)
     }
 
+    /// Sets each link's byte gate ([`Rule::gate`]) from its operator.
+    fn gates(&mut self) {
+        fn gate(op: &Op) -> Vec<ByteSet> {
+            let bytes = |f: &dyn Fn(u8) -> bool| {
+                let v: Vec<u8> = (0..=255u8).filter(|&b| f(b)).collect();
+                vec![ByteSet::of(&v)]
+            };
+            match op {
+                Op::Rx { needs, .. } => needs.clone(),
+                Op::ValidateByteRange(ok) => bytes(&|b| !ok[b as usize]),
+                // ASCII is valid UTF-8.
+                Op::ValidateUtf8 => bytes(&|b| b >= 0x80),
+                Op::ValidateUrlEncoding => bytes(&|b| b == b'%'),
+                // Both detectors answer no for a value without one of these.
+                Op::DetectSqli => vec![ByteSet::of(crate::waf::sqli::TRIGGERS)],
+                Op::DetectXss => vec![ByteSet::of(crate::waf::xss::TRIGGERS)],
+                _ => Vec::new(),
+            }
+        }
+        for p in &mut self.phases {
+            for e in p.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                r.gate = gate(&r.op);
+                for l in &mut r.chain {
+                    l.gate = gate(&l.op);
+                }
+            }
+        }
+    }
+
     /// Gives each link whose operator has a gate (a prefilter slot, required bytes) and
     /// whose targets do not change while rules run a summary slot, shared by the links
     /// with the same targets and chain; returns how many there are.
@@ -580,11 +611,7 @@ impl Loader {
             for e in p.iter_mut() {
                 let Entry::Rule(r) = e else { continue };
                 let mut slot = |link: &mut Rule| {
-                    let gated = match &link.op {
-                        Op::Rx { needs, .. } => link.pf_slot != NO_SLOT || !needs.is_empty(),
-                        Op::Pm { .. } => link.pf_slot != NO_SLOT,
-                        _ => false,
-                    };
+                    let gated = link.pf_slot != NO_SLOT || !link.gate.is_empty();
                     let fixed = link.targets.iter().all(|t| {
                         !t.count
                             && (!t.var.changes_while_rules_run()
@@ -669,6 +696,7 @@ impl Loader {
             skip_to: 0,
             pf_slot: NO_SLOT,
             sum_slot: NO_SLOT,
+            gate: Vec::new(),
             uid: 0,
             memo: false,
             feeds_matched_vars: false,

@@ -383,6 +383,10 @@ pub struct Rule {
     /// Its summary of the values its targets select, shared with the links with the same
     /// targets and chain ([`NO_SLOT`]: none; see `eval`'s `may_match`).
     pub sum_slot: u32,
+    /// A match holds a byte of each of these sets, after the link's transformations
+    /// (a regex's required bytes, the bytes outside `@validateByteRange`'s ranges, the
+    /// detectors' trigger bytes…); not for a negated link. Empty: no such gate.
+    pub gate: Vec<ByteSet>,
     /// Unique among all rules and chain links (indexes per-value operator results).
     pub uid: u32,
     /// Its operator's result depends on the value alone (no captures, no macros), so

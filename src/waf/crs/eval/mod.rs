@@ -630,13 +630,8 @@ impl Crs {
                 return false;
             }
         }
-        match &link.op {
-            Op::Rx { needs, .. } => {
-                let all = ByteSet([w[0], w[1], w[2], w[3]]);
-                needs.iter().all(|n| all.intersects(n))
-            }
-            _ => true,
-        }
+        let all = ByteSet([w[0], w[1], w[2], w[3]]);
+        link.gate.iter().all(|n| all.intersects(n))
     }
 
     /// When `link` has a summary of item values only: its values that pass the gates
@@ -651,10 +646,7 @@ impl Crs {
         if list.iter().any(|(_, ci)| *ci == u32::MAX) {
             return false;
         }
-        let needs: &[ByteSet] = match &link.op {
-            Op::Rx { needs, .. } => needs,
-            _ => &[],
-        };
+        let needs = &link.gate;
         let vc = &bufs.vc;
         for (v, ci) in list {
             let e = &vc.entries[*ci as usize];

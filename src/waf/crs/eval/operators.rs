@@ -14,12 +14,12 @@ impl Crs {
         data: &Data<'_>,
         st: &State,
     ) -> Option<Captures> {
+        if !link.negate && !link.gate.iter().all(|n| bs.intersects(n)) {
+            return None;
+        }
         let mut caps = None;
         let m = match &link.op {
-            Op::Rx { re, needs, .. } => {
-                if !link.negate && !needs.iter().all(|n| bs.intersects(n)) {
-                    return None;
-                }
+            Op::Rx { re, .. } => {
                 if link.capture && !link.negate {
                     // Most values do not match: the lazy DFA says so without the
                     // allocation and the slower engine captures need.
