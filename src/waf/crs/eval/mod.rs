@@ -23,13 +23,18 @@
 //! their entries. A link none of whose values can pass its gates is skipped without
 //! collecting anything; otherwise it tests only the values that pass them.
 //!
-//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.45 M instructions
-//! for a browser GET and 3.9 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie
-//! and the summaries). What remains is spread thin: the literal automaton (overlapping
-//! search, ~35 instructions a byte), transformations, the links without a gate
-//! (`@validateByteRange`, `@detectXSS`, TX comparisons, multiMatch), `setvar` and TX
-//! strings. Buffers are reused per thread; a request allocates for its TX variables and
-//! matches.
+//! Request scalars that rules cannot change (REQUEST_FILENAME, REQUEST_LINE…) are cached
+//! values like the items; TX is a table of slots numbered at load (see
+//! [`TxNames`](super::compile::TxNames)), and a link on one `TX:name` is tested on the
+//! value in place.
+//!
+//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.26 M instructions
+//! for a browser GET and 3.5 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
+//! the summaries and TX slots); 0.49 M and 2.56 M for `benches/load.py`'s requests. What
+//! remains is spread thin: building the summaries (a value is visited once per summary
+//! that reads it), the literal automaton (overlapping search, ~35 instructions a byte),
+//! transformations, the links without a gate (TX comparisons, multiMatch). Buffers are
+//! reused per thread; a request allocates for its matches.
 //!
 //! The walk is here; what it reads and writes is in the submodules: [`variables`] (the
 //! request data rules select from, built once), [`operators`] (`@rx`, `@pm`,
@@ -323,7 +328,7 @@ impl Crs {
             run_setvars(link, head, data, st);
             return true;
         }
-        if !self.may_match(link, head, data, st, bufs) {
+        if self.tx_compare_fails(link, data, st) || !self.may_match(link, head, data, st, bufs) {
             return false;
         }
         bufs.vals.clear();
@@ -334,6 +339,27 @@ impl Crs {
             self.collect_all(link, head, data, st, bufs);
         }
         self.test_values(link, head, data, st, bufs)
+    }
+
+    /// A link on one `TX:name`, untransformed (CRS's paranoia-level and score checks, a
+    /// hundred per request): whether its operator fails on the value read in place (or
+    /// the variable is unset). A match goes the general way, which records it.
+    #[inline]
+    fn tx_compare_fails(&self, link: &Rule, data: &Data<'_>, st: &State) -> bool {
+        let [t] = link.targets.as_slice() else {
+            return false;
+        };
+        if t.tx_slot == NO_TX
+            || t.count
+            || link.multi_match
+            || !self.chains[link.xforms as usize].is_empty()
+        {
+            return false;
+        }
+        match st.vars.get(t.tx_slot) {
+            None => true,
+            Some(v) => self.op_matches(link, v, ByteSet::ALL, data, st).is_none(),
+        }
     }
 
     /// Every value of `link`'s targets into `bufs.vals` (counts as one value each).
