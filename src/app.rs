@@ -457,9 +457,25 @@ impl Gateway {
                 stop.subscribe(),
             ));
         }
-        tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe()));
+        // The scheduled jobs publish their first runs before the tasks start (the
+        // status never shows none, however late a task first runs).
+        let started = std::time::SystemTime::now();
+        let (first_backup, first_cleanup) = first_runs(&shared, started);
+        shared
+            .events
+            .next_runs
+            .set(crate::schedule::Job::Backup, first_backup);
+        shared
+            .events
+            .next_runs
+            .set(crate::schedule::Job::SessionCleanup, first_cleanup);
+        tokio::spawn(scheduled_backups(shared.clone(), stop.subscribe(), started));
         tokio::spawn(sweep_security_state(shared.clone(), stop.subscribe()));
-        tokio::spawn(session_housekeeping(shared.clone(), stop.subscribe()));
+        tokio::spawn(session_housekeeping(
+            shared.clone(),
+            stop.subscribe(),
+            started,
+        ));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(Gateway {
             shared,
@@ -587,10 +603,14 @@ async fn sweep_security_state(shared: Arc<Shared>, mut stop: watch::Receiver<boo
 /// the gauges; at each run of the cleanup schedule (`cleanup_every` or `cleanup_schedule`),
 /// closes expired sessions (`session_closed` events), forgets old failed-login windows, and
 /// deletes ended sessions past retention from the store (suspicious ones are kept).
-async fn session_housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn session_housekeeping(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    started: std::time::SystemTime,
+) {
     use crate::schedule::{until, Job};
     use std::time::SystemTime;
-    let mut last_cleanup = SystemTime::now();
+    let mut last_cleanup = started;
     loop {
         // Read each round, so a reload's schedule applies from the last cleanup.
         let (persist_every, next_cleanup) = {
@@ -665,12 +685,32 @@ pub fn session_pass(shared: &Shared, cleanup: bool) {
         .set(sessions.brute_force.locks(now).len() as i64);
 }
 
+/// The first backup and session-cleanup runs after `started` (as the jobs compute them).
+fn first_runs(
+    shared: &Shared,
+    started: std::time::SystemTime,
+) -> (Option<std::time::SystemTime>, Option<std::time::SystemTime>) {
+    let backup = shared
+        .events
+        .settings()
+        .backup
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(started));
+    let cleanup = shared.runtime.load().sessions.cleanup.next_after(started);
+    (backup, cleanup)
+}
+
 /// Writes a backup at each run of `events.backup`'s schedule (`every` or a cron
 /// `schedule`). The schedule is read again at least once a minute, so a reload applies.
-async fn scheduled_backups(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn scheduled_backups(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    started: std::time::SystemTime,
+) {
     use crate::schedule::{until, Job};
     use std::time::{Duration, SystemTime};
-    let mut last = SystemTime::now();
+    let mut last = started;
     loop {
         let next = shared
             .events

@@ -78,6 +78,10 @@ pub(crate) struct Writer {
     alerts: Option<Arc<crate::alerts::Alerts>>,
     /// Where the archive job publishes its next run.
     next_runs: Arc<crate::schedule::NextRuns>,
+    /// When the writer was made, and the first archive run after it (published before
+    /// the thread starts, so the status never shows none).
+    started: SystemTime,
+    first_archive: SystemTime,
 }
 
 /// One archive run's totals so far (a run spans several chunks).
@@ -106,9 +110,19 @@ impl Writer {
         alerts: Option<Arc<crate::alerts::Alerts>>,
         next_runs: Arc<crate::schedule::NextRuns>,
     ) -> Writer {
+        let started = SystemTime::now();
+        // An interval schedule first runs a minute after the start (a store left behind
+        // by a long stop is trimmed soon); a cron schedule at its next time.
+        let first_archive = match &settings.load().retention.schedule {
+            Schedule::Every(d) => started + (*d).min(Duration::from_secs(60)),
+            s => next_run(s, started),
+        };
+        next_runs.set(Job::Archive, Some(first_archive));
         Writer {
             alerts,
             next_runs,
+            started,
+            first_archive,
             store,
             rx,
             state,
@@ -134,15 +148,9 @@ impl Writer {
         let mut next_roll = next_minute_boundary();
         let mut archiving = false;
         let mut run = ArchiveRun::default();
-        let mut last_archive = SystemTime::now();
+        let mut last_archive = self.started;
         let mut seen = self.settings.load_full();
-        // An interval schedule first runs a minute after the start (a store left behind
-        // by a long stop is trimmed soon); a cron schedule at its next time.
-        let mut next_archive = match &seen.retention.schedule {
-            Schedule::Every(d) => last_archive + (*d).min(Duration::from_secs(60)),
-            s => next_run(s, last_archive),
-        };
-        self.next_runs.set(Job::Archive, Some(next_archive));
+        let mut next_archive = self.first_archive;
         loop {
             let s = self.settings.load_full();
             if !Arc::ptr_eq(&s, &seen) {
