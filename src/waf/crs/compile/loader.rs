@@ -593,10 +593,11 @@ impl Loader {
     }
 
     /// Gives each link whose operator has a gate (a prefilter slot, required bytes) and
-    /// whose targets do not change while rules run a summary slot, shared by the links
-    /// with the same targets and chain; returns how many there are.
+    /// whose targets do not change while rules run a summary slot per target, shared by
+    /// the links that read the same target under the same chain; returns how many there
+    /// are.
     fn summaries(&mut self) -> usize {
-        let mut slots: HashMap<(u16, Vec<(Var, String)>), u32> = HashMap::new();
+        let mut slots: HashMap<(u16, Var, String), u32> = HashMap::new();
         for p in &mut self.phases {
             // REQUEST_BODY changes only by a `ctl:forceRequestBodyVariable` (CRS has
             // it in phase 1): in a phase without one it is fixed too.
@@ -620,15 +621,19 @@ impl Loader {
                     if link.always || link.negate || link.multi_match || !gated || !fixed {
                         return;
                     }
-                    // In the link's order: the walk tests the summary's stored values,
+                    // In the link's order: the walk tests the summaries' stored values,
                     // and which match comes last (MATCHED_VAR, captures) follows it.
-                    let key: Vec<(Var, String)> = link
+                    let ids = link
                         .targets
                         .iter()
-                        .map(|t| (t.var, t.sel_key.clone()))
+                        .map(|t| {
+                            let n = slots.len() as u32;
+                            *slots
+                                .entry((link.xforms, t.var, t.sel_key.clone()))
+                                .or_insert(n)
+                        })
                         .collect();
-                    let n = slots.len() as u32;
-                    link.sum_slot = *slots.entry((link.xforms, key)).or_insert(n);
+                    link.sum_targets = ids;
                 };
                 slot(r);
                 for link in &mut r.chain {
@@ -695,7 +700,7 @@ impl Loader {
             skip_after: None,
             skip_to: 0,
             pf_slot: NO_SLOT,
-            sum_slot: NO_SLOT,
+            sum_targets: Vec::new(),
             gate: Vec::new(),
             uid: 0,
             memo: false,

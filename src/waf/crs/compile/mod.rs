@@ -380,9 +380,10 @@ pub struct Rule {
     /// Its bit in the per-value literal prefilter of its transformation chain
     /// ([`NO_SLOT`]: not prefiltered).
     pub pf_slot: u32,
-    /// Its summary of the values its targets select, shared with the links with the same
-    /// targets and chain ([`NO_SLOT`]: none; see `eval`'s `may_match`).
-    pub sum_slot: u32,
+    /// Per target, its summary under the link's chain (the values it selects: their
+    /// byte sets and literal hits), shared with every link that reads that target under
+    /// that chain; empty: none (see `eval`'s `may_match`).
+    pub sum_targets: Vec<u32>,
     /// A match holds a byte of each of these sets, after the link's transformations
     /// (a regex's required bytes, the bytes outside `@validateByteRange`'s ranges, the
     /// detectors' trigger bytes…); not for a negated link. Empty: no such gate.
@@ -486,7 +487,7 @@ pub struct Crs {
     pub prefilter: Option<Prefilter>,
     /// 64-bit words of a per-value prefilter result.
     pub pf_words: usize,
-    /// Summary slots ([`Rule::sum_slot`]).
+    /// Summary slots ([`Rule::sum_targets`]).
     pub summaries: usize,
     /// 64-bit words of a per-value set of operator results (two bits per rule).
     pub memo_words: usize,

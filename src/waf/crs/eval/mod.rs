@@ -18,8 +18,8 @@
 //! For a value that occurs more than once each pure operator's result is kept.
 //! Exclusions (`!ARGS:x`) are checked only for values that matched.
 //!
-//! Links whose targets do not change while rules run share a summary per (targets,
-//! chain): the union of their values' byte sets and literal hits, and the values with
+//! Links whose targets do not change while rules run share a summary per (target,
+//! chain): the union of its values' byte sets and literal hits, and the values with
 //! their entries. A link none of whose values can pass its gates is skipped without
 //! collecting anything; otherwise it tests only the values that pass them.
 //!
@@ -151,7 +151,7 @@ struct Bufs {
     hit_val: Vec<u8>,
     /// Per summary slot, the offset of its summary in `sums` (`u32::MAX`: not made yet).
     sum_at: Vec<u32>,
-    /// Summaries of targets under a chain: the union of the values' byte sets (four
+    /// Summaries of a target under a chain: the union of the values' byte sets (four
     /// words), then the union of their prefilter results (`pf_words`).
     sums: Vec<u64>,
     /// Per summary slot, its values with their cache entries (`u32::MAX` when a value
@@ -629,10 +629,10 @@ impl Crs {
 
     /// Whether some value of `link`'s targets can pass its operator's gates (its
     /// prefilter bit, its required bytes); `false` means the link matches nothing this
-    /// phase. Read from the summary of its targets under its chain, made when a link
-    /// with that summary is first reached (CRS reads the same targets under the same
-    /// chain in dozens of rules, and a benign value passes almost no gate): most links
-    /// are then skipped without collecting a value.
+    /// phase. Read from the summaries of its targets under its chain, each made when a
+    /// link reading that target under that chain is first reached (CRS reads the same
+    /// targets under the same chain in dozens of rules, and a benign value passes almost
+    /// no gate): most links are then skipped without collecting a value.
     fn may_match(
         &self,
         link: &Rule,
@@ -641,60 +641,72 @@ impl Crs {
         st: &State,
         bufs: &mut Bufs,
     ) -> bool {
-        if link.sum_slot == NO_SLOT {
+        if link.sum_targets.is_empty() {
             return true;
         }
-        let slot = link.sum_slot as usize;
-        if bufs.sum_at[slot] == u32::MAX {
-            bufs.sum_at[slot] = self.summarize(link, head, data, st, bufs) as u32;
+        for (t, &ts) in link.targets.iter().zip(&link.sum_targets) {
+            if bufs.sum_at[ts as usize] == u32::MAX {
+                bufs.sum_at[ts as usize] = self.summarize(t, ts, link, head, data, st, bufs) as u32;
+            }
         }
-        let at = bufs.sum_at[slot] as usize;
-        let w = &bufs.sums[at..at + 4 + self.pf_words];
+        // The union over the targets' summaries must pass every gate.
+        let sums = &bufs.sums;
+        let at = |ts: u32| bufs.sum_at[ts as usize] as usize;
         if link.pf_slot != NO_SLOT {
             let s = link.pf_slot as usize;
-            if w[4 + s / 64] & (1 << (s % 64)) == 0 {
+            let hit = |ts: &u32| sums[at(*ts) + 4 + s / 64] & (1 << (s % 64)) != 0;
+            if !link.sum_targets.iter().any(hit) {
                 return false;
             }
         }
-        let all = ByteSet([w[0], w[1], w[2], w[3]]);
-        link.gate.iter().all(|n| all.intersects(n))
+        link.gate.iter().all(|n| {
+            link.sum_targets.iter().any(|&ts| {
+                let a = at(ts);
+                ByteSet([sums[a], sums[a + 1], sums[a + 2], sums[a + 3]]).intersects(n)
+            })
+        })
     }
 
-    /// When `link` has a summary of item values only: its values that pass the gates
-    /// into `bufs.vals` (most links then test none); `false` when the values must be
-    /// collected.
+    /// When `link`'s targets have summaries of item values only: its values that pass
+    /// the gates into `bufs.vals` (most links then test none); `false` when the values
+    /// must be collected.
     fn gated_values(&self, link: &Rule, bufs: &mut Bufs) -> bool {
-        if link.sum_slot == NO_SLOT {
-            return false;
-        }
-        let r = bufs.sum_vals[link.sum_slot as usize].clone();
-        let list = &bufs.sum_list[r.start as usize..r.end as usize];
-        if list.iter().any(|(_, ci)| *ci == u32::MAX) {
+        if link.sum_targets.is_empty() {
             return false;
         }
         let needs = &link.gate;
         let vc = &bufs.vc;
-        for (v, ci) in list {
-            let e = &vc.entries[*ci as usize];
-            if link.pf_slot != NO_SLOT {
-                let s = link.pf_slot as usize;
-                if vc.cands[e.cands as usize + s / 64] & (1 << (s % 64)) == 0 {
+        for &ts in &link.sum_targets {
+            let r = bufs.sum_vals[ts as usize].clone();
+            for (v, ci) in &bufs.sum_list[r.start as usize..r.end as usize] {
+                if *ci == u32::MAX {
+                    bufs.vals.clear();
+                    return false;
+                }
+                let e = &vc.entries[*ci as usize];
+                if link.pf_slot != NO_SLOT {
+                    let s = link.pf_slot as usize;
+                    if vc.cands[e.cands as usize + s / 64] & (1 << (s % 64)) == 0 {
+                        continue;
+                    }
+                }
+                if !needs.iter().all(|n| e.bs.intersects(n)) {
                     continue;
                 }
+                bufs.vals.push(v.clone());
             }
-            if !needs.iter().all(|n| e.bs.intersects(n)) {
-                continue;
-            }
-            bufs.vals.push(v.clone());
         }
         true
     }
 
-    /// Makes the summary of `link`'s targets under its chain (see [`Bufs::sums`]);
+    /// Makes the summary `ts` of target `t` under `link`'s chain (see [`Bufs::sums`]);
     /// returns its offset. Item values go through the per-request cache, so the walk
     /// reuses their transformations; other values (XML, scalars) are transformed here.
+    #[allow(clippy::too_many_arguments)]
     fn summarize(
         &self,
+        t: &super::compile::Target,
+        ts: u32,
         link: &Rule,
         head: &Rule,
         data: &Data<'_>,
@@ -703,9 +715,7 @@ impl Crs {
     ) -> usize {
         bufs.vals.clear();
         bufs.vbuf.clear();
-        for t in &link.targets {
-            collect(t, link, head, data, st, bufs);
-        }
+        collect(t, link, head, data, st, bufs);
         let at = bufs.sums.len();
         bufs.sums.resize(at + 4 + self.pf_words, 0);
         let c = link.xforms;
@@ -748,7 +758,7 @@ impl Crs {
                 }
             }
         }
-        bufs.sum_vals[link.sum_slot as usize] = list_start..bufs.sum_list.len() as u32;
+        bufs.sum_vals[ts as usize] = list_start..bufs.sum_list.len() as u32;
         bufs.vals = vals;
         at
     }
