@@ -28,13 +28,13 @@
 //! [`TxNames`](super::compile::TxNames)), and a link on one `TX:name` is tested on the
 //! value in place.
 //!
-//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.26 M instructions
-//! for a browser GET and 3.5 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
-//! the summaries and TX slots); 0.49 M and 2.56 M for `benches/load.py`'s requests. What
-//! remains is spread thin: building the summaries (a value is visited once per summary
-//! that reads it), the literal automaton (overlapping search, ~35 instructions a byte),
-//! transformations, the links without a gate (TX comparisons, multiMatch). Buffers are
-//! reused per thread; a request allocates for its matches.
+//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.18 M instructions
+//! for a browser GET and 2.96 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
+//! the summaries and TX slots); 0.48 M and 2.16 M for `benches/load.py`'s requests. What
+//! remains is spread thin: building the summaries (a value is visited once per chain that
+//! reads its target), the literal automaton (overlapping search, ~35 instructions a
+//! byte), transformations, the links without a gate (TX comparisons, multiMatch).
+//! Buffers are reused per thread; a request allocates for its matches.
 //!
 //! The walk is here; what it reads and writes is in the submodules: [`variables`] (the
 //! request data rules select from, built once), [`operators`] (`@rx`, `@pm`,
