@@ -845,6 +845,19 @@ mod tests {
         (dir, crs)
     }
 
+    /// A body-less HTTP/1.1 GET of `target`.
+    fn get<'a>(target: &'a str, h: &'a http::HeaderMap) -> RequestParts<'a> {
+        RequestParts {
+            canonical: None,
+            method: "GET",
+            target,
+            version: "HTTP/1.1",
+            headers: h,
+            body: None,
+            client_ip: None,
+        }
+    }
+
     #[test]
     fn tx_names_known_at_load_and_made_at_run_time_read_alike() {
         let (_dir, crs) = load(concat!(
@@ -854,15 +867,7 @@ mod tests {
             "SecRule TX:POINTS \"@eq 2\" \"id:4,phase:2,pass,log\"\n",
         ));
         let h = http::HeaderMap::new();
-        let req = RequestParts {
-            canonical: None,
-            method: "GET",
-            target: "/",
-            version: "HTTP/1.1",
-            headers: &h,
-            body: None,
-            client_ip: None,
-        };
+        let req = get("/", &h);
         for _ in 0..2 {
             // Twice: TX starts over on the second request (its buffers are reused).
             let out = crs.evaluate(&req, true, &[]);
@@ -885,15 +890,7 @@ mod tests {
             "SecRule TX:N \"@eq 2\" \"id:7,phase:2,pass,log\"\n",
         ));
         let h = http::HeaderMap::new();
-        let req = RequestParts {
-            canonical: None,
-            method: "GET",
-            target: "/Admin/Panel?x=1",
-            version: "HTTP/1.1",
-            headers: &h,
-            body: None,
-            client_ip: None,
-        };
+        let req = get("/Admin/Panel?x=1", &h);
         let out = crs.evaluate(&req, true, &[]);
         // A body-less request read as URLENCODED from phase 2 on; the lowercased path
         // matches twice, the path as sent does not; REQUEST_URI and REQUEST_URI_RAW
