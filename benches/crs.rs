@@ -105,12 +105,73 @@ fn load_json_body() -> Vec<u8> {
     .into_bytes()
 }
 
+/// A 64 KiB form POST (`application/x-www-form-urlencoded`): a CMS article, 40 short
+/// fields and a long text of prose with punctuation (the shape `benches/load.py`'s
+/// `form-64k` sends).
+fn form_64k_body() -> Vec<u8> {
+    let prose = "The trail was wet after the rain, so we took the long way round (past the \
+                 old mill & the bridge) -- it's 12.5 km, about 3 hours; bring water, a hat \
+                 and 2 snacks per person! Questions? Ask at the desk: 9-17 h, Mon.-Sat. ";
+    let mut body = String::new();
+    for i in 0..40 {
+        body.push_str(&format!("field_{i}=value+number+{i}&"));
+    }
+    body.push_str("title=Weekend+walks&tags=outdoor%2Cfamily%2Cspring&content=");
+    let mut content = String::new();
+    while body.len() + content.len() * 3 / 2 < 64 * 1024 - 200 {
+        content.push_str(prose);
+    }
+    for b in content.bytes() {
+        match b {
+            b' ' => body.push('+'),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => body.push(b as char),
+            _ => body.push_str(&format!("%{b:02X}")),
+        }
+    }
+    body.into_bytes()
+}
+
+/// A 1 MiB multipart upload: three text fields and a 1 MiB file of binary data
+/// (`benches/load.py`'s `upload-1m`).
+fn multipart_1m_body() -> Vec<u8> {
+    let mut body = Vec::new();
+    for (n, v) in [
+        ("album", "Holiday 2024"),
+        ("caption", "Sunset at the beach, day 3"),
+        ("public", "1"),
+    ] {
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"beach.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    // Pseudo-random bytes (xorshift), like compressed image data.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..(1 << 20) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.push(x as u8);
+    }
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+const BOUNDARY: &str = "----gatewaybench7MA4YWxkTrZu0gW";
+
 /// The headers wrk sends (with a body: its type and length).
-fn load_headers(body_len: Option<usize>) -> HeaderMap {
+fn load_headers(body: Option<(&str, usize)>) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("host", HeaderValue::from_static("127.0.0.1:19447"));
-    if let Some(n) = body_len {
-        h.insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some((ctype, n)) = body {
+        h.insert("content-type", HeaderValue::from_str(ctype).unwrap());
         h.insert("content-length", HeaderValue::from(n));
     }
     h
@@ -196,7 +257,12 @@ fn profile(shape: &str) {
     let crs = crs(1);
     let (get_h, post_h, body) = (headers(false), headers(true), json_body(2048));
     let load_body = load_json_body();
-    let (load_get_h, load_post_h) = (load_headers(None), load_headers(Some(load_body.len())));
+    let load_get_h = load_headers(None);
+    let load_post_h = load_headers(Some(("application/json", load_body.len())));
+    let (form, upload) = (form_64k_body(), multipart_1m_body());
+    let form_h = load_headers(Some(("application/x-www-form-urlencoded", form.len())));
+    let upload_ctype = format!("multipart/form-data; boundary={BOUNDARY}");
+    let upload_h = load_headers(Some((&upload_ctype, upload.len())));
     let r = match shape {
         "benign_get" => req("GET", TARGET, &get_h, None),
         "json_post" => req("POST", "/api/orders", &post_h, Some(&body)),
@@ -208,12 +274,24 @@ fn profile(shape: &str) {
             version: "HTTP/1.1",
             ..req("POST", "/api/v1/orders", &load_post_h, Some(&load_body))
         },
-        other => panic!("unknown shape {other}: benign_get, json_post, load_get, load_json"),
+        "form_64k" => RequestParts {
+            version: "HTTP/1.1",
+            ..req("POST", "/cms/articles", &form_h, Some(&form))
+        },
+        "multipart_1m" => RequestParts {
+            version: "HTTP/1.1",
+            ..req("POST", "/photos/upload", &upload_h, Some(&upload))
+        },
+        other => panic!(
+            "unknown shape {other}: benign_get, json_post, load_get, load_json, form_64k, multipart_1m"
+        ),
     };
     let n: usize = std::env::var("CRS_PROFILE_N")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2_000);
+    let first = crs.evaluate(&r, true, &[]);
+    eprintln!("{shape}: hits {:?}", first.ids().collect::<Vec<_>>());
     let mut score = 0;
     for _ in 0..n {
         score += crs.evaluate(black_box(&r), true, &[]).inbound_score;

@@ -117,7 +117,7 @@ impl Crs {
         let (prefilter, slots) = l.prefilter();
         let links = l.number_links();
         l.gates();
-        let summaries = l.summaries();
+        let summary_scans = l.summaries();
         let chain_sets = l
             .chains
             .iter()
@@ -131,7 +131,7 @@ impl Crs {
             trie,
             prefilter,
             pf_words: slots.div_ceil(64),
-            summaries,
+            summary_scans,
             memo_words: (2 * links).div_ceil(64),
             tx,
             initial_tx,
@@ -528,9 +528,11 @@ impl Loader {
         }
         let mut pats: Vec<(Vec<u8>, Vec<u32>)> = slots.into_iter().collect();
         pats.sort();
+
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(pats.iter().map(|(l, _)| l))
             .ok();
         let mut slot_list = Vec::new();
@@ -594,10 +596,12 @@ impl Loader {
 
     /// Gives each link whose operator has a gate (a prefilter slot, required bytes) and
     /// whose targets do not change while rules run a summary slot per target, shared by
-    /// the links that read the same target under the same chain; returns how many there
-    /// are.
-    fn summaries(&mut self) -> usize {
+    /// the links that read the same target under the same chain; returns, per slot,
+    /// whether one of them has a prefilter slot (only then are its values scanned by the
+    /// literal automaton).
+    fn summaries(&mut self) -> Vec<bool> {
         let mut slots: HashMap<(u16, Var, String), u32> = HashMap::new();
+        let mut scans = Vec::new();
         for p in &mut self.phases {
             // REQUEST_BODY changes only by a `ctl:forceRequestBodyVariable` (CRS has
             // it in phase 1): in a phase without one it is fixed too.
@@ -628,9 +632,14 @@ impl Loader {
                         .iter()
                         .map(|t| {
                             let n = slots.len() as u32;
-                            *slots
+                            let id = *slots
                                 .entry((link.xforms, t.var, t.sel_key.clone()))
-                                .or_insert(n)
+                                .or_insert(n);
+                            if id == n {
+                                scans.push(false);
+                            }
+                            scans[id as usize] |= link.pf_slot != NO_SLOT;
+                            id
                         })
                         .collect();
                     link.sum_targets = ids;
@@ -641,7 +650,7 @@ impl Loader {
                 }
             }
         }
-        slots.len()
+        scans
     }
 
     fn intern(&mut self, chain: Vec<Xform>) -> u16 {

@@ -29,6 +29,7 @@ use crate::waf::operator::{
     compile_regex, required_clauses, required_literals_within, ByteSet, Cmp,
 };
 use crate::waf::rule::Kind;
+use crate::waf::transform::Transform;
 
 /// A request variable (collection or scalar) SecLang names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -442,6 +443,12 @@ pub struct XformTrie {
     pub triggers: Vec<Option<ByteSet>>,
     /// Per chain, its nodes after each step.
     pub paths: Vec<Vec<u16>>,
+    /// Per node, its transformation's number among the distinct ones (so a value's
+    /// entry is transformed once per transformation, whichever node asks).
+    pub xform_ids: Vec<u8>,
+    /// Per node: its transformation changes only ASCII case (the literal automaton,
+    /// which ignores case, finds the same literals in its parent's value).
+    pub case_only: Vec<bool>,
 }
 
 impl XformTrie {
@@ -450,8 +457,11 @@ impl XformTrie {
             nodes: vec![(0, None)],
             triggers: vec![Some(ByteSet::default())],
             paths: Vec::new(),
+            xform_ids: vec![0],
+            case_only: vec![false],
         };
         let mut ids: HashMap<(u16, Xform), u16> = HashMap::new();
+        let mut distinct: Vec<Xform> = Vec::new();
         for chain in chains {
             let mut at = 0u16;
             let mut path = Vec::with_capacity(chain.len());
@@ -459,6 +469,12 @@ impl XformTrie {
                 at = *ids.entry((at, x)).or_insert_with(|| {
                     t.nodes.push((at, Some(x)));
                     t.triggers.push(x.trigger_set());
+                    let xid = distinct.iter().position(|d| *d == x).unwrap_or_else(|| {
+                        distinct.push(x);
+                        distinct.len() - 1
+                    });
+                    t.xform_ids.push(xid as u8);
+                    t.case_only.push(x == Xform::Std(Transform::Lowercase));
                     (t.nodes.len() - 1) as u16
                 });
                 path.push(at);
@@ -487,8 +503,9 @@ pub struct Crs {
     pub prefilter: Option<Prefilter>,
     /// 64-bit words of a per-value prefilter result.
     pub pf_words: usize,
-    /// Summary slots ([`Rule::sum_targets`]).
-    pub summaries: usize,
+    /// Per summary slot ([`Rule::sum_targets`]): whether a link reading it has a prefilter slot (its values are
+    /// then scanned by the literal automaton; otherwise only their byte sets count).
+    pub summary_scans: Vec<bool>,
     /// 64-bit words of a per-value set of operator results (two bits per rule).
     pub memo_words: usize,
     /// The TX names the rules use, numbered.

@@ -122,6 +122,9 @@ struct ValueCache {
     buf: Vec<u8>,
     /// Prefilter results, `pf_words` per entry that needed one.
     cands: Vec<u64>,
+    /// What entries became by a transformation: (transformation number, entry, the
+    /// next of the same parent), in lists from [`Cached::kids`].
+    kids: Vec<(u8, u32, u32)>,
 }
 
 impl ValueCache {
@@ -132,8 +135,29 @@ impl ValueCache {
             bs,
             cands: u32::MAX,
             memo: u32::MAX,
+            kids: u32::MAX,
+            hits_of: u32::MAX,
         });
         self.entries.len() - 1
+    }
+
+    /// The entry that entry `p` became by transformation `xid`, if known.
+    fn kid(&self, p: usize, xid: u8) -> Option<usize> {
+        let mut k = self.entries[p].kids;
+        while k != u32::MAX {
+            let (x, child, next) = self.kids[k as usize];
+            if x == xid {
+                return Some(child as usize);
+            }
+            k = next;
+        }
+        None
+    }
+
+    fn add_kid(&mut self, p: usize, xid: u8, child: usize) {
+        let next = self.entries[p].kids;
+        self.entries[p].kids = self.kids.len() as u32;
+        self.kids.push((xid, child as u32, next));
     }
 }
 
@@ -169,6 +193,11 @@ struct Cached {
     /// Offset of its operator results in `Bufs::memo` (`u32::MAX`: none yet); two bits
     /// per rule: tested, matched.
     memo: u32,
+    /// Head of its list in [`ValueCache::kids`] (`u32::MAX`: none).
+    kids: u32,
+    /// An entry with the same literals, up to ASCII case (`u32::MAX`: none): its
+    /// prefilter result is shared.
+    hits_of: u32,
 }
 
 /// One value of a rule's targets: from the request items, or copied into `vbuf`.
@@ -234,12 +263,13 @@ impl Crs {
             vc.entries.clear();
             vc.buf.clear();
             vc.cands.clear();
+            vc.kids.clear();
             bufs.memo.clear();
             bufs.sum_at.clear();
-            bufs.sum_at.resize(self.summaries, u32::MAX);
+            bufs.sum_at.resize(self.summary_scans.len(), u32::MAX);
             bufs.sums.clear();
             bufs.sum_vals.clear();
-            bufs.sum_vals.resize(self.summaries, 0..0);
+            bufs.sum_vals.resize(self.summary_scans.len(), 0..0);
             bufs.sum_list.clear();
             let mut i = 0;
             while i < rules.len() {
@@ -592,18 +622,28 @@ impl Crs {
                 let p = self.node_entry(parent, idx, raw, data, vc);
                 let pe = &vc.entries[p];
                 let trigger = &self.trie.triggers[node as usize];
+                let xid = self.trie.xform_ids[node as usize];
                 if trigger.as_ref().is_some_and(|t| !t.intersects(&pe.bs)) {
                     p
+                } else if let Some(k) = vc.kid(p, xid) {
+                    // Another node applied the same transformation to the same bytes.
+                    k
                 } else {
                     let pr = pe.range.start as usize..pe.range.end as usize;
                     x.apply(&vc.buf[pr.clone()], &mut vc.a);
-                    if vc.a == vc.buf[pr] {
+                    let k = if vc.a == vc.buf[pr] {
                         p
                     } else {
                         let start = vc.buf.len() as u32;
                         vc.buf.extend_from_slice(&vc.a);
-                        vc.push(start, ByteSet::of(&vc.a))
-                    }
+                        let k = vc.push(start, ByteSet::of(&vc.a));
+                        if self.trie.case_only[node as usize] {
+                            vc.entries[k].hits_of = p as u32;
+                        }
+                        k
+                    };
+                    vc.add_kid(p, xid, k);
+                    k
                 }
             }
         };
@@ -614,6 +654,14 @@ impl Crs {
     /// The offset in `vc.cands` of entry `ci`'s prefilter result (the literal automaton,
     /// run once per entry).
     fn cands(&self, ci: usize, vc: &mut ValueCache) -> usize {
+        let e = &mut vc.entries[ci];
+        if e.cands == u32::MAX && e.hits_of != u32::MAX {
+            // A lowercased value: the automaton ignores case.
+            let of = e.hits_of as usize;
+            let at = self.cands(of, vc);
+            vc.entries[ci].cands = at as u32;
+            return at;
+        }
         let e = &mut vc.entries[ci];
         if e.cands == u32::MAX {
             let base = vc.cands.len();
@@ -720,6 +768,7 @@ impl Crs {
         bufs.sums.resize(at + 4 + self.pf_words, 0);
         let c = link.xforms;
         let pf = self.prefilter.as_ref();
+        let scans = self.summary_scans[ts as usize];
         let vals = std::mem::take(&mut bufs.vals);
         let list_start = bufs.sum_list.len() as u32;
         for v in &vals {
@@ -730,12 +779,14 @@ impl Crs {
                     let ci = self.entry(c, idx, &data.items.buf[val], data, vc);
                     bufs.sum_list.push((v.clone(), ci as u32));
                     let bs = vc.entries[ci].bs;
-                    let co = self.cands(ci, vc);
                     for i in 0..4 {
                         bufs.sums[at + i] |= bs.0[i];
                     }
-                    for i in 0..self.pf_words {
-                        bufs.sums[at + 4 + i] |= vc.cands[co + i];
+                    if scans {
+                        let co = self.cands(ci, vc);
+                        for i in 0..self.pf_words {
+                            bufs.sums[at + 4 + i] |= vc.cands[co + i];
+                        }
                     }
                 }
                 None => {
@@ -752,7 +803,7 @@ impl Crs {
                     for i in 0..4 {
                         bufs.sums[at + i] |= bs.0[i];
                     }
-                    if let Some(pf) = pf {
+                    if let (Some(pf), true) = (pf, scans) {
                         mark(pf, value, &mut bufs.sums[at + 4..]);
                     }
                 }
@@ -896,5 +947,47 @@ mod tests {
         // matches twice, the path as sent does not; REQUEST_URI and REQUEST_URI_RAW
         // (the same bytes) are two values.
         assert_eq!(out.ids().collect::<Vec<_>>(), [2, 3, 4, 6, 7]);
+    }
+    #[test]
+    fn shared_transformations_and_the_form_body_keep_each_rules_result() {
+        let (_dir, crs) = load(concat!(
+            // The same lowercase reached by two chains (one through a step that leaves
+            // the value as it is): one entry, each rule still sees the lowercased value.
+            "SecRule ARGS \"@rx select\\s\" \"id:1,phase:2,pass,log,t:none,t:htmlEntityDecode,t:lowercase\"\n",
+            "SecRule ARGS \"@rx select\\s\" \"id:2,phase:2,pass,log,t:none,t:lowercase\"\n",
+            // Literal hits of a lowercased value come from the value as sent (the
+            // automaton ignores case); a case-sensitive regex still decides.
+            "SecRule ARGS \"@rx SELECT\" \"id:3,phase:2,pass,log,t:none,t:lowercase\"\n",
+            "SecRule ARGS \"@rx SELECT\" \"id:4,phase:2,pass,log,t:none\"\n",
+            // REQUEST_BODY of a form, raw and decoded.
+            "SecRule REQUEST_BODY \"@contains q=SELECT%20\" \"id:5,phase:2,pass,log\"\n",
+            "SecRule REQUEST_BODY \"@contains q=SELECT \" \"id:6,phase:2,pass,log,t:none,t:urlDecodeUni\"\n",
+            "SecRule REQUEST_BODY \"@contains q=select \" \"id:7,phase:2,pass,log,t:none,t:urlDecodeUni,t:lowercase\"\n",
+            // A literal that only decoding makes: found in the decoded value.
+            "SecRule ARGS \"@rx union\" \"id:8,phase:2,pass,log,t:none,t:urlDecodeUni\"\n",
+        ));
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let body = b"q=SELECT%20name&x=%2575nion";
+        let form = RequestParts {
+            method: "POST",
+            body: Some(body),
+            ..get("/search", &h)
+        };
+        let out = crs.evaluate(&form, true, &[]);
+        assert_eq!(out.ids().collect::<Vec<_>>(), [1, 2, 4, 5, 6, 7, 8]);
+        // A JSON body: REQUEST_BODY is not there (CRS does not force it), the
+        // argument is.
+        h.insert("content-type", "application/json".parse().unwrap());
+        let json = RequestParts {
+            method: "POST",
+            body: Some(br#"{"q":"SELECT name"}"#),
+            ..get("/search", &h)
+        };
+        let out = crs.evaluate(&json, true, &[]);
+        assert_eq!(out.ids().collect::<Vec<_>>(), [1, 2, 4]);
     }
 }

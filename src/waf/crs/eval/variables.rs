@@ -414,6 +414,18 @@ impl<'a> Data<'a> {
             }
             self.scalars.push((var, id, range));
         }
+        // REQUEST_BODY, which CRS reads under several chains: as URLENCODED, it is
+        // there whatever the rules do (otherwise `scalar` reads it when forced).
+        if let (Some(body), "URLENCODED") = (self.req.body, self.processor) {
+            let id = (self.items.items.len() + self.scalars.len()) as u32;
+            let start = self.items.buf.len() as u32;
+            self.items.buf.extend_from_slice(body);
+            self.item_bs.push(ByteSet::of(body));
+            self.canon.push(id);
+            self.repeated.push(false);
+            self.scalars
+                .push((Var::RequestBody, id, start..self.items.buf.len() as u32));
+        }
     }
 
     /// Items and cached scalars: the values the per-request cache is indexed by.
