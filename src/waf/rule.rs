@@ -76,7 +76,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn bit(self) -> u32 {
+    pub const fn bit(self) -> u32 {
         1 << self as u8
     }
     /// The name of one value of this kind in events and the tester (`args:q`).

@@ -161,6 +161,31 @@ impl Var {
     }
 }
 
+/// Every item kind a [`Var`] selects ([`Var::kinds`]): what the request model collects
+/// for CRS (raw bodies, upload contents and the request line are read elsewhere or not
+/// at all).
+pub const ITEM_KINDS: u32 = {
+    let ks = [
+        Kind::QueryArg,
+        Kind::BodyArg,
+        Kind::QueryArgName,
+        Kind::BodyArgName,
+        Kind::Header,
+        Kind::HeaderName,
+        Kind::Cookie,
+        Kind::CookieName,
+        Kind::File,
+        Kind::FileName,
+    ];
+    let mut bits = 0;
+    let mut i = 0;
+    while i < ks.len() {
+        bits |= ks[i].bit();
+        i += 1;
+    }
+    bits
+};
+
 /// A `:key` selector; keys compare ASCII case-insensitively, as in ModSecurity.
 #[derive(Debug)]
 pub enum Sel {
@@ -619,6 +644,16 @@ impl std::fmt::Debug for Crs {
 mod tests {
     use super::actions::setvar;
     use super::*;
+
+    #[test]
+    fn the_items_collected_for_crs_cover_every_variable() {
+        for (name, var) in VARS {
+            assert_eq!(var.kinds() & !ITEM_KINDS, 0, "{name}");
+        }
+        // Raw bodies and upload contents are not collected (a 1 MiB upload would
+        // otherwise be copied and indexed for nothing).
+        assert_eq!(ITEM_KINDS & (Kind::Body.bit() | Kind::RequestBody.bit()), 0);
+    }
 
     #[test]
     fn chains_sharing_a_prefix_share_its_trie_nodes() {

@@ -288,7 +288,7 @@ impl<'a> Data<'a> {
         item_bs: Vec<ByteSet>,
     ) -> Data<'a> {
         items.repeat_names = true;
-        items.collect(req, u32::MAX);
+        items.collect(req, crate::waf::crs::compile::ITEM_KINDS);
         let target = req.target.as_bytes();
         // An absolute-form target: REQUEST_URI and REQUEST_FILENAME start at the path.
         let absolute = !req.target.starts_with('/');
@@ -450,7 +450,12 @@ impl<'a> Data<'a> {
             self.cache_scalars();
             return;
         }
-        self.items.collect_as(&req, u32::MAX, Some(ctype), None);
+        self.items.collect_as(
+            &req,
+            crate::waf::crs::compile::ITEM_KINDS,
+            Some(ctype),
+            None,
+        );
         self.index();
         if p == "XML" {
             if let Some(b) = req.body {
