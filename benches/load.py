@@ -37,6 +37,10 @@ Scenarios get-args (HTTP/1.1 GET with five query arguments) and json-post (a 2 K
 POST) are wrk runs over TLS keep-alive like h1-keepalive, with the request shapes the
 WAF's cost depends on; get-args-varied and json-post-varied send the same shapes with a new
 search term, page and JSON text in every request (random words), as real traffic does.
+Scenarios form-64k (a 64 KiB urlencoded form: 40 fields and a long text) and upload-1m (a
+multipart upload of a 1 MiB file) are the large bodies CRS reads (gateway-crs inspects up to
+2 MiB, as ModSecurity's SecRequestBodyLimit does here): `--only nginx,gateway-crs,nginx-modsec
+--scenarios get-args,form-64k,upload-1m`.
 All traffic stays on 127.0.0.1.
 """
 
@@ -162,7 +166,7 @@ Include {CRS_DIR}/rules/*.conf
         base = f.read()
     with open(f"{d}/gateway-crs.toml", "w") as f:
         f.write(base.replace(f"127.0.0.1:{PORTS['gateway']}", f"127.0.0.1:{PORTS['gateway-crs']}")
-                + f'\n[waf]\n[waf.crs]\npath = "{CRS_DIR}"\nparanoia_level = 1\n')
+                + f'\n[waf]\nbody_limit = 2097152\n[waf.crs]\npath = "{CRS_DIR}"\nparanoia_level = 1\n')
 
 
 def write_configs(d, cert, key):
@@ -182,6 +186,7 @@ worker_processes 1;
 http {{
   access_log off;
   keepalive_requests 1000000;
+  client_max_body_size 8m;
   server {{
     listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
     location / {{ return 200 "hello from the backend\\n"; }}
@@ -194,6 +199,7 @@ worker_processes 1;
 http {{
   access_log off;
   keepalive_requests 1000000;
+  client_max_body_size 8m;
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} ssl http2 backlog=4096;
@@ -368,6 +374,36 @@ end
 """ % ", ".join('"%s"' % x for x in WORDS)
 
 
+PROSE = ("The trail was wet after the rain, so we took the long way round (past the old mill & "
+         "the bridge) -- it's 12.5 km, about 3 hours; bring water, a hat and 2 snacks per person! "
+         "Questions? Ask at the desk: 9-17 h, Mon.-Sat. ")
+BOUNDARY = "----gatewaybench7MA4YWxkTrZu0gW"
+
+
+def form_64k_body():
+    """40 short fields and a long text: a CMS article (benches/crs.rs's form_64k)."""
+    from urllib.parse import quote_plus
+    body = "".join(f"field_{i}=value+number+{i}&" for i in range(40))
+    body += "title=Weekend+walks&tags=outdoor%2Cfamily%2Cspring&content="
+    chunk = quote_plus(PROSE, safe="-._")
+    while len(body) + len(chunk) <= 64 * 1024:
+        body += chunk
+    return "application/x-www-form-urlencoded", body.encode()
+
+
+def upload_1m_body():
+    """Three fields and a 1 MiB file of random bytes (benches/crs.rs's multipart_1m)."""
+    import random
+    rnd = random.Random(7)
+    parts = b""
+    for n, v in (("album", "Holiday 2024"), ("caption", "Sunset at the beach, day 3"), ("public", "1")):
+        parts += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{n}"\r\n\r\n{v}\r\n'.encode()
+    parts += (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="photo"; filename="beach.jpg"\r\n'
+              f"Content-Type: image/jpeg\r\n\r\n").encode()
+    parts += rnd.randbytes(1 << 20) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return f"multipart/form-data; boundary={BOUNDARY}", parts
+
+
 def scenario(name, port, duration):
     url = f"https://127.0.0.1:{port}/"
     load = ["taskset", "-c", "1"]
@@ -396,6 +432,22 @@ def scenario(name, port, duration):
             f.write(lua)
         out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", "-s", script, url]))
         os.unlink(script)
+        return parse_wrk(out)
+    if name in ("form-64k", "upload-1m"):
+        # A 64 KiB form POST and a 1 MiB multipart upload (the shapes of benches/crs.rs's
+        # form_64k and multipart_1m), read by wrk from a file.
+        body_file = tempfile.mktemp(prefix="wrk-body-")
+        ctype, body = form_64k_body() if name == "form-64k" else upload_1m_body()
+        with open(body_file, "wb") as f:
+            f.write(body)
+        script = tempfile.mktemp(prefix="wrk-", suffix=".lua")
+        with open(script, "w") as f:
+            f.write(f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+                    f'wrk.method = "POST"\nwrk.path = "/api/v1/upload"\n'
+                    f'wrk.headers["Content-Type"] = "{ctype}"\n')
+        out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c20", f"-d{duration}s", "-s", script, url]))
+        os.unlink(script)
+        os.unlink(body_file)
         return parse_wrk(out)
     if name == "h1-keepalive":
         out = sh(" ".join(load + ["wrk", "--latency", "-t1", "-c50", f"-d{duration}s", url]))
