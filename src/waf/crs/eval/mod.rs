@@ -28,12 +28,19 @@
 //! [`TxNames`](super::compile::TxNames)), and a link on one `TX:name` is tested on the
 //! value in place.
 //!
-//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 1.18 M instructions
-//! for a browser GET and 2.96 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
-//! the summaries and TX slots); 0.48 M and 2.16 M for `benches/load.py`'s requests. What
-//! remains is spread thin: building the summaries (a value is visited once per chain that
-//! reads its target), the literal automaton (overlapping search, ~35 instructions a
-//! byte), transformations, the links without a gate (TX comparisons, multiMatch).
+//! A transformation is applied once per (entry, transformation), whichever trie node
+//! asks (CRS reaches the same lowercase by several chains); a lowercased entry shares
+//! its parent's literal hits (the automaton ignores case); a summary runs the literal
+//! automaton only when one of its links has a literal slot.
+//!
+//! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 0.99 M instructions
+//! for a browser GET and 2.63 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
+//! the summaries and TX slots); 0.42 M and 2.0 M for `benches/load.py`'s requests, 21 M
+//! for its 64 KiB form (regexes over the long text, ~30 %; its transformations, ~30 %;
+//! the literal automaton, ~25 %) and 1.4 M for its 1 MiB upload. What remains for small
+//! requests is spread thin: building the summaries (a value is visited once per chain
+//! that reads its target), the literal automaton, transformations, the links without a
+//! gate (TX comparisons, multiMatch).
 //! Buffers are reused per thread; a request allocates for its matches.
 //!
 //! The walk is here; what it reads and writes is in the submodules: [`variables`] (the
