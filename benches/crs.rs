@@ -8,11 +8,14 @@
 //! - `native_and_crs/pl1/json_post_2k`: the gateway's default rules plus CRS, as
 //!   `Waf::inspect` runs them on the request path.
 //!
-//! `CRS_PROFILE=benign_get|json_post|load_get|load_json [CRS_PROFILE_N=n]` skips criterion
-//! and evaluates that request n times (default 2,000) at PL 1, for `valgrind
-//! --tool=callgrind --toggle-collect='gateway::waf::crs::eval::*evaluate'`. `load_get` and
-//! `load_json` are the requests `benches/load.py` sends (`get-args`, `json-post`: wrk's
-//! two or three headers), so their counts explain that script's CRS rows.
+//! `CRS_PROFILE=benign_get|json_post|load_get|load_json|form_64k|multipart_1m
+//! [CRS_PROFILE_N=n]` skips criterion and evaluates that request n times (default 2,000)
+//! at PL 1, for `valgrind --tool=callgrind
+//! --toggle-collect='gateway::waf::crs::eval::*evaluate'`. `load_get` and `load_json` are
+//! the requests `benches/load.py` sends (`get-args`, `json-post`: wrk's two or three
+//! headers), so their counts explain that script's CRS rows; `form_64k` (a 64 KiB form
+//! with a long text, the worst shape found so far) and `multipart_1m` (a 1 MiB upload) are
+//! its `form-64k` and `upload-1m`.
 
 use std::path::{Path, PathBuf};
 
