@@ -453,18 +453,17 @@ impl Loader {
         let mut number = |link: &mut Rule| {
             link.uid = n;
             n += 1;
-            link.memo = !link.capture
-                && !link.multi_match
-                && matches!(
-                    link.op,
-                    Op::Rx { .. }
-                        | Op::Pm { .. }
-                        | Op::DetectSqli
-                        | Op::DetectXss
-                        | Op::ValidateByteRange(_)
-                        | Op::ValidateUrlEncoding
-                        | Op::ValidateUtf8
-                );
+            link.memo_miss = matches!(
+                link.op,
+                Op::Rx { .. }
+                    | Op::Pm { .. }
+                    | Op::DetectSqli
+                    | Op::DetectXss
+                    | Op::ValidateByteRange(_)
+                    | Op::ValidateUrlEncoding
+                    | Op::ValidateUtf8
+            );
+            link.memo = link.memo_miss && !link.capture && !link.multi_match;
         };
         for p in &mut self.phases {
             for e in p.iter_mut() {
@@ -716,6 +715,7 @@ impl Loader {
             gate: Vec::new(),
             uid: 0,
             memo: false,
+            memo_miss: false,
             feeds_matched_vars: false,
             chain: Vec::new(),
             chain_next: false,

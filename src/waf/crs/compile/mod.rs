@@ -419,6 +419,9 @@ pub struct Rule {
     /// Its operator's result depends on the value alone (no captures, no macros), so
     /// it may be kept per value.
     pub memo: bool,
+    /// Its operator's result depends on the value alone but a match makes more than a
+    /// yes (captures, multiMatch's matched step): only a miss is kept per value.
+    pub memo_miss: bool,
     /// The next link of its chain reads `MATCHED_VARS(_NAMES)`: its matches are kept.
     pub feeds_matched_vars: bool,
     pub chain: Vec<Rule>,

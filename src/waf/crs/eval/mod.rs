@@ -15,7 +15,8 @@
 //! whatever the number of chains. One literal automaton over every rule's required
 //! literals and `@pm` phrases runs once per distinct entry (a rule none of whose
 //! literals occurred skips its operator); a regex also needs one of its required bytes.
-//! For a value that occurs more than once each pure operator's result is kept.
+//! For a value that occurs more than once each pure operator's result is kept (only a
+//! miss for rules that capture or use multiMatch: a match must make its captures).
 //! Exclusions (`!ARGS:x`) are checked only for values that matched.
 //!
 //! Links whose targets do not change while rules run share a summary per (target,
@@ -446,10 +447,30 @@ impl Crs {
             };
             let mut hit: Option<Captures> = None;
             if let (true, Some(idx)) = (link.multi_match, v.item) {
+                // A value repeated in the request that missed every step before is not
+                // tested again (its raw entry keeps the miss).
+                let memo = match link.memo_miss && data.repeated[idx as usize] {
+                    true => {
+                        let c0 = self.node_entry(0, idx, raw, data, &mut bufs.vc);
+                        Some(memo_at(
+                            &mut bufs.vc.entries,
+                            &mut bufs.memo,
+                            c0,
+                            self.memo_words,
+                        ))
+                    }
+                    false => None,
+                };
+                let bit = 2 * link.uid as usize;
+                let set =
+                    |m: usize, b: usize, memo: &[u64]| memo[m + b / 64] & (1 << (b % 64)) != 0;
+                let missed =
+                    memo.is_some_and(|m| set(m, bit, &bufs.memo) && !set(m, bit + 1, &bufs.memo));
                 // The value, then after each step that changed it (the trie's entries).
                 let path = &self.trie.paths[link.xforms as usize];
                 let mut last = usize::MAX;
-                for node in std::iter::once(0).chain(path.iter().copied()) {
+                let nodes = std::iter::once(0).chain(path.iter().copied());
+                for node in nodes.filter(|_| !missed) {
                     let ci = self.node_entry(node, idx, raw, data, &mut bufs.vc);
                     if ci == last {
                         continue;
@@ -462,6 +483,13 @@ impl Crs {
                         bufs.hit_val.extend_from_slice(value);
                         hit = Some(c);
                         break;
+                    }
+                }
+                if let (Some(m), false) = (memo, missed) {
+                    bufs.memo[m + bit / 64] |= 1 << (bit % 64);
+                    if hit.is_some() {
+                        let b = bit + 1;
+                        bufs.memo[m + b / 64] |= 1 << (b % 64);
                     }
                 }
             } else if link.multi_match {
@@ -511,19 +539,21 @@ impl Crs {
                 };
                 // A value repeated in the request (JSON arrays repeat names and values)
                 // is tested once per rule: the result is kept with its cached entry.
+                // With captures only a miss is kept.
                 let memo = match entry {
-                    Some(ci) if link.memo && data.repeated[v.item.unwrap_or(0) as usize] => {
-                        let e = &mut bufs.vc.entries[ci];
-                        if e.memo == u32::MAX {
-                            e.memo = bufs.memo.len() as u32;
-                            bufs.memo.resize(bufs.memo.len() + self.memo_words, 0);
-                        }
-                        Some(e.memo as usize)
+                    Some(ci) if link.memo_miss && data.repeated[v.item.unwrap_or(0) as usize] => {
+                        Some(memo_at(
+                            &mut bufs.vc.entries,
+                            &mut bufs.memo,
+                            ci,
+                            self.memo_words,
+                        ))
                     }
                     _ => None,
                 };
                 let bit = 2 * link.uid as usize;
-                let known = memo.filter(|&m| bufs.memo[m + bit / 64] & (1 << (bit % 64)) != 0);
+                let set = |m: usize, b: usize| bufs.memo[m + b / 64] & (1 << (b % 64)) != 0;
+                let known = memo.filter(|&m| set(m, bit) && (link.memo || !set(m, bit + 1)));
                 if let Some(m) = known {
                     let b = bit + 1;
                     if bufs.memo[m + b / 64] & (1 << (b % 64)) != 0 {
@@ -822,6 +852,16 @@ impl Crs {
     }
 }
 
+/// The offset in `memo` of entry `ci`'s operator results (made on first use).
+fn memo_at(entries: &mut [Cached], memo: &mut Vec<u64>, ci: usize, words: usize) -> usize {
+    let e = &mut entries[ci];
+    if e.memo == u32::MAX {
+        e.memo = memo.len() as u32;
+        memo.resize(memo.len() + words, 0);
+    }
+    e.memo as usize
+}
+
 /// Sets the prefilter slot bit (in `words`) of every literal of `pf` that occurs in
 /// `value`.
 fn mark(pf: &super::compile::Prefilter, value: &[u8], words: &mut [u64]) {
@@ -996,5 +1036,30 @@ mod tests {
         };
         let out = crs.evaluate(&json, true, &[]);
         assert_eq!(out.ids().collect::<Vec<_>>(), [1, 2, 4]);
+    }
+    #[test]
+    fn repeated_values_keep_misses_and_match_every_time() {
+        let (_dir, crs) = load(concat!(
+            // multiMatch with captures, and captures alone: a repeated value that
+            // missed is not tested again, one that matched matches (and counts) each time.
+            "SecRule ARGS \"@rx (eval)\\(\" \"id:1,phase:2,pass,log,capture,multiMatch,t:none,t:urlDecodeUni,t:lowercase,setvar:tx.m=+1,setvar:tx.c=%{tx.1}\"\n",
+            "SecRule ARGS \"@rx (eval)\\(\" \"id:2,phase:2,pass,log,capture,t:none,t:lowercase,setvar:tx.n=+1\"\n",
+            "SecRule TX:M \"@eq 4\" \"id:3,phase:2,pass,log\"\n",
+            "SecRule TX:N \"@eq 4\" \"id:4,phase:2,pass,log\"\n",
+            "SecRule TX:C \"@streq eval\" \"id:5,phase:2,pass,log\"\n",
+        ));
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        let json = RequestParts {
+            method: "POST",
+            body: Some(br#"{"a":["x","x","EVAL(1)","x","EVAL(1)","%65val(2)","%65val(2)"]}"#),
+            ..get("/", &h)
+        };
+        let out = crs.evaluate(&json, true, &[]);
+        // Rule 1 matches the four values with eval( after decoding; rule 2 (no decoding)
+        // matches the two EVAL(1) and, lowercased, not %65val… : two — so TX:N is 2.
+        assert_eq!(out.ids().collect::<Vec<_>>(), [1, 2, 3, 5]);
+        let out2 = crs.evaluate(&json, true, &[]);
+        assert_eq!(out2.ids().collect::<Vec<_>>(), [1, 2, 3, 5]);
     }
 }
