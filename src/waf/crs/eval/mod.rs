@@ -35,8 +35,8 @@
 //! automaton only when one of its links has a literal slot.
 //!
 //! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 0.99 M instructions
-//! for a browser GET and 2.63 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
-//! the summaries and TX slots); 0.42 M and 2.0 M for `benches/load.py`'s requests, 21 M
+//! for a browser GET and 2.17 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
+//! the summaries and TX slots); 0.42 M and 1.49 M for `benches/load.py`'s requests, 21 M
 //! for its 64 KiB form (regexes over the long text, ~30 %; its transformations, ~30 %;
 //! the literal automaton, ~25 %) and 1.4 M for its 1 MiB upload. What remains for small
 //! requests is spread thin: building the summaries (a value is visited once per chain
