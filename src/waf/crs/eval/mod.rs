@@ -449,23 +449,14 @@ impl Crs {
             if let (true, Some(idx)) = (link.multi_match, v.item) {
                 // A value repeated in the request that missed every step before is not
                 // tested again (its raw entry keeps the miss).
-                let memo = match link.memo_miss && data.repeated[idx as usize] {
-                    true => {
-                        let c0 = self.node_entry(0, idx, raw, data, &mut bufs.vc);
-                        Some(memo_at(
-                            &mut bufs.vc.entries,
-                            &mut bufs.memo,
-                            c0,
-                            self.memo_words,
-                        ))
-                    }
-                    false => None,
-                };
+                let memo = (link.memo_miss && data.repeated[idx as usize]).then(|| {
+                    let c0 = self.node_entry(0, idx, raw, data, &mut bufs.vc);
+                    memo_at(&mut bufs.vc.entries, &mut bufs.memo, c0, self.memo_words)
+                });
                 let bit = 2 * link.uid as usize;
-                let set =
-                    |m: usize, b: usize, memo: &[u64]| memo[m + b / 64] & (1 << (b % 64)) != 0;
-                let missed =
-                    memo.is_some_and(|m| set(m, bit, &bufs.memo) && !set(m, bit + 1, &bufs.memo));
+                let missed = memo.is_some_and(|m| {
+                    bit_set(&bufs.memo[m..], bit) && !bit_set(&bufs.memo[m..], bit + 1)
+                });
                 // The value, then after each step that changed it (the trie's entries).
                 let path = &self.trie.paths[link.xforms as usize];
                 let mut last = usize::MAX;
@@ -486,11 +477,7 @@ impl Crs {
                     }
                 }
                 if let (Some(m), false) = (memo, missed) {
-                    bufs.memo[m + bit / 64] |= 1 << (bit % 64);
-                    if hit.is_some() {
-                        let b = bit + 1;
-                        bufs.memo[m + b / 64] |= 1 << (b % 64);
-                    }
+                    memo_record(&mut bufs.memo[m..], bit, hit.is_some());
                 }
             } else if link.multi_match {
                 let mut cur = raw.to_vec();
@@ -552,11 +539,10 @@ impl Crs {
                     _ => None,
                 };
                 let bit = 2 * link.uid as usize;
-                let set = |m: usize, b: usize| bufs.memo[m + b / 64] & (1 << (b % 64)) != 0;
+                let set = |m: usize, b: usize| bit_set(&bufs.memo[m..], b);
                 let known = memo.filter(|&m| set(m, bit) && (link.memo || !set(m, bit + 1)));
                 if let Some(m) = known {
-                    let b = bit + 1;
-                    if bufs.memo[m + b / 64] & (1 << (b % 64)) != 0 {
+                    if set(m, bit + 1) {
                         bufs.hit_val.clear();
                         bufs.hit_val.extend_from_slice(value);
                         hit = Some(None);
@@ -569,11 +555,7 @@ impl Crs {
                     }
                 }
                 if let (Some(m), None) = (memo, known) {
-                    bufs.memo[m + bit / 64] |= 1 << (bit % 64);
-                    if hit.is_some() {
-                        let b = bit + 1;
-                        bufs.memo[m + b / 64] |= 1 << (b % 64);
-                    }
+                    memo_record(&mut bufs.memo[m..], bit, hit.is_some());
                 }
             }
             if hit.is_some() && !v.checked && is_excluded(v.var, key, link, head, st) {
@@ -860,6 +842,19 @@ fn memo_at(entries: &mut [Cached], memo: &mut Vec<u64>, ci: usize, words: usize)
         memo.resize(memo.len() + words, 0);
     }
     e.memo as usize
+}
+
+/// Whether bit `b` of `words` is set.
+fn bit_set(words: &[u64], b: usize) -> bool {
+    words[b / 64] & (1 << (b % 64)) != 0
+}
+
+/// Records a link's result in a value's memo words: bit `bit` tested, `bit + 1` matched.
+fn memo_record(memo: &mut [u64], bit: usize, hit: bool) {
+    memo[bit / 64] |= 1 << (bit % 64);
+    if hit {
+        memo[(bit + 1) / 64] |= 1 << ((bit + 1) % 64);
+    }
 }
 
 /// Sets the prefilter slot bit (in `words`) of every literal of `pf` that occurs in
