@@ -68,7 +68,7 @@ impl Cmp {
     }
 }
 
-fn syntax_config() -> syntax::Config {
+pub(crate) fn syntax_config() -> syntax::Config {
     syntax::Config::new()
         .unicode(false)
         .utf8(false)

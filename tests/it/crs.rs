@@ -38,6 +38,24 @@ fn crs_regression_suite_passes_above_the_recorded_floor() {
     );
 }
 
+/// The regex sets (one lazy DFA per paranoia level, see `compile::regex_sets`) answer
+/// for long values only; here they answer for every value, and the whole suite must
+/// come out as with the single regexes: the same tests fail, for the same reasons.
+#[test]
+fn regex_sets_answer_the_whole_suite_as_the_single_regexes_do() {
+    let overrides = [repo().join("tests/data/crs-overrides.yaml")];
+    let run = |long_value| {
+        gateway::waf::crs::ftw::run_with(&crs_dir(), &overrides, None, |crs| {
+            crs.long_value = long_value;
+        })
+        .unwrap()
+    };
+    let (sets, singles) = (run(0), run(usize::MAX));
+    assert!(singles.passed() > 4800, "the whole suite ran");
+    assert_eq!(sets.passed(), singles.passed());
+    assert_eq!(sets.failures, singles.failures);
+}
+
 fn crs_section(extra: &str) -> String {
     format!(
         "\n[waf]\n[waf.crs]\npath = \"{}\"\n{extra}\n",

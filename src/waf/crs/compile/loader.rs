@@ -4,6 +4,7 @@
 
 use super::actions::{ctl, id_range, setvar, severity};
 use super::operators::operator;
+use super::regex_sets::RegexSet;
 use super::*;
 
 #[derive(Clone)]
@@ -118,6 +119,7 @@ impl Crs {
         let links = l.number_links();
         l.gates();
         let summary_scans = l.summaries();
+        let (regex_sets, set_words) = l.regex_sets();
         let chain_sets = l
             .chains
             .iter()
@@ -133,6 +135,9 @@ impl Crs {
             pf_words: slots.div_ceil(64),
             summary_scans,
             memo_words: (2 * links).div_ceil(64),
+            regex_sets,
+            set_words,
+            long_value: super::regex_sets::LONG_VALUE,
             tx,
             initial_tx,
             block_action,
@@ -566,6 +571,78 @@ impl Loader {
         (Some(pf), next as usize)
     }
 
+    /// Puts the regex of every link that is not negated into its rule's paranoia level's
+    /// set (`paranoia-level/N` tag; untagged rules form level 0), one pattern per
+    /// distinct regex; returns the sets and the words of a value's results of all.
+    fn regex_sets(&mut self) -> (Vec<RegexSet>, usize) {
+        // Per level: its patterns, and the pattern index of each.
+        let mut levels: Vec<(u8, Vec<String>, HashMap<String, u16>)> = Vec::new();
+        let mut place = |level: u8, link: &mut Rule| {
+            let Op::Rx { pattern, .. } = &link.op else {
+                return;
+            };
+            if link.negate {
+                return;
+            }
+            let li = match levels.iter().position(|(l, ..)| *l == level) {
+                Some(i) => i,
+                None => {
+                    levels.push((level, Vec::new(), HashMap::new()));
+                    levels.len() - 1
+                }
+            };
+            let (_, pats, index) = &mut levels[li];
+            let Ok(n) = u16::try_from(pats.len()) else {
+                return;
+            };
+            let pi = *index.entry(pattern.to_string()).or_insert_with(|| {
+                pats.push(pattern.to_string());
+                n
+            });
+            link.rx_set = (li as u32) << 16 | u32::from(pi);
+        };
+        for r in self.rules_mut() {
+            let level = r
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix("paranoia-level/")?.parse::<u8>().ok())
+                .unwrap_or(0);
+            place(level, r);
+            for link in &mut r.chain {
+                place(level, link);
+            }
+        }
+        let mut sets = Vec::new();
+        let mut at = 0;
+        // A level's set index as placed above; a level that does not compile leaves a
+        // gap its links must not use.
+        let mut built = Vec::new();
+        for (level, pats, _) in &levels {
+            let refs: Vec<&str> = pats.iter().map(String::as_str).collect();
+            match RegexSet::build(&refs, *level, at) {
+                Some(s) => {
+                    at += s.words();
+                    built.push(Some(sets.len() as u32));
+                    sets.push(s);
+                }
+                None => built.push(None),
+            }
+        }
+        let renumber = |link: &mut Rule| {
+            if link.rx_set != NO_SET {
+                link.rx_set = match built[(link.rx_set >> 16) as usize] {
+                    Some(s) => s << 16 | (link.rx_set & 0xffff),
+                    None => NO_SET,
+                };
+            }
+        };
+        for r in self.rules_mut() {
+            renumber(r);
+            r.chain.iter_mut().for_each(renumber);
+        }
+        (sets, at)
+    }
+
     /// Sets each link's byte gate ([`Rule::gate`]) from its operator.
     fn gates(&mut self) {
         fn gate(op: &Op) -> Vec<ByteSet> {
@@ -714,6 +791,7 @@ impl Loader {
             sum_targets: Vec::new(),
             gate: Vec::new(),
             uid: 0,
+            rx_set: NO_SET,
             memo: false,
             memo_miss: false,
             feeds_matched_vars: false,

@@ -8,11 +8,13 @@
 //!
 //! This module holds the compiled program (what [`super::eval`] runs); [`loader`] reads
 //! the directives into it, [`actions`] parses a rule's actions (`setvar`, `ctl`,
-//! `severity`), [`operators`] compiles its operator.
+//! `severity`), [`operators`] compiles its operator, [`regex_sets`] puts each paranoia
+//! level's regexes into one lazy DFA for long values.
 
 mod actions;
 mod loader;
 mod operators;
+pub mod regex_sets;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -300,6 +302,8 @@ impl Arg {
 pub enum Op {
     Rx {
         re: Box<meta::Regex>,
+        /// The pattern as compiled (for the regex sets).
+        pattern: Box<str>,
         /// A match holds a byte of each of these sets (none: no such gate).
         needs: Vec<ByteSet>,
         /// One of these strings (ASCII case-insensitively) must occur for a match.
@@ -414,6 +418,9 @@ pub struct Rule {
     /// (a regex's required bytes, the bytes outside `@validateByteRange`'s ranges, the
     /// detectors' trigger bytes…); not for a negated link. Empty: no such gate.
     pub gate: Vec<ByteSet>,
+    /// Its regex's set and pattern in it ([`Crs::regex_sets`]; [`NO_SET`]: none), as
+    /// `set << 16 | pattern`.
+    pub rx_set: u32,
     /// Unique among all rules and chain links (indexes per-value operator results).
     pub uid: u32,
     /// Its operator's result depends on the value alone (no captures, no macros), so
@@ -449,6 +456,9 @@ pub struct LoadReport {
 
 /// A rule without a prefilter slot.
 pub const NO_SLOT: u32 = u32::MAX;
+
+/// Not in a regex set.
+pub const NO_SET: u32 = u32::MAX;
 
 /// The literal prefilter: every required literal of every regex rule and every phrase of
 /// every `@pm` rule in one automaton. Each distinct transformed value is scanned once,
@@ -536,6 +546,13 @@ pub struct Crs {
     pub summary_scans: Vec<bool>,
     /// 64-bit words of a per-value set of operator results (two bits per rule).
     pub memo_words: usize,
+    /// The regexes of each paranoia level as one lazy DFA, for long values.
+    pub regex_sets: Vec<regex_sets::RegexSet>,
+    /// 64-bit words of a long value's set results (all sets).
+    pub set_words: usize,
+    /// Entries at least this long are answered by the sets
+    /// ([`regex_sets::LONG_VALUE`]; tests move it to compare with and without).
+    pub long_value: usize,
     /// The TX names the rules use, numbered.
     pub tx: TxNames,
     /// TX at the start of a request (the settings' values), by slot.
@@ -629,7 +646,8 @@ impl Crs {
         let prefilter = self.prefilter.as_ref().map_or(0, |p| {
             p.ac.memory_usage() + p.slot_list.len() * 4 + p.slots_of.len() * 8
         });
-        rules + prefilter
+        let sets: usize = self.regex_sets.iter().map(|s| s.memory_usage()).sum();
+        rules + prefilter + sets
     }
 }
 

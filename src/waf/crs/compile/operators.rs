@@ -56,6 +56,7 @@ pub(super) fn operator(name: &str, arg: &str, dir: &Path) -> Result<Op, String> 
             let re = compile_regex(arg).map_err(|e| format!("@rx: {e}"))?;
             Op::Rx {
                 re: Box::new(re),
+                pattern: arg.as_str().into(),
                 needs: required_clauses(arg),
                 // One automaton per chain scans all literals at once: large sets are fine.
                 lits: required_literals_within(arg, 4096, 2),

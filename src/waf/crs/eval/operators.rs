@@ -84,6 +84,50 @@ impl Crs {
     }
 }
 
+impl Crs {
+    /// Whether `link`'s regex set proves that its regex matches nowhere in entry `ci`:
+    /// for a long entry that passes the link's byte gate, the set scans it once for all
+    /// its regexes (see [`super::super::compile::regex_sets`]). `false` also when the
+    /// set cannot say (a short entry, no set, a scan that gave up): the regex runs.
+    pub(super) fn set_rules_out(
+        &self,
+        link: &Rule,
+        ci: usize,
+        vc: &mut ValueCache,
+        caches: &mut Vec<SetCache>,
+        gave_up: &mut u64,
+    ) -> bool {
+        if link.rx_set == NO_SET {
+            return false;
+        }
+        let e = &mut vc.entries[ci];
+        let range = e.range.start as usize..e.range.end as usize;
+        if range.len() < self.long_value || !link.gate.iter().all(|n| e.bs.intersects(n)) {
+            return false;
+        }
+        let si = (link.rx_set >> 16) as usize;
+        if si < 64 && *gave_up & (1 << si) != 0 {
+            return false;
+        }
+        if e.sets == u32::MAX {
+            e.sets = vc.set_bits.len() as u32;
+            vc.set_bits
+                .resize(vc.set_bits.len() + self.set_words, NOT_RUN);
+        }
+        let set = &self.regex_sets[si];
+        let at = e.sets as usize + set.at;
+        let words = &mut vc.set_bits[at..at + set.words()];
+        if words[0] == NOT_RUN {
+            set.scan(caches, si, &vc.buf[range], words);
+            if words[0] == GAVE_UP && si < 64 {
+                *gave_up |= 1 << si;
+            }
+        }
+        let p = (link.rx_set & 0xffff) as usize;
+        words[0] == RAN && words[1 + p / 64] & (1 << (p % 64)) == 0
+    }
+}
+
 /// An operator's argument, its macros expanded.
 pub(super) fn arg<'r>(
     a: &'r Arg,
