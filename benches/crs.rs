@@ -8,14 +8,16 @@
 //! - `native_and_crs/pl1/json_post_2k`: the gateway's default rules plus CRS, as
 //!   `Waf::inspect` runs them on the request path.
 //!
-//! `CRS_PROFILE=benign_get|json_post|load_get|load_json|form_64k|multipart_1m
+//! `CRS_PROFILE=benign_get|json_post|load_get|load_json|form_64k|form_64k_tokens|multipart_1m
 //! [CRS_PROFILE_N=n]` skips criterion and evaluates that request n times (default 2,000)
-//! at PL 1, for `valgrind --tool=callgrind
+//! at PL 1 (`CRS_LONG_VALUE=n`: the regex sets answer values of at least n bytes; a
+//! huge n turns them off), for `valgrind --tool=callgrind
 //! --toggle-collect='gateway::waf::crs::eval::*evaluate'`. `load_get` and `load_json` are
 //! the requests `benches/load.py` sends (`get-args`, `json-post`: wrk's two or three
 //! headers), so their counts explain that script's CRS rows; `form_64k` (a 64 KiB form
 //! with a long text, the worst shape found so far) and `multipart_1m` (a 1 MiB upload) are
-//! its `form-64k` and `upload-1m`.
+//! its `form-64k` and `upload-1m`; `form_64k_tokens` (its long field a soup of attack
+//! fragments) is the worst case for the regex sets, whose scans give up on it.
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +134,77 @@ fn form_64k_body() -> Vec<u8> {
         body.push_str(&chunk);
     }
     body.into_bytes()
+}
+
+/// A 64 KiB form whose long field is a soup of attack fragments (SQL, shell, XSS,
+/// template syntax, punctuation), shuffled deterministically: it passes nearly every gate
+/// and keeps making new lazy-DFA states, the worst case for the regex sets.
+fn form_64k_tokens_body() -> Vec<u8> {
+    let tokens = [
+        "select",
+        "union",
+        "<script>",
+        "alert(",
+        "';",
+        "--",
+        "/*",
+        "*/",
+        "../",
+        "etc/passwd",
+        "cmd.exe",
+        "$(",
+        "${",
+        "eval(",
+        "0x",
+        "or 1=1",
+        "&&",
+        "||",
+        "`",
+        "%00",
+        "\\x",
+        "onerror=",
+        "javascript:",
+        "document.cookie",
+        "system(",
+        "exec",
+        "from",
+        "where",
+        "sleep(",
+        "benchmark(",
+        "char(",
+        "concat(",
+        "{{",
+        "}}",
+        "<?php",
+        "base64_decode",
+        "wget ",
+        "curl ",
+        "/bin/sh",
+        ";",
+        "|",
+        "\"",
+        "'",
+        "(",
+        ")",
+        " ",
+        "\n",
+        "a",
+        "1",
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut body = b"title=notes&content=".to_vec();
+    while body.len() < 64 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for b in tokens[(x % tokens.len() as u64) as usize].bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => body.push(b),
+                _ => body.extend_from_slice(format!("%{b:02X}").as_bytes()),
+            }
+        }
+    }
+    body
 }
 
 /// A 1 MiB multipart upload: three text fields and a 1 MiB file of binary data
@@ -257,12 +330,20 @@ fn bench(c: &mut Criterion) {
 
 /// The `CRS_PROFILE` loop (see the module docs).
 fn profile(shape: &str) {
-    let crs = crs(1);
+    let mut crs = crs(1);
+    if let Some(n) = std::env::var("CRS_LONG_VALUE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        crs.long_value = n;
+    }
     let (get_h, post_h, body) = (headers(false), headers(true), json_body(2048));
     let load_body = load_json_body();
     let load_get_h = load_headers(None);
     let load_post_h = load_headers(Some(("application/json", load_body.len())));
     let (form, upload) = (form_64k_body(), multipart_1m_body());
+    let tokens = form_64k_tokens_body();
+    let tokens_h = load_headers(Some(("application/x-www-form-urlencoded", tokens.len())));
     let form_h = load_headers(Some(("application/x-www-form-urlencoded", form.len())));
     let upload_ctype = format!("multipart/form-data; boundary={BOUNDARY}");
     let upload_h = load_headers(Some((&upload_ctype, upload.len())));
@@ -281,12 +362,17 @@ fn profile(shape: &str) {
             version: "HTTP/1.1",
             ..req("POST", "/cms/articles", &form_h, Some(&form))
         },
+        "form_64k_tokens" => RequestParts {
+            version: "HTTP/1.1",
+            ..req("POST", "/cms/notes", &tokens_h, Some(&tokens))
+        },
         "multipart_1m" => RequestParts {
             version: "HTTP/1.1",
             ..req("POST", "/photos/upload", &upload_h, Some(&upload))
         },
         other => panic!(
-            "unknown shape {other}: benign_get, json_post, load_get, load_json, form_64k, multipart_1m"
+            "unknown shape {other}: benign_get, json_post, load_get, load_json, form_64k, \
+             form_64k_tokens, multipart_1m"
         ),
     };
     let n: usize = std::env::var("CRS_PROFILE_N")

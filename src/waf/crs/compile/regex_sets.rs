@@ -14,9 +14,11 @@
 //! token soup) would spend ~15 ms per MiB of states: a scan gives up after
 //! [`STATE_BUDGET`] bytes of new states (about 2 ms) or when the cache is cleared, and
 //! the caller then runs the single regexes as without a set and does not ask that set
-//! again during the request, so a hostile request costs at most one budget per set
-//! more than before. The states a scan built stay, so benign text warms the cache over
-//! a few requests (a 58 KB prose field needs ~1.2 MB of states: ~10 requests). Sets are per paranoia level so that the
+//! again during the request; after a give-up the thread also leaves the next long
+//! values (1, 2, 4, up to [`MAX_BACKOFF`] in a row) to the single regexes, so text that
+//! never lets a scan finish costs a fraction of a budget per value more than without
+//! sets. The states a scan built stay, so benign text warms the cache over some
+//! requests (a 58 KB prose field needs ~1.2 MB of states). Sets are per paranoia level so that the
 //! counting regexes of higher levels (`{12}`-style repetitions, which multiply states)
 //! do not slow the levels below them, and a level whose rules are skipped never builds
 //! states.
@@ -34,9 +36,12 @@ pub const LONG_VALUE: usize = 1024;
 /// Most bytes of lazy-DFA states a set keeps per thread.
 pub const CACHE_BYTES: usize = 4 << 20;
 /// Most bytes of new states one scan may build before it gives up.
-pub const STATE_BUDGET: usize = 128 << 10;
+pub const STATE_BUDGET: usize = 64 << 10;
 /// Bytes scanned between two checks of the budget.
-const CHECK_EVERY: usize = 256;
+const CHECK_EVERY: usize = 64;
+/// Most long values a thread leaves to the single regexes after a scan gave up (the
+/// count doubles with each give-up in a row, from 1).
+const MAX_BACKOFF: u32 = 8;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -64,6 +69,9 @@ pub const GAVE_UP: u64 = 2;
 pub struct SetCache {
     id: u64,
     cache: Cache,
+    /// Scans still to skip after the last give-up, and the current backoff.
+    skip: u32,
+    backoff: u32,
 }
 
 impl RegexSet {
@@ -116,16 +124,34 @@ impl RegexSet {
             caches.resize_with(index + 1, || SetCache {
                 id: 0,
                 cache: Cache::new(&self.dfa),
+                skip: 0,
+                backoff: 0,
             });
         }
         let c = &mut caches[index];
         if c.id != self.id {
-            c.cache = self.dfa.create_cache();
-            c.id = self.id;
+            *c = SetCache {
+                id: self.id,
+                cache: self.dfa.create_cache(),
+                skip: 0,
+                backoff: 0,
+            };
+        }
+        if c.skip > 0 {
+            // Text that made the last scans give up is likely to come again.
+            c.skip -= 1;
+            out[0] = GAVE_UP;
+            return;
         }
         // States built by a scan that gave up stay: the next value like it goes further.
         let done = self.run(&mut c.cache, hay, &mut out[1..]);
         out[0] = if done { RAN } else { GAVE_UP };
+        c.backoff = if done {
+            0
+        } else {
+            (c.backoff * 2).clamp(1, MAX_BACKOFF)
+        };
+        c.skip = c.backoff;
     }
 
     fn run(&self, cache: &mut Cache, hay: &[u8], bits: &mut [u64]) -> bool {
@@ -260,7 +286,8 @@ mod tests {
             .collect();
         let (state, _) = answer(&set, &mut caches, &hay);
         assert_eq!(state, GAVE_UP);
-        // After giving up, short text is answered.
+        // The next value is left to the single regexes; then short text is answered.
+        assert_eq!(answer(&set, &mut caches, b"abc").0, GAVE_UP);
         let (state, got) = answer(&set, &mut caches, b"abc");
         assert_eq!((state, got.len()), (RAN, 0));
         // A cache made for another set is made again for this one.
