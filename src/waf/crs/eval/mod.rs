@@ -38,7 +38,7 @@
 //! the regexes of a paranoia level are answered by one scan of that level's regex set
 //! ([`regex_sets`](super::compile::regex_sets)), and only a regex the set reports
 //! runs alone (64 KiB form: 22 single scans of ~58 KB became 4 set scans; 2.9 →
-//! 1.9 ms per evaluation).
+//! 1.7 ms per evaluation).
 //!
 //! Cost (callgrind, `CRS_PROFILE` in `benches/crs.rs`, PL 1): about 0.99 M instructions
 //! for a browser GET and 2.17 M for a 2 KiB JSON POST (1.96 M and 6.6 M before the trie,
