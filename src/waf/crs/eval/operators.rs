@@ -124,7 +124,7 @@ impl Crs {
             }
         }
         let p = (link.rx_set & 0xffff) as usize;
-        words[0] == RAN && words[1 + p / 64] & (1 << (p % 64)) == 0
+        words[0] == RAN && !super::bit_set(&words[1..], p)
     }
 }
 
